@@ -1,0 +1,68 @@
+# KI Trading Mesh. A new user needs two commands: `make up` (whole mesh, embedded defaults)
+# and `make test`. Both create .venv and install what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.deps-$(shell cat pyproject.toml deploy/requirements-extra.txt 2>/dev/null | sha1sum | cut -c1-12)
+# One math thread per process on small machines (services set this too; see docs/architecture.md).
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export PYTHONDONTWRITEBYTECODE := 1
+BREAKING_AGAINST ?= .git\#ref=HEAD~1
+
+.PHONY: deps up test test-fast generate check-generated lint format breaking bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=25.1"
+	@# torch first, on its own: the local CPU build (any other spec pulls gigabytes of CUDA).
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[ml]" --group dev
+	@if [ -x deploy/llama_cpp.sh ]; then deploy/llama_cpp.sh $(PY); fi
+	@rm -f $(VENV)/.deps-* && touch $@
+
+deps: $(STAMP)
+
+up: deps
+	$(VENV)/bin/kitrading up
+
+test: deps
+	$(PY) -m pytest
+
+test-fast: deps
+	$(PY) -m pytest -m "not e2e and not slow"
+
+generate: deps
+	$(PY) protos/generate.py
+	$(VENV)/bin/ruff format -q clients/kitrading/client/_generated.py gateway/generated 2>/dev/null || true
+
+check-generated: generate
+	@if [ -n "$$(git status --porcelain -- clients gateway/generated protos)" ]; then \
+	  git status --porcelain -- clients gateway/generated protos; \
+	  echo "generated files differ from the contracts: run 'make generate' and commit"; exit 1; fi
+	@echo "generated files match the contracts"
+
+lint: deps check-generated
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services gateway clients/kitrading bench tests
+
+format: deps
+	$(VENV)/bin/ruff check --fix -q . || true
+	$(VENV)/bin/ruff format -q .
+
+# Contract compatibility (WIRE_JSON) against a git ref: `make breaking BREAKING_AGAINST='.git#branch=main'`.
+breaking: deps
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/kitrading 2>/dev/null; then \
+	  $(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)'; \
+	else echo "buf breaking: no earlier contracts to compare with"; fi
+
+bench: deps
+	$(PY) -m bench.gateway_latency
+
+clean-venv:
+	rm -rf $(VENV)

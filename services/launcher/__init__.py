@@ -1,0 +1,1 @@
+"""`kitrading up`: the mesh on one machine as supervised processes (see supervisor.py)."""

@@ -1,0 +1,245 @@
+"""The one server interceptor every service runs behind.
+
+For each unary and server-streaming RPC it: refuses calls while the service is starting
+(UNAVAILABLE), enforces the service's concurrency limits (RESOURCE_EXHAUSTED), validates the request
+against the protovalidate rules in the contract (INVALID_ARGUMENT with BadRequest field violations),
+publishes the deadline to domain code, maps DomainError to its status code with google.rpc details,
+turns anything else into INTERNAL with a log id (never a stack trace to the caller), and records
+metrics, one structured log line and observers (e.g. the Data service's query log).
+Servicers therefore contain no try/except boilerplate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import protovalidate
+from google.protobuf.message import Message
+
+from services.runtime import metrics
+from services.runtime.deadline import set_deadline
+from services.runtime.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted, Unavailable
+from services.runtime.status import internal_status, status_for, trailing_metadata
+
+log = logging.getLogger("kitrading.rpc")
+
+#: Methods that bypass limits, readiness and validation (health, reflection).
+_INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+@dataclass(frozen=True, slots=True)
+class RpcRecord:
+    """What an observer learns about one finished RPC."""
+
+    service: str
+    method: str  # full: /kitrading.data.v1.DataService/ListSymbols
+    request: Message
+    response: Message | None  # unary only
+    messages_sent: int
+    code: str
+    duration_s: float
+
+    @property
+    def short_method(self) -> str:
+        return self.method.rsplit("/", 1)[-1]
+
+
+Observer = Callable[[RpcRecord], None]
+
+
+def _field_path(violation: protovalidate.Violation) -> str:
+    """`candles[3].high` from a protovalidate field path; message-level rules name it in their id."""
+    proto: Any = violation.proto
+    parts: list[str] = []
+    for element in proto.field.elements if proto.field is not None else ():
+        name = str(element.field_name)
+        subscript = element.subscript
+        if subscript is not None:
+            name += f"[{subscript.value}]"
+        parts.append(name)
+    if parts:
+        return ".".join(parts)
+    # Message-level CEL rules use the convention `<field>.<rule>` for their id.
+    rule_id = str(proto.rule_id or "")
+    return rule_id.split(".", 1)[0] if "." in rule_id else rule_id or "request"
+
+
+def validate_request(request: Message) -> None:
+    """Raise InvalidArgument naming every field that breaks a rule in the contract."""
+    violations = protovalidate.collect_violations(request)
+    if violations:
+        raise InvalidArgument.of(
+            FieldViolation(_field_path(v), str(v.proto.message or v.proto.rule_id)) for v in violations
+        )
+
+
+class RuntimeInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        *,
+        service: str,
+        domain: str,
+        max_concurrent_unary: int,
+        max_concurrent_streams: int,
+        is_started: Callable[[], bool],
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.service = service
+        self.domain = domain
+        self.max_concurrent_unary = max_concurrent_unary
+        self.max_concurrent_streams = max_concurrent_streams
+        self.is_started = is_started
+        self.observers = list(observers)
+        self.unary_in_flight = 0
+        self.streams_in_flight = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    # -- wrappers -------------------------------------------------------------------------------
+
+    def _admit(self, streaming: bool) -> None:
+        if not self.is_started():
+            raise Unavailable(f"{self.service} is starting; retry shortly", reason="SERVICE_STARTING")
+        if streaming and self.streams_in_flight >= self.max_concurrent_streams:
+            raise ResourceExhausted(
+                f"{self.service} has {self.streams_in_flight} open streams (limit {self.max_concurrent_streams})",
+                reason="CONCURRENCY_LIMIT",
+            )
+        if not streaming and self.unary_in_flight >= self.max_concurrent_unary:
+            raise ResourceExhausted(
+                f"{self.service} is handling {self.unary_in_flight} calls (limit {self.max_concurrent_unary})",
+                reason="CONCURRENCY_LIMIT",
+            )
+
+    def _wrap_unary(self, inner: Any, method: str) -> Callable[[Message, Any], Awaitable[Message]]:
+        async def behavior(request: Message, context: grpc.aio.ServicerContext) -> Message:
+            start = time.perf_counter()
+            code = "OK"
+            response: Message | None = None
+            admitted = False
+            in_flight = metrics.RPC_IN_FLIGHT.labels(self.service, method)
+            try:
+                self._admit(streaming=False)
+                admitted = True
+                self.unary_in_flight += 1
+                in_flight.inc()
+                validate_request(request)
+                set_deadline(context.time_remaining())
+                response = await inner(request, context)
+                return response  # type: ignore[no-any-return]
+            except BaseException as exc:
+                code = await self._fail(exc, context, method)
+                raise
+            finally:
+                if admitted:
+                    self.unary_in_flight -= 1
+                    in_flight.dec()
+                self._finish(method, request, response, 1 if response is not None else 0, code, start, context)
+
+        return behavior
+
+    def _wrap_stream(self, inner: Any, method: str) -> Callable[[Message, Any], AsyncIterator[Message]]:
+        async def behavior(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+            start = time.perf_counter()
+            code = "OK"
+            sent = 0
+            admitted = False
+            in_flight = metrics.RPC_IN_FLIGHT.labels(self.service, method)
+            try:
+                self._admit(streaming=True)
+                admitted = True
+                self.streams_in_flight += 1
+                in_flight.inc()
+                validate_request(request)
+                set_deadline(context.time_remaining())
+                async for item in inner(request, context):
+                    yield item
+                    sent += 1
+            except BaseException as exc:
+                code = await self._fail(exc, context, method)
+                raise
+            finally:
+                if admitted:
+                    self.streams_in_flight -= 1
+                    in_flight.dec()
+                self._finish(method, request, None, sent, code, start, context)
+
+        return behavior
+
+    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> str:
+        """Turn `exc` into the RPC's status (aborting the call) and return the code's name."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            remaining = context.time_remaining()
+            return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        if isinstance(exc, grpc.aio.AbortError):
+            code = context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        if isinstance(exc, DomainError):
+            status_code, status = status_for(exc, self.domain)
+            await context.abort(status_code, status.message, trailing_metadata(status))
+        log_id = uuid.uuid4().hex[:12]
+        log.error(
+            "unhandled error in %s", method, exc_info=exc, extra={"log_id": log_id, "method": method}
+        )
+        status = internal_status(log_id, self.domain)
+        await context.abort(grpc.StatusCode.INTERNAL, status.message, trailing_metadata(status))
+        return "INTERNAL"  # pragma: no cover - abort raises
+
+    def _finish(
+        self,
+        method: str,
+        request: Message,
+        response: Message | None,
+        sent: int,
+        code: str,
+        start: float,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        if code == "OK":
+            final = context.code()
+            if isinstance(final, grpc.StatusCode) and final is not grpc.StatusCode.OK:
+                code = final.name
+        duration = time.perf_counter() - start
+        metrics.RPC_REQUESTS.labels(self.service, method, code).inc()
+        metrics.RPC_LATENCY.labels(self.service, method).observe(duration)
+        if code != "OK":
+            metrics.RPC_ERRORS.labels(self.service, method, code).inc()
+        log.info(
+            "rpc",
+            extra={"method": method, "code": code, "duration_ms": round(duration * 1000, 3), "sent": sent,
+                   "peer": context.peer()},
+        )
+        record = RpcRecord(self.service, method, request, response, sent, code, duration)
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:  # an observer must never fail the RPC
+                log.exception("rpc observer failed", extra={"method": method})

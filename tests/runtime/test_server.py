@@ -1,0 +1,228 @@
+"""The shared runtime on a real grpc.aio server (port 0): health, reflection, validation, errors, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from kitrading import mesh
+from kitrading.data.v1 import request_response_pb2 as rr
+from kitrading.data.v1 import resources_pb2, service_pb2_grpc
+from services.runtime.config import ConfigError, RuntimeSettings
+from services.runtime.errors import NotFound
+from services.runtime.interceptor import Observer, RpcRecord
+from services.runtime.server import RunningServer, create_server
+
+
+class FakeDomainServicer(service_pb2_grpc.DataServiceServicer):
+    """A servicer that exercises the runtime; no storage behind it."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def GetSymbol(self, request: rr.GetSymbolRequest, context: object) -> rr.GetSymbolResponse:
+        if request.symbol == "BOOM":
+            raise RuntimeError("secret internal detail")
+        if request.symbol == "SLOW":
+            await self.release.wait()
+        if request.symbol != "EURUSD":
+            raise NotFound(f"symbol {request.symbol} not found", reason="SYMBOL_NOT_FOUND")
+        return rr.GetSymbolResponse(symbol=resources_pb2.Symbol(symbol="EURUSD"))
+
+    async def WatchEvents(
+        self, request: rr.WatchEventsRequest, context: object
+    ) -> AsyncIterator[rr.WatchEventsResponse]:
+        for i in range(3):
+            yield rr.WatchEventsResponse(event=resources_pb2.Event(event_id=i + 1))
+
+
+class App:
+    def __init__(self) -> None:
+        self.servicer = FakeDomainServicer()
+        self.ready = True
+        self.records: list[RpcRecord] = []
+        self.stopped = False
+
+    def register(self, server: grpc.aio.Server) -> None:
+        service_pb2_grpc.add_DataServiceServicer_to_server(self.servicer, server)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    @property
+    def observers(self) -> Sequence[Observer]:
+        return [self.records.append]
+
+
+def settings(**overrides: object) -> RuntimeSettings:
+    base = RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_DATA_PORT": "0"})
+    values = {f: getattr(base, f) for f in base.__dataclass_fields__}
+    values.update(overrides)
+    return RuntimeSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[RunningServer, App]]:
+    app = App()
+    server = await create_server(app, settings(max_concurrent_unary=2, grace_seconds=1.0))
+    yield server, app
+    await server.stop(0)
+
+
+async def test_health_serving_then_not_serving(running: tuple[RunningServer, App]) -> None:
+    server, app = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "kitrading.data.v1.DataService"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        app.ready = False
+        await asyncio.sleep(0.8)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="kitrading.data.v1.DataService"))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_reflection_lists_services_v1alpha_and_v1(running: tuple[RunningServer, App]) -> None:
+    server, _ = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        for method in ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                       "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"):
+            call = channel.stream_stream(
+                method,
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            stream = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            reply = await stream.read()
+            names = {s.name for s in reply.list_services_response.service}
+            assert "kitrading.data.v1.DataService" in names
+            assert "grpc.health.v1.Health" in names
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        stream = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="kitrading.data.v1.DataService")])
+        )
+        reply = await stream.read()
+        assert reply.file_descriptor_response.file_descriptor_proto
+
+
+async def call_error(server: RunningServer, request: rr.GetSymbolRequest) -> grpc.aio.AioRpcError:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetSymbol(request, timeout=5)
+        return info.value
+
+
+def details(error: grpc.aio.AioRpcError) -> list[object]:
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert isinstance(raw, bytes)
+    from google.rpc import status_pb2
+
+    status = status_pb2.Status.FromString(raw)
+    out: list[object] = []
+    for item in status.details:
+        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            if item.Is(cls.DESCRIPTOR):
+                msg = cls()
+                item.Unpack(msg)
+                out.append(msg)
+    return out
+
+
+async def test_invalid_argument_names_the_field(running: tuple[RunningServer, App]) -> None:
+    server, app = running
+    error = await call_error(server, rr.GetSymbolRequest(symbol="eur usd"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    infos = details(error)
+    bad = next(d for d in infos if isinstance(d, error_details_pb2.BadRequest))
+    assert bad.field_violations[0].field == "symbol"
+    assert "regex" in bad.field_violations[0].description
+    assert app.records[-1].code == "INVALID_ARGUMENT"
+
+
+async def test_domain_error_maps_to_code_with_reason(running: tuple[RunningServer, App]) -> None:
+    server, _ = running
+    error = await call_error(server, rr.GetSymbolRequest(symbol="GBPUSD"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    info = next(d for d in details(error) if isinstance(d, error_details_pb2.ErrorInfo))
+    assert info.reason == "SYMBOL_NOT_FOUND"
+    assert info.domain == "kitrading.data"
+
+
+async def test_unknown_failure_is_internal_without_details_leak(running: tuple[RunningServer, App]) -> None:
+    server, _ = running
+    error = await call_error(server, rr.GetSymbolRequest(symbol="BOOM"))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (error.details() or "")
+    assert "Traceback" not in (error.details() or "")
+    assert "log id" in (error.details() or "")
+    assert rpc_status.from_call(error) is not None  # type: ignore[arg-type]
+
+
+async def test_concurrency_limit_answers_resource_exhausted(running: tuple[RunningServer, App]) -> None:
+    server, app = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        slow = [asyncio.ensure_future(stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW"))) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        app.servicer.release.set()
+        for call in slow:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call  # SLOW is then not found
+        reply = await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)
+        assert reply.symbol.symbol == "EURUSD"
+
+
+async def test_stream_and_observers(running: tuple[RunningServer, App]) -> None:
+    server, app = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        ids = [r.event.event_id async for r in stub.WatchEvents(rr.WatchEventsRequest())]
+    assert ids == [1, 2, 3]
+    record = app.records[-1]
+    assert record.short_method == "WatchEvents"
+    assert record.messages_sent == 3
+    assert record.code == "OK"
+
+
+async def test_drain_finishes_in_flight_calls() -> None:
+    app = App()
+    server = await create_server(app, settings(grace_seconds=5.0))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        in_flight = asyncio.ensure_future(stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW"), timeout=10))
+        await asyncio.sleep(0.2)
+        stopper = asyncio.ensure_future(server.stop())
+        await asyncio.sleep(0.2)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert server.serving is False
+        app.servicer.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await in_flight
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND  # it ran to completion, not cut
+        await stopper
+        del health
+    assert app.stopped
+
+
+def test_config_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="KITRADING_DATA_PORT"):
+        RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_DATA_PORT": "abc"})
+    with pytest.raises(ConfigError, match="KITRADING_GRACE_SECONDS"):
+        RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_GRACE_SECONDS": "-1"})
