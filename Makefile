@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.deps-$(shell cat pyproject.toml deploy/requirements-extra.txt 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.deps-$(shell cat pyproject.toml deploy/llama_cpp.sh 2>/dev/null | sha1sum | cut -c1-12)
 # One math thread per process on small machines (services set this too; see docs/architecture.md).
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
@@ -15,13 +15,14 @@ BREAKING_AGAINST ?= .git\#ref=HEAD~1
 
 .PHONY: deps up test test-fast generate check-generated lint format breaking bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/llama_cpp.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=25.1"
 	@# torch first, on its own: the local CPU build (any other spec pulls gigabytes of CUDA).
 	$(PIP) install -q "torch==2.13.0"
+	@# llama-cpp-python: a portable CPU build, compiled once and cached (the native build crashes).
+	bash deploy/llama_cpp.sh $(PY)
 	$(PIP) install -q -e ".[ml]" --group dev
-	@if [ -x deploy/llama_cpp.sh ]; then deploy/llama_cpp.sh $(PY); fi
 	@rm -f $(VENV)/.deps-* && touch $@
 
 deps: $(STAMP)

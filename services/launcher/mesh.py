@@ -38,12 +38,29 @@ def child_env(base: dict[str, str], home: Path) -> dict[str, str]:
     return env
 
 
-async def prepare_database(home: Path, env: dict[str, str]) -> None:
-    """Point every service at one database: the configured one, or an embedded PostgreSQL."""
+async def prepare_database(env: dict[str, str]) -> Path | None:
+    """Point every service at one database: the configured one, or an embedded PostgreSQL.
+
+    Returns the embedded server's data directory (which the launcher then keeps running), or None.
+    """
     from services.runtime import database
 
-    url = await database.resolve_database_url(env=env, home=home)
-    env["KITRADING_DATABASE_URL"] = url
+    settings = database.DatabaseSettings.from_env(env)
+    env["KITRADING_DATABASE_URL"] = await database.resolve_database_url(settings)
+    print(f"database: {settings.describe()}", flush=True)
+    return settings.embedded_pgdata if settings.embedded else None
+
+
+async def keep_database_running(pgdata: Path, period_s: float = 2.0) -> None:
+    """Supervise the embedded PostgreSQL: start it again if its postmaster died."""
+    from services.runtime import database
+
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await asyncio.to_thread(database.ensure_embedded_running, pgdata)
+        except Exception as exc:  # keep supervising; services report NOT_SERVING meanwhile
+            log.warning("embedded PostgreSQL could not be restarted: %s", exc)
 
 
 def build_children(
@@ -55,10 +72,12 @@ def build_children(
         for s in services
     ]
     if gateway:
-        from gateway.run import envoy_command, write_config
+        from gateway.run import envoy_binary, write_config
 
         config = write_config(home / "run" / "envoy.yaml", env=env)
-        children.append(Child("gateway", envoy_command(config, env=env), child_env(env, home), logs / "gateway.log"))
+        argv = [envoy_binary(), "-c", str(config), "--log-level", "warning", "--disable-hot-restart",
+                "--concurrency", env.get("KITRADING_GATEWAY_CONCURRENCY", "2")]
+        children.append(Child("gateway", argv, child_env(env, home), logs / "gateway.log"))
     return children
 
 
@@ -67,7 +86,8 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     env = dict(os.environ)
     env["KITRADING_HOME"] = str(home)
     services = selected_services(only)
-    await prepare_database(home, env)
+    pgdata = await prepare_database(env)
+    db_keeper = asyncio.create_task(keep_database_running(pgdata)) if pgdata is not None else None
     supervisor = Supervisor(build_children(services, home, env, gateway=gateway), state_file=home / "run" / "mesh.json")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,6 +100,8 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     await stop.wait()
     print("\nstopping the mesh...", flush=True)
     await supervisor.stop()
+    if db_keeper is not None:
+        db_keeper.cancel()
     print("stopped.", flush=True)
 
 

@@ -130,7 +130,7 @@ class RuntimeSettings:
         metrics_enabled = env_bool("KITRADING_METRICS", True, env)
         return cls(
             service=service,
-            host=env_str(f"KITRADING_{upper}_HOST", env_str("KITRADING_BIND_HOST", "127.0.0.1", env), env),
+            host=env_str(f"KITRADING_{upper}_BIND", env_str("KITRADING_BIND_HOST", "127.0.0.1", env), env),
             port=env_int(f"KITRADING_{upper}_PORT", service.default_port, minimum=0, maximum=65535, env=env),
             metrics_port=(
                 env_int(

@@ -1,0 +1,113 @@
+"""Unary latency p50/p99: direct gRPC vs through the Envoy gateway (gRPC and HTTP JSON), one run.
+
+    .venv/bin/python -m bench.gateway_latency [--rounds 10] [--calls 300]
+
+A real Data service process (embedded PostgreSQL) and a real Envoy on free ports. The same RPC
+(`GetSymbol EURUSD`) is called sequentially by one client; the three paths are interleaved round by
+round so machine noise hits them alike. Target (issue 2): the gateway adds at most 0.3 ms at p50
+for native gRPC. HTTP JSON is reported against direct gRPC too, though it also pays JSON encoding
+and a different client stack (httpx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import grpc
+import httpx
+
+from bench._mesh import data_and_gateway
+from kitrading.common.v1 import market_pb2
+from kitrading.data.v1 import request_response_pb2 as rr
+from kitrading.data.v1 import resources_pb2 as pb
+from kitrading.data.v1 import service_pb2_grpc
+
+TARGET_ADDED_P50_MS = 0.3
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def timed(call: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    with data_and_gateway() as m:
+        direct_channel = grpc.insecure_channel(m.data_target)
+        gateway_channel = grpc.insecure_channel(f"127.0.0.1:{m.gateway_port}")
+        direct = service_pb2_grpc.DataServiceStub(direct_channel)
+        via_gateway = service_pb2_grpc.DataServiceStub(gateway_channel)
+        direct.CreateSymbol(
+            rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD", asset_class=market_pb2.ASSET_CLASS_FX))
+        )
+        http = httpx.Client(base_url=m.gateway_url)
+        request = rr.GetSymbolRequest(symbol="EURUSD")
+        paths: dict[str, Callable[[], object]] = {
+            "direct gRPC": lambda: direct.GetSymbol(request, timeout=5),
+            "gateway gRPC": lambda: via_gateway.GetSymbol(request, timeout=5),
+            "gateway HTTP JSON": lambda: http.get("/api/v1/symbols/EURUSD").raise_for_status(),
+        }
+        for call in paths.values():  # warm up connections, caches, JIT-free but still
+            timed(call, 200)
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(args.rounds):
+            for name, call in paths.items():
+                samples[name] += timed(call, args.calls)
+        http.close()
+        direct_channel.close()
+        gateway_channel.close()
+    result = {
+        name: {
+            "p50_ms": round(percentile(v, 50), 3),
+            "p99_ms": round(percentile(v, 99), 3),
+            "mean_ms": round(statistics.fmean(v), 3),
+            "calls": len(v),
+        }
+        for name, v in samples.items()
+    }
+    base = result["direct gRPC"]["p50_ms"]
+    added = round(result["gateway gRPC"]["p50_ms"] - base, 3)
+    added_http = round(result["gateway HTTP JSON"]["p50_ms"] - base, 3)
+    summary = {
+        "paths": result,
+        "gateway_grpc_added_p50_ms": added,
+        "gateway_grpc_ratio_p50": round(result["gateway gRPC"]["p50_ms"] / base, 3),
+        "gateway_http_added_p50_ms": added_http,
+        "gateway_http_ratio_p50": round(result["gateway HTTP JSON"]["p50_ms"] / base, 3),
+        "target_added_p50_ms": TARGET_ADDED_P50_MS,
+        "target_met": added <= TARGET_ADDED_P50_MS,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"{'path':<20}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'calls':>8}")
+    for name, r in result.items():
+        print(f"{name:<20}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{r['mean_ms']:>10.3f}{r['calls']:>8}")
+    print(
+        f"\ngateway gRPC adds {added:.3f} ms at p50 (ratio {summary['gateway_grpc_ratio_p50']}x; "
+        f"target <= {TARGET_ADDED_P50_MS} ms: {'met' if summary['target_met'] else 'NOT met'})"
+    )
+    print(f"gateway HTTP JSON adds {added_http:.3f} ms at p50 vs direct gRPC "
+          f"(ratio {summary['gateway_http_ratio_p50']}x)")
+
+
+if __name__ == "__main__":
+    main()

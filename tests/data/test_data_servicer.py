@@ -1,0 +1,145 @@
+"""DataService over real gRPC (runtime + servicer + domain + embedded PostgreSQL), port 0."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from kitrading import mesh
+from kitrading.common.v1 import market_pb2
+from kitrading.data.v1 import request_response_pb2 as rr
+from kitrading.data.v1 import resources_pb2 as pb
+from kitrading.data.v1 import service_pb2_grpc
+from services.data.app import DataApp
+from services.runtime.config import RuntimeSettings
+from services.runtime.server import RunningServer, create_server
+from tests.data.conftest import make_settings
+
+H1 = market_pb2.TIMEFRAME_H1
+
+
+@pytest.fixture
+async def stub(database_url: str) -> AsyncIterator[service_pb2_grpc.DataServiceStub]:
+    app = DataApp(make_settings(database_url))
+    settings = RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_DATA_PORT": "0"})
+    server: RunningServer = await create_server(app, settings)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield service_pb2_grpc.DataServiceStub(channel)
+    await server.stop(0)
+
+
+def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert isinstance(raw, bytes)
+    fields: list[str] = []
+    for detail in status_pb2.Status.FromString(raw).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def candle(hour: int, close: float) -> market_pb2.Candle:
+    c = market_pb2.Candle(open=close, high=close + 0.001, low=close - 0.001, close=close, volume=10)
+    c.time.FromSeconds(1_700_000_000 + hour * 3600)
+    return c
+
+
+async def test_symbol_lifecycle_and_errors(stub: service_pb2_grpc.DataServiceStub) -> None:
+    created = await stub.CreateSymbol(
+        rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD", asset_class=market_pb2.ASSET_CLASS_FX, active=True))
+    )
+    assert created.symbol.symbol == "EURUSD"
+    with pytest.raises(grpc.aio.AioRpcError) as dup:
+        await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD")))
+    assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetSymbol(rr.GetSymbolRequest(symbol="NOPE"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    for request, field in (
+        (rr.GetSymbolRequest(symbol=""), "symbol"),
+        (rr.GetSymbolRequest(symbol="X" * 40), "symbol"),
+        (rr.ListSymbolsRequest(page_size=5000), "page_size"),
+        (rr.ListCandlesRequest(symbol="EURUSD"), "timeframe"),
+    ):
+        method = stub.GetSymbol if isinstance(request, rr.GetSymbolRequest) else (
+            stub.ListSymbols if isinstance(request, rr.ListSymbolsRequest) else stub.ListCandles
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await method(request)  # type: ignore[operator]
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in bad_fields(bad.value)
+    updated = await stub.UpdateSymbol(
+        rr.UpdateSymbolRequest(
+            symbol=pb.Symbol(symbol="EURUSD", display_name="Euro / US dollar"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        )
+    )
+    assert updated.symbol.display_name == "Euro / US dollar"
+    assert updated.symbol.asset_class == market_pb2.ASSET_CLASS_FX  # untouched by the mask
+    listed = await stub.ListSymbols(rr.ListSymbolsRequest())
+    assert [s.symbol for s in listed.symbols] == ["EURUSD"]
+
+
+async def test_candles_range_stats_and_bad_bar(stub: service_pb2_grpc.DataServiceStub) -> None:
+    await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD", active=True)))
+    written = await stub.UpsertCandles(
+        rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(h, 1.1 + h / 1000) for h in range(30)])
+    )
+    assert written.upserted == 30
+    again = await stub.UpsertCandles(
+        rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(h, 1.1 + h / 1000) for h in range(30)])
+    )
+    assert again.upserted == 0  # idempotent: identical rows change nothing
+    page = await stub.ListCandles(rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, page_size=20))
+    assert len(page.candles) == 20 and page.next_page_token
+    rest = await stub.ListCandles(
+        rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, page_size=20, page_token=page.next_page_token)
+    )
+    assert len(rest.candles) == 10 and not rest.next_page_token
+    latest = await stub.GetLatestCandle(rr.GetLatestCandleRequest(symbol="EURUSD", timeframe=H1))
+    assert latest.candle.close == pytest.approx(1.129)
+    stats = await stub.GetSymbolStats(rr.GetSymbolStatsRequest(symbol="EURUSD", timeframe=H1, lookback=10))
+    assert stats.bars == 10 and len(stats.recent_candles) == 10
+    broken = candle(40, 1.2)
+    broken.high = broken.low - 1
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.UpsertCandles(rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(41, 1.2), broken]))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(f.startswith("candles[1]") for f in bad_fields(bad.value))
+    after = await stub.GetLatestCandle(rr.GetLatestCandleRequest(symbol="EURUSD", timeframe=H1))
+    assert after.candle.time == latest.candle.time  # nothing half-written
+    reversed_range = rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1)
+    reversed_range.start_time.FromSeconds(2_000_000_000)
+    reversed_range.end_time.FromSeconds(1_000_000_000)
+    with pytest.raises(grpc.aio.AioRpcError) as order:
+        await stub.ListCandles(reversed_range)
+    assert order.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(order.value) == ["end_time"]
+
+
+async def test_events_stream_resumes_and_query_logs(stub: service_pb2_grpc.DataServiceStub) -> None:
+    await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="GOOG", active=True)))
+    stream = stub.WatchEvents(rr.WatchEventsRequest(from_beginning=True))
+    first = await asyncio.wait_for(stream.read(), 10)
+    assert first.event.type == pb.EVENT_TYPE_SYMBOL_ADDED
+    await stub.UpsertCandles(rr.UpsertCandlesRequest(symbol="GOOG", timeframe=H1, candles=[candle(1, 100.0)]))
+    second = await asyncio.wait_for(stream.read(), 10)
+    assert second.event.type == pb.EVENT_TYPE_CANDLES_INGESTED
+    assert second.event.candles_ingested.count == 1
+    stream.cancel()
+    # A subscriber that saw only the first event resumes after it and misses nothing.
+    resumed = stub.WatchEvents(rr.WatchEventsRequest(after_event_id=first.event.event_id))
+    again = await asyncio.wait_for(resumed.read(), 10)
+    assert again.event.event_id == second.event.event_id
+    resumed.cancel()
+    await asyncio.sleep(0.3)  # query logs are flushed in the background
+    logs = await stub.ListQueryLogs(rr.ListQueryLogsRequest(method="CreateSymbol"))
+    assert logs.query_logs and logs.query_logs[0].code == "OK"
+    assert '"symbol"' in logs.query_logs[0].parameters
