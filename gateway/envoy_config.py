@@ -1,0 +1,771 @@
+"""The Envoy bootstrap of the gateway, built from the service registry and the descriptor set.
+
+Built with envoy-data-plane's typed dataclasses (pydantic-checked field names and types), then
+rendered to a plain dict in proto JSON form with snake_case keys, which Envoy reads as YAML or JSON.
+Nothing here is per service: adding a domain to `kitrading.mesh.SERVICES` and its protos to
+`protos/` gives it a cluster, routes, health, docs and transcoding.
+
+Request flow through the one HTTP connection manager (HTTP/1.1 and h2c on the same port):
+
+1. `health_check` filters, one per service, answer `GET /<prefix>/health` from the cluster's active
+   gRPC health checks (200 when a host is SERVING, else 503) without touching the service;
+2. `grpc_web` turns grpc-web calls into gRPC;
+3. `grpc_json_transcoder` turns JSON/HTTP calls (the `google.api.http` bindings) into gRPC and
+   rewrites the path to `/<package>.<Service>/<Method>`; native gRPC passes through untouched;
+4. `grpc_stats` counts calls per method; 5. the router sends each gRPC path to its service's cluster.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import betterproto2
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLog,
+    AccessLogFilter,
+    AndFilter,
+    ComparisonFilter,
+    ComparisonFilterOp,
+    HeaderFilter,
+    NotHealthCheckFilter,
+    OrFilter,
+    StatusCodeFilter,
+)
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    CircuitBreakers,
+    CircuitBreakersThresholds,
+    Cluster,
+    ClusterCommonLbConfig,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
+    Http2ProtocolOptions,
+    KeepaliveSettings,
+    Node,
+    RuntimeUInt32,
+    SocketAddress,
+    SubstitutionFormatString,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    HttpProtocolOptions as CoreHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.overload.v3 import (
+    OverloadAction,
+    OverloadManager,
+    ResourceMonitor,
+    ThresholdTrigger,
+    Trigger,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    FilterConfig,
+    HeaderMatcher,
+    RedirectAction,
+    RedirectActionRedirectResponseCode,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
+    GrpcJsonTranscoder,
+    GrpcJsonTranscoderPrintOptions,
+    GrpcJsonTranscoderRequestValidationOptions,
+)
+from envoy_data_plane.envoy.extensions.filters.http.grpc_stats.v3 import FilterConfig as GrpcStatsConfig
+from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
+from envoy_data_plane.envoy.extensions.filters.http.health_check.v3 import HealthCheck as HealthCheckFilter
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
+)
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    DownstreamConnectionsConfig,
+)
+from envoy_data_plane.envoy.extensions.resource_monitors.fixed_heap.v3 import FixedHeapConfig
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.v3 import Percent
+from envoy_data_plane.google.protobuf import Any as AnyProto
+from envoy_data_plane.google.protobuf import Struct
+from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
+
+from gateway.descriptors import RoutedService, RpcMethod
+
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+GRPC_WEB = "envoy.filters.http.grpc_web"
+GRPC_STATS = "envoy.filters.http.grpc_stats"
+ROUTER = "envoy.filters.http.router"
+HEALTH_CHECK = "envoy.filters.http.health_check"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
+DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+
+#: Unary RPCs that may legitimately run longer than the default unary timeout, in seconds (0: none).
+#: Keyed by `package.Service/Method`; streaming RPCs never time out (see `route_timeout`).
+METHOD_TIMEOUTS: dict[str, float] = {
+    # Training in the foreground (`background=false`, or synchronous by design) returns when the models
+    # are trained; the route's idle timeout (`stream_idle_timeout_s`) still ends a hung call.
+    "kitrading.forecast.v1.ForecastService/TrainAll": 0.0,
+    "kitrading.forecast.v1.ForecastService/TrainSymbol": 0.0,
+    "kitrading.pattern.v1.PatternService/TrainPatternModel": 0.0,
+    "kitrading.regime.v1.RegimeService/TrainRegimeModels": 0.0,
+}
+
+#: Default unary timeout per mesh service (by registry name), where the 30 s default is too short.
+SERVICE_TIMEOUTS: dict[str, float] = {
+    # LLM answers take up to 600 s on the users' hardware (llama3.1:70b); streams have no timeout at all.
+    "llm": 600.0,
+    # Document ingestion embeds every chunk.
+    "rag": 120.0,
+}
+
+#: Where the gateway answers about itself (no cluster: 200 unless Envoy is draining).
+GATEWAY_HEALTH_PATH = "/gateway/health"
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A static document served by Envoy itself (`direct_response`)."""
+
+    path: str
+    content_type: str
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Paths that redirect (302) here, e.g. `/data/` and `/data/docs/` for `/data/docs`.
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything about the gateway that a deployment or a test may change."""
+
+    listen_address: str = "0.0.0.0"
+    port: int = 3000
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    #: Host of every service unless named in `service_hosts`; an IP gives a STATIC cluster, a name a
+    #: STRICT_DNS one (every address the name resolves to is an endpoint: compose replicas, k8s headless).
+    service_host: str = "127.0.0.1"
+    service_hosts: Mapping[str, str] = field(default_factory=dict)
+    #: Port per service name; default: the registry (`KITRADING_<NAME>_PORT` or its default port).
+    service_ports: Mapping[str, int] = field(default_factory=dict)
+    #: Timeout of unary routes without an override (`METHOD_TIMEOUTS`, `SERVICE_TIMEOUTS`).
+    unary_timeout_s: float = 30.0
+    method_timeouts: Mapping[str, float] = field(default_factory=lambda: dict(METHOD_TIMEOUTS))
+    service_timeouts: Mapping[str, float] = field(default_factory=lambda: dict(SERVICE_TIMEOUTS))
+    #: A stream (SSE, gRPC stream) with no message in either direction for this long is closed.
+    stream_idle_timeout_s: float = 3600.0
+    #: Idle timeout of any other request (no bytes either way).
+    request_idle_timeout_s: float = 300.0
+    connect_timeout_s: float = 1.0
+    health_check_interval_s: float = 1.0
+    health_check_timeout_s: float = 1.0
+    #: Percentage of a service's hosts that must pass health checks for `/<prefix>/health` to be 200.
+    #: 1 % means "at least one host" for up to 100 replicas.
+    min_healthy_percent: float = 1.0
+    max_downstream_connections: int = 10_000
+    max_heap_bytes: int = 1024 * _MiB
+    #: Circuit breakers, per service cluster.
+    max_upstream_connections: int = 1024
+    max_upstream_requests: int = 4096
+    max_pending_requests: int = 1024
+    #: Transcoder buffer limits (a JSON body is transcoded whole; streams per message).
+    max_request_body_bytes: int = 8 * _MiB
+    max_response_body_bytes: int = 64 * _MiB
+    #: JSON field names: False gives proto3 JSON lowerCamelCase (`pageSize`), True the proto names.
+    preserve_proto_field_names: bool = False
+    access_log: bool = True
+    node_id: str = "kitrading-gateway"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
+        """Settings from the environment, then `overrides`.
+
+        `KITRADING_GATEWAY_PORT` (3000), `KITRADING_GATEWAY_BIND` (0.0.0.0), `KITRADING_GATEWAY_ADMIN_PORT`
+        (9901), `KITRADING_SERVICE_HOST` (127.0.0.1) and `KITRADING_<NAME>_HOST` per service
+        (e.g. `KITRADING_DATA_HOST=data` in compose); ports come from the registry (`KITRADING_<NAME>_PORT`).
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {"port": gateway_port(source)}
+        if source.get("KITRADING_GATEWAY_BIND"):
+            values["listen_address"] = source["KITRADING_GATEWAY_BIND"]
+        if source.get("KITRADING_GATEWAY_ADMIN_PORT"):
+            values["admin_port"] = int(source["KITRADING_GATEWAY_ADMIN_PORT"])
+        if source.get("KITRADING_SERVICE_HOST"):
+            values["service_host"] = source["KITRADING_SERVICE_HOST"]
+        hosts = {
+            s.name: source[f"KITRADING_{s.name.upper()}_HOST"]
+            for s in SERVICES
+            if source.get(f"KITRADING_{s.name.upper()}_HOST")
+        }
+        if hosts:
+            values["service_hosts"] = hosts
+        values.update(overrides)
+        return cls(**values)
+
+    def host_for(self, service: ServiceInfo) -> str:
+        return self.service_hosts.get(service.name, self.service_host)
+
+    def port_for(self, service: ServiceInfo, env: Mapping[str, str] | None = None) -> int:
+        return self.service_ports.get(service.name) or service.port(env)
+
+
+# ---- small typed helpers ----
+
+
+def _seconds(value: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=value)
+
+
+def _any(message: betterproto2.Message) -> AnyProto:
+    return AnyProto.pack(message)
+
+
+def _socket(address: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=address, port_value=port))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def health_path_regex(prefix: str) -> str:
+    """`/data/health`, with an optional trailing slash and query string (RE2 syntax)."""
+    return rf"^/{re.escape(prefix)}/health/?(\?.*)?$"
+
+
+def _path_regex_matcher(regex: str) -> HeaderMatcher:
+    return HeaderMatcher(name=":path", string_match=StringMatcher(safe_regex=RegexMatcher(regex=regex)))
+
+
+def _header(key: str, value: str) -> HeaderValueOption:
+    return HeaderValueOption(
+        header=HeaderValue(key=key, value=value),
+        append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+# ---- routes ----
+
+
+def route_timeout(method: RpcMethod, service: ServiceInfo, settings: GatewaySettings) -> float:
+    """Route timeout of a method in seconds; 0 means none (every stream, long unary calls)."""
+    if method.server_streaming or method.client_streaming:
+        return 0.0
+    if method.full_name in settings.method_timeouts:
+        return settings.method_timeouts[method.full_name]
+    return settings.service_timeouts.get(service.name, settings.unary_timeout_s)
+
+
+def _route_action(cluster: str, timeout_s: float, idle_timeout_s: float | None) -> RouteAction:
+    action = RouteAction(cluster=cluster, timeout=_seconds(timeout_s))
+    if idle_timeout_s is not None:
+        action.idle_timeout = _seconds(idle_timeout_s)
+    return action
+
+
+def service_routes(services: Sequence[RoutedService], settings: GatewaySettings) -> list[Route]:
+    """gRPC routes: exact ones for methods with their own timeout, then one prefix per service.
+
+    The transcoder rewrites JSON calls to the gRPC path before routing, so these routes serve native
+    gRPC, grpc-web and JSON alike.
+    """
+    exact: list[Route] = []
+    prefixes: list[Route] = []
+    for svc in services:
+        default = settings.service_timeouts.get(svc.mesh.name, settings.unary_timeout_s)
+        for method in svc.methods:
+            timeout = route_timeout(method, svc.mesh, settings)
+            streaming = method.server_streaming or method.client_streaming
+            if timeout == default and not streaming:
+                continue
+            # Without an idle timeout as long as the route's, Envoy's stream idle timeout would cut
+            # a quiet stream or a long unary call first.
+            idle = settings.stream_idle_timeout_s if streaming or timeout == 0 else max(timeout, 1.0)
+            exact.append(
+                Route(
+                    name=method.full_name,
+                    match=RouteMatch(path=method.grpc_path),
+                    route=_route_action(svc.mesh.name, timeout, idle),
+                )
+            )
+        idle_default = default if default > settings.request_idle_timeout_s else None
+        prefixes.append(
+            Route(
+                name=svc.full_name,
+                match=RouteMatch(prefix=f"/{svc.full_name}/"),
+                route=_route_action(svc.mesh.name, default, idle_default),
+            )
+        )
+    return exact + prefixes
+
+
+def page_routes(pages: Sequence[Page]) -> list[Route]:
+    """Envoy answers these itself; the transcoder is off on them so reject_unknown_method lets them by."""
+    disabled = {TRANSCODER: _any(FilterConfig(disabled=True))}
+    redirects = [
+        Route(
+            name=f"redirect:{alias}",
+            match=RouteMatch(path=alias),
+            redirect=RedirectAction(
+                path_redirect=page.path, response_code=RedirectActionRedirectResponseCode.FOUND
+            ),
+            typed_per_filter_config=dict(disabled),
+        )
+        for page in pages
+        for alias in page.aliases
+    ]
+    return redirects + [
+        Route(
+            name=f"page:{page.path}",
+            match=RouteMatch(path=page.path),
+            direct_response=DirectResponseAction(status=200, body=DataSource(inline_string=page.body)),
+            response_headers_to_add=[
+                _header("content-type", page.content_type),
+                _header("cache-control", "no-cache"),
+                _header("x-content-type-options", "nosniff"),
+                *(_header(key, value) for key, value in page.headers),
+            ],
+            typed_per_filter_config=dict(disabled),
+        )
+        for page in pages
+    ]
+
+
+# ---- HTTP filters ----
+
+
+def health_filters(registry: Sequence[ServiceInfo], settings: GatewaySettings) -> list[HttpFilter]:
+    """One non-pass-through health check filter per service, answering from its cluster's health."""
+    filters = [
+        HttpFilter(
+            name=f"{HEALTH_CHECK}.gateway",
+            typed_config=_any(
+                HealthCheckFilter(
+                    pass_through_mode=False,
+                    headers=[
+                        HeaderMatcher(name=":path", string_match=StringMatcher(exact=GATEWAY_HEALTH_PATH))
+                    ],
+                )
+            ),
+        )
+    ]
+    for service in registry:
+        filters.append(
+            HttpFilter(
+                name=f"{HEALTH_CHECK}.{service.name}",
+                typed_config=_any(
+                    HealthCheckFilter(
+                        pass_through_mode=False,
+                        headers=[_path_regex_matcher(health_path_regex(service.prefix))],
+                        cluster_min_healthy_percentages={
+                            service.name: Percent(value=settings.min_healthy_percent)
+                        },
+                    )
+                ),
+            )
+        )
+    return filters
+
+
+def transcoder_filter(
+    descriptor: bytes | str, service_names: Sequence[str], settings: GatewaySettings
+) -> HttpFilter:
+    """`descriptor`: the set's bytes (embedded) or a path Envoy reads at start."""
+    config = GrpcJsonTranscoder(
+        services=list(service_names),
+        print_options=GrpcJsonTranscoderPrintOptions(
+            add_whitespace=False,
+            always_print_primitive_fields=True,
+            always_print_enums_as_ints=False,
+            preserve_proto_field_names=settings.preserve_proto_field_names,
+            stream_sse_style_delimited=True,
+        ),
+        convert_grpc_status=True,
+        request_validation_options=GrpcJsonTranscoderRequestValidationOptions(
+            reject_unknown_method=True,
+            reject_unknown_query_parameters=True,
+        ),
+        max_request_body_size=settings.max_request_body_bytes,
+        max_response_body_size=settings.max_response_body_bytes,
+    )
+    if isinstance(descriptor, bytes):
+        config.proto_descriptor_bin = descriptor
+    else:
+        config.proto_descriptor = descriptor
+    return HttpFilter(name=TRANSCODER, typed_config=_any(config))
+
+
+def http_filters(
+    registry: Sequence[ServiceInfo],
+    descriptor: bytes | str,
+    service_names: Sequence[str],
+    settings: GatewaySettings,
+) -> list[HttpFilter]:
+    return [
+        *health_filters(registry, settings),
+        HttpFilter(name=GRPC_WEB, typed_config=_any(GrpcWeb())),
+        transcoder_filter(descriptor, service_names, settings),
+        HttpFilter(
+            name=GRPC_STATS,
+            typed_config=_any(GrpcStatsConfig(stats_for_all_methods=True, enable_upstream_stats=True)),
+        ),
+        HttpFilter(name=ROUTER, typed_config=_any(Router())),
+    ]
+
+
+# ---- local replies and access log ----
+
+
+def _status_is(code: int, op: ComparisonFilterOp = ComparisonFilterOp.EQ) -> AccessLogFilter:
+    return AccessLogFilter(
+        status_code_filter=StatusCodeFilter(
+            comparison=ComparisonFilter(
+                op=op, value=RuntimeUInt32(default_value=code, runtime_key="kitrading.status")
+            )
+        )
+    )
+
+
+def _json_body(fields: Mapping[str, Any]) -> SubstitutionFormatString:
+    return SubstitutionFormatString(json_format=Struct.from_dict(dict(fields)))
+
+
+#: Envoy's own error answers to HTTP clients as google.rpc.Status JSON, like the transcoded errors of
+#: the services: HTTP status -> (gRPC code, ErrorInfo reason). Any other status >= 400: UNKNOWN.
+LOCAL_ERRORS: dict[int, tuple[int, str]] = {
+    400: (3, "INVALID_REQUEST"),  # unknown query parameter, malformed JSON body
+    404: (5, "UNKNOWN_PATH"),  # no route, no HTTP binding
+    408: (4, "REQUEST_TIMEOUT"),
+    413: (8, "REQUEST_TOO_LARGE"),
+    429: (8, "RATE_LIMITED"),
+    500: (13, "GATEWAY_ERROR"),
+    502: (14, "BAD_UPSTREAM"),
+    503: (14, "SERVICE_UNAVAILABLE"),  # no healthy upstream, overload, circuit breaker open
+    504: (4, "UPSTREAM_TIMEOUT"),
+}
+
+
+def _status_body(code: int, reason: str) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": "%LOCAL_REPLY_BODY%",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "gateway.kitrading",
+                "metadata": {"envoy": "%RESPONSE_CODE_DETAILS%"},
+            }
+        ],
+    }
+
+
+def local_reply_config(registry: Sequence[ServiceInfo]) -> LocalReplyConfig:
+    """JSON bodies for Envoy's own answers to HTTP clients (gRPC clients get grpc-status as usual).
+
+    The health answers name the service; other errors (unknown path or query parameter, no healthy
+    upstream, timeouts) become google.rpc.Status JSON (`LOCAL_ERRORS`). Only mapped replies are
+    rewritten, so the docs pages keep their bodies.
+    """
+    mappers: list[ResponseMapper] = []
+    for service in registry:
+        path = AccessLogFilter(
+            header_filter=HeaderFilter(header=_path_regex_matcher(health_path_regex(service.prefix)))
+        )
+        for code, status in ((200, "SERVING"), (503, "NOT_SERVING")):
+            mappers.append(
+                ResponseMapper(
+                    filter=AccessLogFilter(and_filter=AndFilter(filters=[path, _status_is(code)])),
+                    body_format_override=_json_body(
+                        {"service": service.name, "grpcService": service.grpc_service, "status": status}
+                    ),
+                )
+            )
+    gateway_path = AccessLogFilter(
+        header_filter=HeaderFilter(
+            header=HeaderMatcher(name=":path", string_match=StringMatcher(exact=GATEWAY_HEALTH_PATH))
+        )
+    )
+    mappers.append(
+        ResponseMapper(
+            filter=AccessLogFilter(and_filter=AndFilter(filters=[gateway_path, _status_is(200)])),
+            body_format_override=_json_body({"service": "gateway", "status": "SERVING"}),
+        )
+    )
+    # HTTP clients: no gRPC content type, or a JSON call the transcoder already turned into gRPC (it
+    # keeps the original path in x-envoy-original-path). Native gRPC and grpc-web clients keep Envoy's
+    # grpc-status/grpc-message answer.
+    not_grpc = AccessLogFilter(
+        header_filter=HeaderFilter(
+            header=HeaderMatcher(
+                name="content-type",
+                string_match=StringMatcher(prefix="application/grpc"),
+                invert_match=True,
+                treat_missing_header_as_empty=True,
+            )
+        )
+    )
+    transcoded = AccessLogFilter(
+        header_filter=HeaderFilter(header=HeaderMatcher(name="x-envoy-original-path", present_match=True))
+    )
+    http_client = AccessLogFilter(or_filter=OrFilter(filters=[not_grpc, transcoded]))
+    for http_status, (code, reason) in [*LOCAL_ERRORS.items(), (400, (2, "GATEWAY_ERROR"))]:
+        op = ComparisonFilterOp.EQ if http_status in LOCAL_ERRORS else ComparisonFilterOp.GE
+        mappers.append(
+            ResponseMapper(
+                filter=AccessLogFilter(
+                    and_filter=AndFilter(filters=[http_client, _status_is(http_status, op)])
+                ),
+                body_format_override=_json_body(_status_body(code, reason)),
+            )
+        )
+    return LocalReplyConfig(mappers=mappers)
+
+
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "time": "%START_TIME%",
+    "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "grpc_path": "%REQ(:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "route": "%ROUTE_NAME%",
+    "cluster": "%UPSTREAM_CLUSTER%",
+    "upstream": "%UPSTREAM_HOST%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+
+
+def access_logs(settings: GatewaySettings) -> list[AccessLog]:
+    """JSON lines on stdout, without the health probes (compose, watchdog) that would drown them."""
+    if not settings.access_log:
+        return []
+    return [
+        AccessLog(
+            name="envoy.access_loggers.stdout",
+            filter=AccessLogFilter(not_health_check_filter=NotHealthCheckFilter()),
+            typed_config=_any(StdoutAccessLog(log_format=_json_body(ACCESS_LOG_FORMAT))),
+        )
+    ]
+
+
+# ---- listener, clusters, bootstrap ----
+
+
+def connection_manager(
+    routes: list[Route],
+    filters: list[HttpFilter],
+    registry: Sequence[ServiceInfo],
+    pages: Sequence[Page],
+    settings: GatewaySettings,
+) -> HttpConnectionManager:
+    largest_page = max((len(p.body.encode()) for p in pages), default=0)
+    return HttpConnectionManager(
+        stat_prefix="gateway",
+        # AUTO: HTTP/1.1, and HTTP/2 with prior knowledge (h2c: native gRPC) on the same port.
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        server_name="kitrading-gateway",
+        use_remote_address=True,
+        normalize_path=True,
+        merge_slashes=True,
+        stream_idle_timeout=_seconds(settings.request_idle_timeout_s),
+        request_headers_timeout=_seconds(10),
+        common_http_protocol_options=CoreHttpProtocolOptions(idle_timeout=_seconds(3600)),
+        http2_protocol_options=Http2ProtocolOptions(
+            max_concurrent_streams=1024,
+            initial_stream_window_size=1 * _MiB,
+            initial_connection_window_size=4 * _MiB,
+        ),
+        route_config=RouteConfiguration(
+            name="gateway",
+            # Default 4 KiB; the docs pages and OpenAPI documents are inline direct responses.
+            max_direct_response_body_size_bytes=max(64 * 1024, 2 * largest_page),
+            virtual_hosts=[VirtualHost(name="mesh", domains=["*"], routes=routes)],
+        ),
+        http_filters=filters,
+        local_reply_config=local_reply_config(registry),
+        access_log=access_logs(settings),
+    )
+
+
+def cluster(service: ServiceInfo, settings: GatewaySettings, env: Mapping[str, str] | None = None) -> Cluster:
+    """One HTTP/2 cluster per service with active gRPC health checks and no panic routing."""
+    host, port = settings.host_for(service), settings.port_for(service, env)
+    static = _is_ip(host)
+    result = Cluster(
+        name=service.name,
+        type=ClusterDiscoveryType.STATIC if static else ClusterDiscoveryType.STRICT_DNS,
+        connect_timeout=_seconds(settings.connect_timeout_s),
+        lb_policy=ClusterLbPolicy.ROUND_ROBIN,
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=service.name,
+            endpoints=[
+                LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket(host, port)))])
+            ],
+        ),
+        typed_extension_protocol_options={
+            HTTP_PROTOCOL_OPTIONS: _any(
+                HttpProtocolOptions(
+                    explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                        http2_protocol_options=Http2ProtocolOptions(
+                            connection_keepalive=KeepaliveSettings(interval=_seconds(30), timeout=_seconds(5))
+                        )
+                    )
+                )
+            )
+        },
+        health_checks=[
+            HealthCheck(
+                timeout=_seconds(settings.health_check_timeout_s),
+                interval=_seconds(settings.health_check_interval_s),
+                # Envoy checks an idle cluster every 60 s unless told otherwise.
+                no_traffic_interval=_seconds(settings.health_check_interval_s),
+                no_traffic_healthy_interval=_seconds(settings.health_check_interval_s),
+                unhealthy_threshold=1,
+                healthy_threshold=1,
+                grpc_health_check=HealthCheckGrpcHealthCheck(service_name=service.grpc_service),
+            )
+        ],
+        # 0 %: with no healthy host, answer 503 at once instead of trying the unhealthy ones anyway.
+        common_lb_config=ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+        circuit_breakers=CircuitBreakers(
+            thresholds=[
+                CircuitBreakersThresholds(
+                    max_connections=settings.max_upstream_connections,
+                    max_pending_requests=settings.max_pending_requests,
+                    max_requests=settings.max_upstream_requests,
+                    max_retries=3,
+                )
+            ]
+        ),
+    )
+    if not static:
+        result.dns_lookup_family = ClusterDnsLookupFamily.V4_PREFERRED
+    return result
+
+
+def overload_manager(settings: GatewaySettings) -> OverloadManager:
+    return OverloadManager(
+        refresh_interval=_seconds(0.25),
+        resource_monitors=[
+            ResourceMonitor(
+                name=FIXED_HEAP,
+                typed_config=_any(FixedHeapConfig(max_heap_size_bytes=settings.max_heap_bytes)),
+            ),
+            ResourceMonitor(
+                name=DOWNSTREAM_CONNECTIONS,
+                typed_config=_any(
+                    DownstreamConnectionsConfig(
+                        max_active_downstream_connections=settings.max_downstream_connections
+                    )
+                ),
+            ),
+        ],
+        actions=[
+            OverloadAction(
+                name="envoy.overload_actions.shrink_heap",
+                triggers=[Trigger(name=FIXED_HEAP, threshold=ThresholdTrigger(value=0.90))],
+            ),
+            OverloadAction(
+                name="envoy.overload_actions.stop_accepting_requests",
+                triggers=[Trigger(name=FIXED_HEAP, threshold=ThresholdTrigger(value=0.98))],
+            ),
+        ],
+    )
+
+
+def bootstrap(
+    *,
+    registry: Sequence[ServiceInfo],
+    services: Sequence[RoutedService],
+    descriptor: bytes | str,
+    pages: Sequence[Page],
+    settings: GatewaySettings,
+    env: Mapping[str, str] | None = None,
+) -> Bootstrap:
+    """The whole bootstrap: one listener, one cluster per registry service, admin, overload manager."""
+    routes = page_routes(pages) + service_routes(services, settings)
+    filters = http_filters(registry, descriptor, [s.full_name for s in services], settings)
+    hcm = connection_manager(routes, filters, registry, pages, settings)
+    listener = Listener(
+        name="gateway",
+        address=_socket(settings.listen_address, settings.port),
+        filter_chains=[
+            FilterChain(
+                filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))]
+            )
+        ],
+    )
+    return Bootstrap(
+        node=Node(id=settings.node_id, cluster="kitrading"),
+        admin=Admin(address=_socket(settings.admin_address, settings.admin_port)),
+        static_resources=BootstrapStaticResources(
+            listeners=[listener],
+            clusters=[cluster(service, settings, env) for service in registry],
+        ),
+        overload_manager=overload_manager(settings),
+    )
+
+
+def to_dict(message: betterproto2.Message) -> dict[str, Any]:
+    """Proto JSON with the proto field names (snake_case), as in Envoy's own docs."""
+    result: dict[str, Any] = message.to_dict(casing=betterproto2.Casing.SNAKE)
+    # Round-trip through JSON so callers get plain, YAML-safe builtins only. Struct numbers are doubles
+    # (`3.0`), which Envoy would print as "3.0" in json_format bodies: integral ones become ints.
+    plain: dict[str, Any] = json.loads(json.dumps(result), parse_float=_number)
+    return plain
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value

@@ -1,0 +1,108 @@
+"""A tiny real grpc.aio DataService for the gateway tests, built from the descriptor set alone.
+
+Message classes come from the set's own pool (no generated code), so the fake always matches the
+contracts the gateway transcodes. It serves ListSymbols (INVALID_ARGUMENT with BadRequest details for
+a bad `prefix`) and WatchEvents (three events, `EVENT_GAP_S` apart), plus gRPC health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from gateway.descriptors import Contracts
+
+SERVICE = "kitrading.data.v1.DataService"
+EVENT_GAP_S = 0.4
+SYMBOLS = ("EURUSD", "GBPUSD", "GOOG")
+
+
+class DataMessages:
+    """Dynamic message classes of kitrading.data.v1 by short name (`DataMessages(c).ListSymbolsRequest`)."""
+
+    def __init__(self, contracts: Contracts) -> None:
+        self._contracts = contracts
+
+    def __getattr__(self, name: str) -> Any:
+        full = name if "." in name else f"kitrading.data.v1.{name}"
+        return message_factory.GetMessageClass(self._contracts.message(full))
+
+
+def _bad_request(field: str, description: str) -> grpc.Status:
+    detail = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
+    )
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=f"invalid argument: {field}: {description}"
+    )
+    status.details.add().Pack(detail)
+    return rpc_status.to_status(status)
+
+
+class FakeData:
+    def __init__(self, contracts: Contracts) -> None:
+        self.m = DataMessages(contracts)
+
+    async def list_symbols(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
+        if request.prefix.startswith("!"):
+            await context.abort_with_status(_bad_request("prefix", "must not start with '!'"))
+        names = [s for s in SYMBOLS if s.startswith(request.prefix)]
+        if request.page_size:
+            names = names[: request.page_size]
+        response: Message = self.m.ListSymbolsResponse(
+            symbols=[self.m.Symbol(symbol=s, display_name=s.lower(), active=True) for s in names],
+            total_size=len(names),
+        )
+        return response
+
+    async def watch_events(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        for i in range(3):
+            if i:
+                await asyncio.sleep(EVENT_GAP_S)
+            event = self.m.Event(event_id=request.after_event_id + i + 1, symbol="EURUSD")
+            yield self.m.WatchEventsResponse(event=event)
+
+
+def data_handler(contracts: Contracts) -> grpc.GenericRpcHandler:
+    fake = FakeData(contracts)
+    m = fake.m
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ListSymbols": grpc.unary_unary_rpc_method_handler(
+                fake.list_symbols,
+                request_deserializer=m.ListSymbolsRequest.FromString,
+                response_serializer=m.ListSymbolsResponse.SerializeToString,
+            ),
+            "WatchEvents": grpc.unary_stream_rpc_method_handler(
+                fake.watch_events,
+                request_deserializer=m.WatchEventsRequest.FromString,
+                response_serializer=m.WatchEventsResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+async def start_server(
+    contracts: Contracts | None, health_names: Sequence[str]
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A started grpc.aio server on a free loopback port: the fake DataService (if `contracts`) and
+    health reporting SERVING for each of `health_names`."""
+    server = grpc.aio.server()
+    if contracts is not None:
+        server.add_generic_rpc_handlers((data_handler(contracts),))
+    servicer = health.aio.HealthServicer()
+    for name in health_names:
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port, servicer

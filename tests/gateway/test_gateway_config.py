@@ -1,0 +1,295 @@
+"""The bootstrap, the OpenAPI documents and the docs pages, checked without starting Envoy
+(except `--validate`, which runs the real binary in validate mode)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kitrading.mesh import SERVICES, service
+
+from gateway import METHOD_TIMEOUTS, GatewaySettings, build_config, envoy_command, write_config
+from gateway.__main__ import main
+from gateway.descriptors import Contracts
+from gateway.docs import render_service_page
+from gateway.envoy_config import TRANSCODER
+from gateway.openapi import build_openapi, generate, openapi_path
+
+#: The calls the users make today (MISSION.md); each must be an HTTP binding of some RPC.
+USER_CALLS = [
+    ("post", "/api/v1/forecast/train-all"),
+    ("get", "/api/v1/forecast/{symbol}"),
+    ("get", "/api/v1/forecast/training/progress"),
+    ("get", "/api/v1/forecast/performance"),
+    ("post", "/api/v1/forecast/training/events/start"),
+    ("post", "/api/v1/analyze"),
+    ("get", "/api/v1/llm/status"),
+    ("post", "/api/v1/rag/document"),
+    ("get", "/api/v1/rag/query"),
+    ("get", "/api/v1/symbols"),
+    ("post", "/api/v1/symbols"),
+    ("get", "/api/v1/strategies"),
+    ("post", "/api/v1/sync/start"),
+    ("get", "/api/v1/query-logs"),
+    ("get", "/watchdog/api/v1/status"),
+    ("get", "/watchdog/api/v1/alerts/history"),
+    ("post", "/watchdog/api/v1/alerts/test"),
+]
+
+
+@pytest.fixture(scope="module")
+def config(descriptor_path: Path) -> dict[str, Any]:
+    settings = GatewaySettings(port=13000, admin_port=19901, service_hosts={"rag": "rag.internal"})
+    return build_config(settings, descriptor_path=descriptor_path)
+
+
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    typed: dict[str, Any] = hcm["typed_config"]
+    return typed
+
+
+def _routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    (vhost,) = _hcm(config)["route_config"]["virtual_hosts"]
+    routes: list[dict[str, Any]] = vhost["routes"]
+    return routes
+
+
+def test_validate_with_the_real_envoy(descriptor_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--validate", "--descriptors", str(descriptor_path), "--port", "13000"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_listener_and_admin(config: dict[str, Any]) -> None:
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 13000}
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 19901}
+    hcm = _hcm(config)
+    assert hcm.get("codec_type", "AUTO") == "AUTO"  # the default: HTTP/1.1 and h2c
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names[-4:] == [
+        "envoy.filters.http.grpc_web",
+        TRANSCODER,
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.router",
+    ]
+    monitors = {m["name"] for m in config["overload_manager"]["resource_monitors"]}
+    assert "envoy.resource_monitors.global_downstream_max_connections" in monitors
+
+
+def test_transcoder_lists_every_service_of_the_set(config: dict[str, Any], contracts: Contracts) -> None:
+    transcoder = next(f for f in _hcm(config)["http_filters"] if f["name"] == TRANSCODER)["typed_config"]
+    expected = [s.full_name for s in contracts.routed_services()]
+    assert transcoder["services"] == expected
+    assert {s.mesh.name for s in contracts.routed_services()} <= {s.name for s in SERVICES}
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["request_validation_options"] == {
+        "reject_unknown_method": True,
+        "reject_unknown_query_parameters": True,
+    }
+    assert transcoder["print_options"]["stream_sse_style_delimited"] is True
+    assert transcoder["print_options"]["always_print_primitive_fields"] is True
+    assert "proto_descriptor_bin" in transcoder
+
+
+def test_transcoder_set_has_error_details(contracts: Contracts) -> None:
+    from google.protobuf import descriptor_pb2
+
+    names = {f.name for f in descriptor_pb2.FileDescriptorSet.FromString(contracts.transcoder_set()).file}
+    assert {"google/rpc/error_details.proto", "google/rpc/status.proto"} <= names
+
+
+def test_a_cluster_per_registry_service(config: dict[str, Any]) -> None:
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert set(clusters) == {s.name for s in SERVICES}
+    for info in SERVICES:
+        cluster = clusters[info.name]
+        (check,) = cluster["health_checks"]
+        assert check["grpc_health_check"] == {"service_name": info.grpc_service}
+        assert check["unhealthy_threshold"] == check["healthy_threshold"] == 1
+        assert check["no_traffic_interval"] == "1s"
+        assert cluster["common_lb_config"]["healthy_panic_threshold"] == {}  # 0 %
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+        assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] > 0
+    address = clusters["data"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "127.0.0.1", "port_value": service("data").port()}
+    assert clusters["data"]["type"] == "STATIC"
+    assert clusters["rag"]["type"] == "STRICT_DNS"  # a host name: every address it resolves to
+
+
+def test_streams_and_long_calls_get_their_own_routes(config: dict[str, Any], contracts: Contracts) -> None:
+    routes = {r["match"].get("path") or r["match"].get("prefix"): r for r in _routes(config)}
+    for svc in contracts.routed_services():
+        assert routes[f"/{svc.full_name}/"]["route"]["cluster"] == svc.mesh.name
+        for method in svc.methods:
+            if method.server_streaming:
+                route = routes[method.grpc_path]["route"]
+                assert route["timeout"] == "0s", method.full_name
+                assert route["idle_timeout"] == "3600s"
+    assert routes["/kitrading.data.v1.DataService/"]["route"]["timeout"] == "30s"
+    assert routes["/kitrading.llm.v1.LlmService/"]["route"]["timeout"] == "600s"
+    assert routes["/kitrading.llm.v1.LlmService/"]["route"]["idle_timeout"] == "600s"
+
+
+def test_method_timeout_overrides_name_real_methods(contracts: Contracts) -> None:
+    known = {m.full_name for s in contracts.routed_services() for m in s.methods}
+    packages = {s.full_name for s in contracts.routed_services()}
+    stale = [name for name in METHOD_TIMEOUTS if name.split("/")[0] in packages and name not in known]
+    assert not stale, f"METHOD_TIMEOUTS names methods that do not exist: {stale}"
+
+
+def test_pages_are_direct_responses_outside_the_transcoder(
+    config: dict[str, Any], contracts: Contracts
+) -> None:
+    routes = _routes(config)
+    pages = {r["match"]["path"]: r for r in routes if "direct_response" in r}
+    documented = {s.mesh.prefix for s in contracts.routed_services()}
+    expected = {"/"} | {f"/{p}/docs" for p in documented} | {f"/{p}/openapi.json" for p in documented}
+    assert set(pages) == expected
+    limit = _hcm(config)["route_config"]["max_direct_response_body_size_bytes"]
+    for route in pages.values():
+        assert route["typed_per_filter_config"][TRANSCODER]["disabled"] is True
+        assert len(route["direct_response"]["body"]["inline_string"].encode()) <= limit
+    redirects = [r for r in routes if "redirect" in r]
+    assert {r["match"]["path"] for r in redirects} >= {"/data", "/data/", "/data/docs/"}
+    assert all(r["typed_per_filter_config"][TRANSCODER]["disabled"] for r in redirects)
+    # Pages come first: a gRPC prefix route must never shadow them.
+    local = len(pages) + len(redirects)
+    assert all("route" not in r for r in routes[:local])
+    assert all("route" in r for r in routes[local:])
+
+
+def test_health_filters_cover_every_service(config: dict[str, Any]) -> None:
+    filters = [
+        f for f in _hcm(config)["http_filters"] if f["name"].startswith("envoy.filters.http.health_check.")
+    ]
+    by_cluster = {
+        next(iter(f["typed_config"].get("cluster_min_healthy_percentages", {"gateway": None}))): f
+        for f in filters
+    }
+    assert set(by_cluster) == {s.name for s in SERVICES} | {"gateway"}
+    regex = by_cluster["forecast"]["typed_config"]["headers"][0]["string_match"]["safe_regex"]["regex"]
+    assert re.match(regex, "/nhits/health") and re.match(regex, "/nhits/health?x=1")
+    assert not re.match(regex, "/nhits/healthz")
+
+
+def test_settings_from_env() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "KITRADING_GATEWAY_PORT": "8080",
+            "KITRADING_DATA_HOST": "data",
+            "KITRADING_GATEWAY_BIND": "127.0.0.1",
+        }
+    )
+    assert settings.port == 8080
+    assert settings.listen_address == "127.0.0.1"
+    assert settings.host_for(service("data")) == "data"
+    assert settings.host_for(service("llm")) == "127.0.0.1"
+
+
+def test_print_config_json(descriptor_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["--print-config", "--format", "json", "--descriptors", str(descriptor_path), "--no-embed"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    transcoder = next(f for f in _hcm(printed)["http_filters"] if f["name"] == TRANSCODER)["typed_config"]
+    assert transcoder["proto_descriptor"] == str(descriptor_path.resolve())
+
+
+# ---- OpenAPI ----
+
+
+def test_openapi_path_templates() -> None:
+    assert openapi_path("/v1/{name=shelves/*}/books/{book.id}:get") == (
+        "/v1/{name}/books/{book.id}:get",
+        ["name", "book.id"],
+    )
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return found.union(*(_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(v) for v in node))
+    return set()
+
+
+@pytest.mark.parametrize("name", [s.name for s in SERVICES])
+def test_openapi_per_service(contracts: Contracts, name: str) -> None:
+    info = service(name)
+    routed = [s for s in contracts.routed_services() if s.mesh.name == name]
+    if not routed:
+        pytest.skip(f"no contracts for {name} yet")
+    spec = build_openapi(contracts, info)
+    schemas = spec["components"]["schemas"]
+    for ref in _refs(spec):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+    bindings = {(b.verb, b.template.split("=")[0]) for s in routed for m in s.methods for b in m.bindings}
+    assert len(bindings) == sum(len(ops) for ops in spec["paths"].values())
+    for path, operations in spec["paths"].items():
+        for op in operations.values():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"\{([^}]+)\}", path)), path
+    html = render_service_page(spec)
+    assert not re.search(r"""(src|href)=["']https?://""", html), (
+        "docs must not load anything from the network"
+    )
+
+
+def test_openapi_data_details(contracts: Contracts) -> None:
+    spec = build_openapi(contracts, service("data"))
+    get_symbols = spec["paths"]["/api/v1/symbols"]["get"]
+    params = {p["name"]: p for p in get_symbols["parameters"]}
+    assert params["pageSize"]["schema"]["maximum"] == 1000
+    assert get_symbols["x-grpc-method"] == "/kitrading.data.v1.DataService/ListSymbols"
+    symbol = spec["components"]["schemas"]["kitrading.data.v1.Symbol"]
+    assert symbol["properties"]["symbol"]["pattern"].startswith("^[A-Z0-9]")
+    assert symbol["properties"]["createTime"]["format"] == "date-time"
+    assert "Symbol is a tradable instrument" in symbol["description"]
+    watch = spec["paths"]["/api/v1/events:watch"]["get"]
+    assert "text/event-stream" in watch["responses"]["200"]["content"]
+    snake = build_openapi(contracts, service("data"), preserve_proto_field_names=True)
+    assert "page_size" in {p["name"] for p in snake["paths"]["/api/v1/symbols"]["get"]["parameters"]}
+
+
+def test_users_calls_are_all_bound(contracts: Contracts) -> None:
+    bound = {
+        (b.verb, openapi_path(b.template)[0])
+        for s in contracts.routed_services()
+        for m in s.methods
+        for b in m.bindings
+    }
+    present = {s.mesh.name for s in contracts.routed_services()}
+    missing = [call for call in USER_CALLS if call not in bound]
+    if len(present) < len(SERVICES):
+        pytest.skip(f"contracts of {sorted({s.name for s in SERVICES} - present)} missing")
+    assert not missing, missing
+
+
+def test_generate_writes_one_document_per_service(
+    descriptor_path: Path, tmp_path: Path, contracts: Contracts
+) -> None:
+    written = generate(descriptor_path, tmp_path)
+    assert {p.stem for p in written} == {s.mesh.name for s in contracts.routed_services()}
+    assert json.loads(written[0].read_text())["openapi"].startswith("3.")
+
+
+def test_write_config_from_env_and_envoy_command(descriptor_path: Path, tmp_path: Path) -> None:
+    # The launcher's use: `write_config(path, env=env)`, then run `envoy_command(path, env=env)`.
+    env = {"KITRADING_GATEWAY_PORT": "3999", "KITRADING_GATEWAY_CONCURRENCY": "2"}
+    path = write_config(tmp_path / "envoy.json", env=env, descriptor_path=descriptor_path)
+    (listener,) = json.loads(path.read_text())["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 3999
+    command = envoy_command(path, env=env)
+    assert command[1:3] == ["-c", str(path)]
+    assert command[-2:] == ["--concurrency", "2"]
+    assert "--disable-hot-restart" in command

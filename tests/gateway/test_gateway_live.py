@@ -1,0 +1,295 @@
+"""The real Envoy, configured by `gateway.build_config`, in front of real grpc.aio servers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import struct
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from gateway.descriptors import Contracts
+
+from .conftest import Gateway
+from .fake_data import EVENT_GAP_S, DataMessages
+
+LIST_SYMBOLS = "/kitrading.data.v1.DataService/ListSymbols"
+WATCH_EVENTS = "/kitrading.data.v1.DataService/WatchEvents"
+
+
+# ---- JSON/HTTP transcoding ----
+
+
+async def test_json_call_is_transcoded(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/symbols", params={"pageSize": 2})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert [s["symbol"] for s in body["symbols"]] == ["EURUSD", "GBPUSD"]
+    first = body["symbols"][0]
+    # proto3 JSON names, primitives at their default still printed, enums as names.
+    assert first["displayName"] == "eurusd"
+    assert first["description"] == ""
+    assert first["assetClass"] == "ASSET_CLASS_UNSPECIFIED"
+    assert body["totalSize"] == 2
+
+
+async def test_query_accepts_proto_field_names_too(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/symbols", params={"page_size": 1})
+    assert response.status_code == 200
+    assert len(response.json()["symbols"]) == 1
+
+
+async def test_unknown_query_parameter_is_rejected(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/symbols", params={"bogus": "1"})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == 3
+    assert "bogus" in body["message"]
+    assert body["details"][0]["reason"] == "INVALID_REQUEST"
+
+
+async def test_unknown_path_is_rejected(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/no-such-thing")
+    assert response.status_code == 404
+    body = response.json()
+    assert body["code"] == 5
+    assert body["details"][0]["reason"] == "UNKNOWN_PATH"
+
+
+async def test_invalid_argument_is_400_with_field_violations(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/symbols", params={"prefix": "!x"})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    (detail,) = body["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert detail["fieldViolations"][0]["field"] == "prefix"
+
+
+async def test_server_stream_arrives_incrementally_as_sse(gateway: Gateway) -> None:
+    arrivals: list[float] = []
+    events: list[dict[str, object]] = []
+    buffer = ""
+    async with (
+        gateway.client() as client,
+        client.stream("GET", "/api/v1/events:watch?afterEventId=10") as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for chunk in response.aiter_text():
+            buffer += chunk
+            while "\n\n" in buffer:
+                block, buffer = buffer.split("\n\n", 1)
+                assert block.startswith("data: ")
+                events.append(json.loads(block.removeprefix("data: ")))
+                arrivals.append(time.monotonic())
+    assert [e["event"]["eventId"] for e in events] == ["11", "12", "13"]  # type: ignore[index]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert all(gap > EVENT_GAP_S * 0.6 for gap in gaps), gaps
+
+
+async def test_unimplemented_service_answers_503_json(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/llm/status")
+    assert response.status_code == 503
+    assert response.json()["code"] == 14
+
+
+# ---- native gRPC and grpc-web on the same port ----
+
+
+async def test_native_grpc_passes_through(gateway: Gateway, contracts: Contracts) -> None:
+    m = DataMessages(contracts)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        list_symbols = channel.unary_unary(
+            LIST_SYMBOLS,
+            request_serializer=m.ListSymbolsRequest.SerializeToString,
+            response_deserializer=m.ListSymbolsResponse.FromString,
+        )
+        response = await list_symbols(m.ListSymbolsRequest(prefix="G"), timeout=5)
+        assert [s.symbol for s in response.symbols] == ["GBPUSD", "GOOG"]
+
+        watch = channel.unary_stream(
+            WATCH_EVENTS,
+            request_serializer=m.WatchEventsRequest.SerializeToString,
+            response_deserializer=m.WatchEventsResponse.FromString,
+        )
+        ids = [item.event.event_id async for item in watch(m.WatchEventsRequest(), timeout=10)]
+        assert ids == [1, 2, 3]
+
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await list_symbols(m.ListSymbolsRequest(prefix="!"), timeout=5)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_native_grpc_to_dead_or_unknown_service(gateway: Gateway) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        for path, code in (
+            ("/kitrading.llm.v1.LlmService/GetLlmStatus", grpc.StatusCode.UNAVAILABLE),
+            ("/no.such.Service/Method", grpc.StatusCode.UNIMPLEMENTED),
+        ):
+            call = channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call(b"", timeout=5)
+            assert error.value.code() == code, path
+
+
+def _grpc_web_frame(payload: bytes, flags: int = 0) -> bytes:
+    return struct.pack(">BI", flags, len(payload)) + payload
+
+
+def _grpc_web_frames(data: bytes) -> list[tuple[int, bytes]]:
+    frames: list[tuple[int, bytes]] = []
+    while data:
+        flags, length = struct.unpack(">BI", data[:5])
+        frames.append((flags, data[5 : 5 + length]))
+        data = data[5 + length :]
+    return frames
+
+
+async def test_grpc_web_passes_through(gateway: Gateway, contracts: Contracts) -> None:
+    m = DataMessages(contracts)
+    request = m.ListSymbolsRequest(page_size=1).SerializeToString()
+    async with gateway.client() as client:
+        response = await client.post(
+            LIST_SYMBOLS,
+            content=_grpc_web_frame(request),
+            headers={
+                "content-type": "application/grpc-web+proto",
+                "x-grpc-web": "1",
+                "accept": "application/grpc-web+proto",
+            },
+        )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/grpc-web")
+    frames = _grpc_web_frames(response.content)
+    message = next(payload for flags, payload in frames if flags == 0)
+    trailers = next(payload for flags, payload in frames if flags & 0x80).decode()
+    assert [s.symbol for s in m.ListSymbolsResponse.FromString(message).symbols] == ["EURUSD"]
+    assert "grpc-status:0" in trailers.replace(" ", "")
+
+
+# ---- health ----
+
+
+async def test_health_of_a_serving_service(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/data/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "service": "data",
+        "grpcService": "kitrading.data.v1.DataService",
+        "status": "SERVING",
+    }
+
+
+async def test_health_of_a_service_that_never_started(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/llm/health")
+        gateway_health = await client.get("/gateway/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "NOT_SERVING"
+    assert gateway_health.status_code == 200
+
+
+async def test_health_turns_503_at_once_when_a_service_stops(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        assert (await client.get("/watchdog/health")).status_code == 200
+        # NOT_SERVING reported by the service itself...
+        await gateway.watchdog_health.set(
+            "kitrading.watchdog.v1.WatchdogService", health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await _until_status(client, "/watchdog/health", 503, within_s=3.0)
+        await gateway.watchdog_health.set(
+            "kitrading.watchdog.v1.WatchdogService", health_pb2.HealthCheckResponse.SERVING
+        )
+        await _until_status(client, "/watchdog/health", 200, within_s=3.0)
+        # ... and the process gone.
+        await gateway.watchdog_server.stop(0)
+        elapsed = await _until_status(client, "/watchdog/health", 503, within_s=3.0)
+        assert elapsed < 2.5
+        # Requests fail fast too (panic threshold 0): no waiting for a dead host.
+        started = time.monotonic()
+        response = await client.get("/watchdog/api/v1/status")
+        assert response.status_code == 503
+        assert time.monotonic() - started < 1.0
+        # The other services keep serving.
+        assert (await client.get("/data/health")).status_code == 200
+
+
+async def _until_status(client: object, path: str, status: int, *, within_s: float) -> float:
+    started = time.monotonic()
+    while True:
+        response = await client.get(path)  # type: ignore[attr-defined]
+        if response.status_code == status:
+            return time.monotonic() - started
+        if time.monotonic() - started > within_s:
+            raise AssertionError(f"{path} still {response.status_code} after {within_s} s")
+        await asyncio.sleep(0.05)
+
+
+# ---- docs, OpenAPI, index, admin ----
+
+
+async def test_docs_page_is_html(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/data/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "content-security-policy" in response.headers
+    text = response.text
+    assert text.startswith("<!doctype html>")
+    assert "/api/v1/symbols" in text and "ListSymbols" in text
+
+
+async def test_docs_aliases_redirect(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        for alias in ("/data", "/data/", "/data/docs/"):
+            response = await client.get(alias)
+            assert response.status_code == 302, alias
+            assert response.headers["location"].endswith("/data/docs")
+
+
+async def test_openapi_document(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/data/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    spec = response.json()
+    assert spec["openapi"].startswith("3.")
+    assert {"get", "post"} <= set(spec["paths"]["/api/v1/symbols"])
+    assert spec["paths"]["/api/v1/events:watch"]["get"]["x-streaming"] == "server"
+
+
+async def test_index_lists_every_service(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.get("/")
+    assert response.status_code == 200
+    for prefix in ("data", "nhits", "llm", "watchdog"):
+        assert f"/{prefix}/health" in response.text
+
+
+async def test_admin_is_not_on_the_gateway_port(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        assert (await client.get("/stats")).status_code == 404
+        admin = await client.get(
+            f"http://127.0.0.1:{gateway.admin_port}/stats?filter=cluster.data.health_check.success"
+        )
+    assert admin.status_code == 200
+
+
+def test_access_log_is_json_lines(gateway: Gateway) -> None:
+    lines = [line for line in gateway.log.read_text().splitlines() if line.startswith("{")]
+    assert lines, "no access log lines"
+    entry = json.loads(lines[-1])
+    assert {"method", "path", "status", "duration_ms", "cluster"} <= set(entry)
