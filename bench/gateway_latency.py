@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 import grpc
 import httpx
-
-from bench._mesh import data_and_gateway
 from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import request_response_pb2 as rr
 from kitrading.data.v1 import resources_pb2 as pb
 from kitrading.data.v1 import service_pb2_grpc
+
+from bench._mesh import data_and_gateway
 
 TARGET_ADDED_P50_MS = 0.3
 
@@ -105,8 +105,10 @@ def main() -> None:
         f"\ngateway gRPC adds {added:.3f} ms at p50 (ratio {summary['gateway_grpc_ratio_p50']}x; "
         f"target <= {TARGET_ADDED_P50_MS} ms: {'met' if summary['target_met'] else 'NOT met'})"
     )
-    print(f"gateway HTTP JSON adds {added_http:.3f} ms at p50 vs direct gRPC "
-          f"(ratio {summary['gateway_http_ratio_p50']}x)")
+    print(
+        f"gateway HTTP JSON adds {added_http:.3f} ms at p50 vs direct gRPC "
+        f"(ratio {summary['gateway_http_ratio_p50']}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import betterproto2
@@ -212,6 +212,9 @@ class GatewaySettings:
     preserve_proto_field_names: bool = False
     access_log: bool = True
     node_id: str = "kitrading-gateway"
+    #: Port of the mesh-wide reflection server (`python -m gateway.reflection`) on `service_host`;
+    #: None leaves `/grpc.reflection.*` unrouted.
+    reflection_port: int | None = 3011
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
@@ -227,6 +230,8 @@ class GatewaySettings:
             values["listen_address"] = source["KITRADING_GATEWAY_BIND"]
         if source.get("KITRADING_GATEWAY_ADMIN_PORT"):
             values["admin_port"] = int(source["KITRADING_GATEWAY_ADMIN_PORT"])
+        if source.get("KITRADING_REFLECTION_PORT"):
+            values["reflection_port"] = int(source["KITRADING_REFLECTION_PORT"])
         if source.get("KITRADING_SERVICE_HOST"):
             values["service_host"] = source["KITRADING_SERVICE_HOST"]
         hosts = {
@@ -724,6 +729,40 @@ def overload_manager(settings: GatewaySettings) -> OverloadManager:
     )
 
 
+REFLECTION_CLUSTER = "reflection"
+
+
+def reflection_routes(settings: GatewaySettings) -> list[Route]:
+    """`/grpc.reflection.*` (v1 and v1alpha) to the mesh-wide reflection server, for grpcurl."""
+    if settings.reflection_port is None:
+        return []
+    return [
+        Route(
+            name="grpc.reflection",
+            match=RouteMatch(prefix="/grpc.reflection."),
+            route=_route_action(REFLECTION_CLUSTER, 0, settings.request_idle_timeout_s),
+        )
+    ]
+
+
+def reflection_clusters(settings: GatewaySettings) -> list[Cluster]:
+    if settings.reflection_port is None:
+        return []
+    info = ServiceInfo(
+        REFLECTION_CLUSTER,
+        settings.reflection_port,
+        REFLECTION_CLUSTER,
+        "",
+        "gateway.reflection",
+        gpu=False,
+        title="mesh-wide gRPC reflection",
+    )
+    overrides = replace(
+        settings, service_ports={**settings.service_ports, REFLECTION_CLUSTER: settings.reflection_port}
+    )
+    return [cluster(info, overrides)]
+
+
 def bootstrap(
     *,
     registry: Sequence[ServiceInfo],
@@ -734,7 +773,7 @@ def bootstrap(
     env: Mapping[str, str] | None = None,
 ) -> Bootstrap:
     """The whole bootstrap: one listener, one cluster per registry service, admin, overload manager."""
-    routes = page_routes(pages) + service_routes(services, settings)
+    routes = page_routes(pages) + service_routes(services, settings) + reflection_routes(settings)
     filters = http_filters(registry, descriptor, [s.full_name for s in services], settings)
     hcm = connection_manager(routes, filters, registry, pages, settings)
     listener = Listener(
@@ -751,7 +790,8 @@ def bootstrap(
         admin=Admin(address=_socket(settings.admin_address, settings.admin_port)),
         static_resources=BootstrapStaticResources(
             listeners=[listener],
-            clusters=[cluster(service, settings, env) for service in registry],
+            clusters=[cluster(service, settings, env) for service in registry]
+            + reflection_clusters(settings),
         ),
         overload_manager=overload_manager(settings),
     )

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
-
 from kitrading.common.v1 import job_pb2, market_pb2
 from kitrading.data.v1 import resources_pb2 as pb
+
 from services.data import models
 
 E = TypeVar("E", bound=Enum)
@@ -87,7 +87,12 @@ def candle_out(c: models.Candle) -> market_pb2.Candle:
 
 def candle_in(c: market_pb2.Candle) -> models.Candle:
     return models.Candle(
-        time=c.time.ToDatetime(tzinfo=UTC), open=c.open, high=c.high, low=c.low, close=c.close, volume=c.volume
+        time=c.time.ToDatetime(tzinfo=UTC),
+        open=c.open,
+        high=c.high,
+        low=c.low,
+        close=c.close,
+        volume=c.volume,
     )
 
 
@@ -174,7 +179,10 @@ def sync_job_out(j: models.SyncJob) -> pb.SyncJob:
         end_time=timestamp(j.end_time),
         results=[
             pb.SyncSymbolResult(
-                symbol=r.symbol, state=job_state_out(r.state), candles_upserted=r.candles_upserted, error=r.error
+                symbol=r.symbol,
+                state=job_state_out(r.state),
+                candles_upserted=r.candles_upserted,
+                error=r.error,
             )
             for r in j.results
         ],
@@ -204,7 +212,9 @@ def event_out(e: models.Event) -> pb.Event:
     d = e.details
     if isinstance(d, models.CandlesIngested):
         event.candles_ingested.CopyFrom(
-            pb.CandlesIngested(count=d.count, first_time=timestamp(d.first_time), last_time=timestamp(d.last_time))
+            pb.CandlesIngested(
+                count=d.count, first_time=timestamp(d.first_time), last_time=timestamp(d.last_time)
+            )
         )
     elif isinstance(d, models.MarketEvent):
         event.market_event.CopyFrom(
@@ -214,7 +224,9 @@ def event_out(e: models.Event) -> pb.Event:
         )
     elif isinstance(d, models.SyncFinished):
         event.sync_finished.CopyFrom(
-            pb.SyncFinished(job_id=d.job_id, state=job_state_out(d.state), candles_upserted=d.candles_upserted)
+            pb.SyncFinished(
+                job_id=d.job_id, state=job_state_out(d.state), candles_upserted=d.candles_upserted
+            )
         )
     return event
 

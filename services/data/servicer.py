@@ -11,6 +11,7 @@ from typing import Any
 
 from kitrading.data.v1 import request_response_pb2 as rr
 from kitrading.data.v1 import service_pb2_grpc
+
 from services.data import convert as cv
 from services.data.models import Timeframe
 from services.data.service import DataDomain
@@ -53,15 +54,23 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
     async def GetSymbol(self, request: rr.GetSymbolRequest, context: Context) -> rr.GetSymbolResponse:
         return rr.GetSymbolResponse(symbol=cv.symbol_out(await self.domain.get_symbol(request.symbol)))
 
-    async def CreateSymbol(self, request: rr.CreateSymbolRequest, context: Context) -> rr.CreateSymbolResponse:
+    async def CreateSymbol(
+        self, request: rr.CreateSymbolRequest, context: Context
+    ) -> rr.CreateSymbolResponse:
         created = await self.domain.create_symbol(cv.symbol_in(request.symbol))
         return rr.CreateSymbolResponse(symbol=cv.symbol_out(created))
 
-    async def UpdateSymbol(self, request: rr.UpdateSymbolRequest, context: Context) -> rr.UpdateSymbolResponse:
-        updated = await self.domain.update_symbol(cv.symbol_in(request.symbol), list(request.update_mask.paths))
+    async def UpdateSymbol(
+        self, request: rr.UpdateSymbolRequest, context: Context
+    ) -> rr.UpdateSymbolResponse:
+        updated = await self.domain.update_symbol(
+            cv.symbol_in(request.symbol), list(request.update_mask.paths)
+        )
         return rr.UpdateSymbolResponse(symbol=cv.symbol_out(updated))
 
-    async def DeleteSymbol(self, request: rr.DeleteSymbolRequest, context: Context) -> rr.DeleteSymbolResponse:
+    async def DeleteSymbol(
+        self, request: rr.DeleteSymbolRequest, context: Context
+    ) -> rr.DeleteSymbolResponse:
         return rr.DeleteSymbolResponse(candles_deleted=await self.domain.delete_symbol(request.symbol))
 
     # -- strategies -------------------------------------------------------------------------------
@@ -79,7 +88,9 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
         )
 
     async def GetStrategy(self, request: rr.GetStrategyRequest, context: Context) -> rr.GetStrategyResponse:
-        return rr.GetStrategyResponse(strategy=cv.strategy_out(await self.domain.get_strategy(request.strategy_id)))
+        return rr.GetStrategyResponse(
+            strategy=cv.strategy_out(await self.domain.get_strategy(request.strategy_id))
+        )
 
     async def CreateStrategy(
         self, request: rr.CreateStrategyRequest, context: Context
@@ -123,7 +134,9 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
         candle = await self.domain.get_latest_candle(request.symbol, _required_timeframe(request.timeframe))
         return rr.GetLatestCandleResponse(candle=cv.candle_out(candle))
 
-    async def UpsertCandles(self, request: rr.UpsertCandlesRequest, context: Context) -> rr.UpsertCandlesResponse:
+    async def UpsertCandles(
+        self, request: rr.UpsertCandlesRequest, context: Context
+    ) -> rr.UpsertCandlesResponse:
         result = await self.domain.upsert_candles(
             request.symbol, _required_timeframe(request.timeframe), [cv.candle_in(c) for c in request.candles]
         )
@@ -156,7 +169,9 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
         )
         return rr.StartSyncResponse(job=cv.sync_job_out(job))
 
-    async def GetSyncStatus(self, request: rr.GetSyncStatusRequest, context: Context) -> rr.GetSyncStatusResponse:
+    async def GetSyncStatus(
+        self, request: rr.GetSyncStatusRequest, context: Context
+    ) -> rr.GetSyncStatusResponse:
         status = await self.domain.get_sync_status()
         return rr.GetSyncStatusResponse(
             source_configured=status.source_configured,
@@ -168,7 +183,9 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
     async def GetSyncJob(self, request: rr.GetSyncJobRequest, context: Context) -> rr.GetSyncJobResponse:
         return rr.GetSyncJobResponse(job=cv.sync_job_out(await self.domain.get_sync_job(request.job_id)))
 
-    async def ListSyncJobs(self, request: rr.ListSyncJobsRequest, context: Context) -> rr.ListSyncJobsResponse:
+    async def ListSyncJobs(
+        self, request: rr.ListSyncJobsRequest, context: Context
+    ) -> rr.ListSyncJobsResponse:
         page = await self.domain.list_sync_jobs(page_size=request.page_size, page_token=request.page_token)
         return rr.ListSyncJobsResponse(
             jobs=[cv.sync_job_out(j) for j in page.items], next_page_token=page.next_page_token
@@ -176,7 +193,9 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
 
     # -- query logs -------------------------------------------------------------------------------
 
-    async def ListQueryLogs(self, request: rr.ListQueryLogsRequest, context: Context) -> rr.ListQueryLogsResponse:
+    async def ListQueryLogs(
+        self, request: rr.ListQueryLogsRequest, context: Context
+    ) -> rr.ListQueryLogsResponse:
         page = await self.domain.list_query_logs(
             page_size=request.page_size, page_token=request.page_token, method=request.method
         )
@@ -211,6 +230,8 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
 
     # -- samples ----------------------------------------------------------------------------------
 
-    async def ImportSamples(self, request: rr.ImportSamplesRequest, context: Context) -> rr.ImportSamplesResponse:
+    async def ImportSamples(
+        self, request: rr.ImportSamplesRequest, context: Context
+    ) -> rr.ImportSamplesResponse:
         datasets = await self.domain.import_samples()
         return rr.ImportSamplesResponse(datasets=[cv.sample_out(d) for d in datasets])

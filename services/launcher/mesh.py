@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kitrading import mesh
+
 from services.launcher.supervisor import Child, Supervisor
 from services.runtime.config import kitrading_home
 
@@ -75,9 +76,25 @@ def build_children(
         from gateway.run import envoy_binary, write_config
 
         config = write_config(home / "run" / "envoy.yaml", env=env)
-        argv = [envoy_binary(), "-c", str(config), "--log-level", "warning", "--disable-hot-restart",
-                "--concurrency", env.get("KITRADING_GATEWAY_CONCURRENCY", "2")]
+        argv = [
+            envoy_binary(),
+            "-c",
+            str(config),
+            "--log-level",
+            "warning",
+            "--disable-hot-restart",
+            "--concurrency",
+            env.get("KITRADING_GATEWAY_CONCURRENCY", "2"),
+        ]
         children.append(Child("gateway", argv, child_env(env, home), logs / "gateway.log"))
+        children.append(
+            Child(
+                "reflection",
+                [sys.executable, "-m", "gateway.reflection"],
+                child_env(env, home),
+                logs / "reflection.log",
+            )
+        )
     return children
 
 
@@ -88,7 +105,9 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     services = selected_services(only)
     pgdata = await prepare_database(env)
     db_keeper = asyncio.create_task(keep_database_running(pgdata)) if pgdata is not None else None
-    supervisor = Supervisor(build_children(services, home, env, gateway=gateway), state_file=home / "run" / "mesh.json")
+    supervisor = Supervisor(
+        build_children(services, home, env, gateway=gateway), state_file=home / "run" / "mesh.json"
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal

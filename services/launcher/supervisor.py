@@ -102,7 +102,9 @@ class Supervisor:
                 child.backoff = 0.2
             child.restarts += 1
             child.history.append(time.time())
-            log.warning("%s exited with %s after %.1fs; restarting in %.1fs", child.name, code, ran, child.backoff)
+            log.warning(
+                "%s exited with %s after %.1fs; restarting in %.1fs", child.name, code, ran, child.backoff
+            )
             self._write_state()
             await asyncio.sleep(child.backoff)
             child.backoff = min(self.max_backoff, child.backoff * 2)
@@ -133,7 +135,9 @@ class Supervisor:
     async def stop(self) -> None:
         """SIGTERM every child, wait up to the grace period, then SIGKILL what is left."""
         self._stopping = True
-        running = [c for c in self.children.values() if c.process is not None and c.process.returncode is None]
+        running = [
+            c for c in self.children.values() if c.process is not None and c.process.returncode is None
+        ]
         for child in running:
             with contextlib.suppress(ProcessLookupError):
                 assert child.process is not None

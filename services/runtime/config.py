@@ -98,7 +98,9 @@ def env_secret(name: str, env: Mapping[str, str] | None = None) -> str:
         try:
             return Path(path).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"{name}_FILE points at {path!r}, which cannot be read: {exc.strerror}") from None
+            raise ConfigError(
+                f"{name}_FILE points at {path!r}, which cannot be read: {exc.strerror}"
+            ) from None
     return source.get(name, "").strip()
 
 

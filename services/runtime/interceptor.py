@@ -25,7 +25,13 @@ from google.protobuf.message import Message
 
 from services.runtime import metrics
 from services.runtime.deadline import set_deadline
-from services.runtime.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted, Unavailable
+from services.runtime.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.runtime.status import internal_status, status_for, trailing_metadata
 
 log = logging.getLogger("kitrading.rpc")
@@ -162,7 +168,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 if admitted:
                     self.unary_in_flight -= 1
                     in_flight.dec()
-                self._finish(method, request, response, 1 if response is not None else 0, code, start, context)
+                self._finish(
+                    method, request, response, 1 if response is not None else 0, code, start, context
+                )
 
         return behavior
 
@@ -206,9 +214,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             status_code, status = status_for(exc, self.domain)
             await context.abort(status_code, status.message, trailing_metadata(status))
         log_id = uuid.uuid4().hex[:12]
-        log.error(
-            "unhandled error in %s", method, exc_info=exc, extra={"log_id": log_id, "method": method}
-        )
+        log.error("unhandled error in %s", method, exc_info=exc, extra={"log_id": log_id, "method": method})
         status = internal_status(log_id, self.domain)
         await context.abort(grpc.StatusCode.INTERNAL, status.message, trailing_metadata(status))
         return "INTERNAL"  # pragma: no cover - abort raises
@@ -234,8 +240,13 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             metrics.RPC_ERRORS.labels(self.service, method, code).inc()
         log.info(
             "rpc",
-            extra={"method": method, "code": code, "duration_ms": round(duration * 1000, 3), "sent": sent,
-                   "peer": context.peer()},
+            extra={
+                "method": method,
+                "code": code,
+                "duration_ms": round(duration * 1000, 3),
+                "sent": sent,
+                "peer": context.peer(),
+            },
         )
         record = RpcRecord(self.service, method, request, response, sent, code, duration)
         for observer in self.observers:

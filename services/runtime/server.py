@@ -79,7 +79,9 @@ class RunningServer:
         if serving == self.serving:
             return
         self.serving = serving
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", self.settings.service.grpc_service, self.settings.service.name):
             await self.health.set(name, status)
         metrics.SERVICE_HEALTHY.labels(self.settings.service.name).set(1 if serving else 0)
@@ -138,14 +140,18 @@ def _register_reflection_v1() -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
-def _add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+def add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
     from grpc_reflection.v1alpha import _async as reflection_async  # type: ignore[attr-defined]
 
     _register_reflection_v1()
     for name in service_names:  # stubs import only the messages; reflection needs the service too
         importlib.import_module(f"{name.rsplit('.', 1)[0]}.service_pb2")
-    names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             REFLECTION_V1, REFLECTION_V1ALPHA]
+    names = [
+        *service_names,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        REFLECTION_V1,
+        REFLECTION_V1ALPHA,
+    ]
     servicer = reflection_async.ReflectionServicer(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.method_handlers_generic_handler(
@@ -161,7 +167,9 @@ def _add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> No
     server.add_generic_rpc_handlers((handler,))
 
 
-async def create_server(app: ServiceApp, settings: RuntimeSettings, *, start_app: bool = True) -> RunningServer:
+async def create_server(
+    app: ServiceApp, settings: RuntimeSettings, *, start_app: bool = True
+) -> RunningServer:
     """Build, bind and start the server, then start the app. Use port 0 in tests."""
     holder: dict[str, RunningServer] = {}
     info = settings.service
@@ -187,7 +195,7 @@ async def create_server(app: ServiceApp, settings: RuntimeSettings, *, start_app
     app.register(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    _add_reflection(server, [info.grpc_service])
+    add_reflection(server, [info.grpc_service])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port} (port in use?)")

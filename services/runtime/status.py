@@ -48,7 +48,12 @@ def status_for(error: DomainError, domain: str) -> tuple[grpc.StatusCode, status
     code = _code(error.code)
     violations = error.violations if isinstance(error, InvalidArgument) else ()
     status = build_status(
-        code, error.message, reason=error.reason, domain=domain, metadata=error.metadata, violations=violations
+        code,
+        error.message,
+        reason=error.reason,
+        domain=domain,
+        metadata=error.metadata,
+        violations=violations,
     )
     return code, status
 
@@ -67,4 +72,4 @@ def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

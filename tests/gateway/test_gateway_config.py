@@ -106,7 +106,13 @@ def test_transcoder_set_has_error_details(contracts: Contracts) -> None:
 
 def test_a_cluster_per_registry_service(config: dict[str, Any]) -> None:
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert set(clusters) == {s.name for s in SERVICES}
+    # one per service, plus the mesh-wide reflection server behind /grpc.reflection.*
+    assert set(clusters) == {s.name for s in SERVICES} | {"reflection"}
+    reflection_route = next(
+        r for r in config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "route_config"]["virtual_hosts"][0]["routes"] if r["match"].get("prefix") == "/grpc.reflection."
+    )
+    assert reflection_route["route"]["cluster"] == "reflection"
     for info in SERVICES:
         cluster = clusters[info.name]
         (check,) = cluster["health_checks"]
