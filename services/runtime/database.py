@@ -301,9 +301,9 @@ class DatabasePool:
                 await self._monitor
         await self._drop_listen_connection()
         if self._pool is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._pool.close(), 5.0)
-            if not self._pool._closed:
+            except Exception:  # connections stuck (database gone mid-query): drop them
                 self._pool.terminate()
         self._set_healthy(False)
 

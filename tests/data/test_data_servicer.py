@@ -53,7 +53,9 @@ def candle(hour: int, close: float) -> market_pb2.Candle:
 
 async def test_symbol_lifecycle_and_errors(stub: service_pb2_grpc.DataServiceStub) -> None:
     created = await stub.CreateSymbol(
-        rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD", asset_class=market_pb2.ASSET_CLASS_FX, active=True))
+        rr.CreateSymbolRequest(
+            symbol=pb.Symbol(symbol="EURUSD", asset_class=market_pb2.ASSET_CLASS_FX, active=True)
+        )
     )
     assert created.symbol.symbol == "EURUSD"
     with pytest.raises(grpc.aio.AioRpcError) as dup:
@@ -68,8 +70,10 @@ async def test_symbol_lifecycle_and_errors(stub: service_pb2_grpc.DataServiceStu
         (rr.ListSymbolsRequest(page_size=5000), "page_size"),
         (rr.ListCandlesRequest(symbol="EURUSD"), "timeframe"),
     ):
-        method = stub.GetSymbol if isinstance(request, rr.GetSymbolRequest) else (
-            stub.ListSymbols if isinstance(request, rr.ListSymbolsRequest) else stub.ListCandles
+        method = (
+            stub.GetSymbol
+            if isinstance(request, rr.GetSymbolRequest)
+            else (stub.ListSymbols if isinstance(request, rr.ListSymbolsRequest) else stub.ListCandles)
         )
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await method(request)  # type: ignore[operator]
@@ -90,11 +94,15 @@ async def test_symbol_lifecycle_and_errors(stub: service_pb2_grpc.DataServiceStu
 async def test_candles_range_stats_and_bad_bar(stub: service_pb2_grpc.DataServiceStub) -> None:
     await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD", active=True)))
     written = await stub.UpsertCandles(
-        rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(h, 1.1 + h / 1000) for h in range(30)])
+        rr.UpsertCandlesRequest(
+            symbol="EURUSD", timeframe=H1, candles=[candle(h, 1.1 + h / 1000) for h in range(30)]
+        )
     )
     assert written.upserted == 30
     again = await stub.UpsertCandles(
-        rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(h, 1.1 + h / 1000) for h in range(30)])
+        rr.UpsertCandlesRequest(
+            symbol="EURUSD", timeframe=H1, candles=[candle(h, 1.1 + h / 1000) for h in range(30)]
+        )
     )
     assert again.upserted == 0  # idempotent: identical rows change nothing
     page = await stub.ListCandles(rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, page_size=20))
@@ -110,7 +118,9 @@ async def test_candles_range_stats_and_bad_bar(stub: service_pb2_grpc.DataServic
     broken = candle(40, 1.2)
     broken.high = broken.low - 1
     with pytest.raises(grpc.aio.AioRpcError) as bad:
-        await stub.UpsertCandles(rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(41, 1.2), broken]))
+        await stub.UpsertCandles(
+            rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=[candle(41, 1.2), broken])
+        )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert any(f.startswith("candles[1]") for f in bad_fields(bad.value))
     after = await stub.GetLatestCandle(rr.GetLatestCandleRequest(symbol="EURUSD", timeframe=H1))

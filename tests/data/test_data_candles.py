@@ -1,0 +1,135 @@
+"""Candles on real EURUSD data: validation and atomicity, idempotent upsert, range pages, stats, and
+market events computed on upsert from the stored history."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.data.models import Candle, EventType, MarketEvent, Timeframe
+from services.data.service import DataDomain
+from services.runtime.errors import InvalidArgument, NotFound
+from tests.data.conftest import DomainFactory, add_symbol
+
+H1 = Timeframe.H1
+
+
+async def test_bad_candle_rejects_the_whole_batch(domain: DataDomain, eurusd: list[Candle]) -> None:
+    await add_symbol(domain)
+    batch = list(eurusd[:50])
+    batch[37] = replace(batch[37], high=batch[37].low - 0.001)
+    with pytest.raises(InvalidArgument) as err:
+        await domain.upsert_candles("EURUSD", H1, batch)
+    assert err.value.violations[0].field == "candles[37].high"
+    with pytest.raises(NotFound):
+        await domain.get_latest_candle("EURUSD", H1)
+    assert (await domain.list_events()).events[-1].type is EventType.SYMBOL_ADDED  # nothing else written
+    with pytest.raises(NotFound):
+        await domain.upsert_candles("NOPE", H1, eurusd[:5])
+
+
+async def test_upsert_is_idempotent_and_tracks_coverage(domain: DataDomain, eurusd: list[Candle]) -> None:
+    await add_symbol(domain)
+    first = await domain.upsert_candles("EURUSD", H1, eurusd[:3000])
+    assert (first.upserted, first.last_time) == (3000, eurusd[2999].time)
+    again = await domain.upsert_candles("EURUSD", H1, list(reversed(eurusd[:3000])))
+    assert again.upserted == 0  # nothing changed
+    corrected = replace(eurusd[10], close=eurusd[10].close + 0.0001, high=eurusd[10].high + 0.0001)
+    overlap = await domain.upsert_candles("EURUSD", H1, [corrected, *eurusd[2990:5000]])
+    assert overlap.upserted == 1 + 2000
+
+    symbol = await domain.get_symbol("EURUSD")
+    (series,) = symbol.series
+    assert (series.timeframe, series.count) == (H1, 5000)
+    assert (series.first_time, series.last_time) == (eurusd[0].time, eurusd[-1].time)
+    assert (await domain.get_latest_candle("EURUSD", H1)) == eurusd[-1]
+    page = await domain.list_candles("EURUSD", H1, start_time=eurusd[10].time, page_size=1)
+    assert page.items == (corrected,)
+
+    ingested = [e for e in (await domain.list_events()).events if e.type is EventType.CANDLES_INGESTED]
+    assert [e.details.count for e in ingested] == [3000, 2001]  # type: ignore[union-attr]
+
+
+async def test_range_pages_ascending_and_descending(domain: DataDomain, eurusd: list[Candle]) -> None:
+    await add_symbol(domain)
+    await domain.upsert_candles("EURUSD", H1, eurusd)
+    start, end = eurusd[100].time, eurusd[1100].time  # [start, end): 1000 bars
+    for descending in (False, True):
+        got: list[Candle] = []
+        token = ""
+        while True:
+            page = await domain.list_candles(
+                "EURUSD",
+                H1,
+                start_time=start,
+                end_time=end,
+                page_size=300,
+                page_token=token,
+                descending=descending,
+            )
+            got += page.items
+            token = page.next_page_token
+            if not token:
+                break
+        expected = eurusd[100:1100]
+        assert got == (list(reversed(expected)) if descending else expected)
+
+    everything = await domain.list_candles("EURUSD", H1, page_size=5000)
+    assert len(everything.items) == 5000 and everything.next_page_token == ""
+    assert (await domain.list_candles("EURUSD", Timeframe.D1)).items == ()
+    with pytest.raises(InvalidArgument):
+        await domain.list_candles("EURUSD", H1, start_time=end, end_time=start)
+    with pytest.raises(NotFound):
+        await domain.list_candles("NOPE", H1)
+
+
+async def test_stats_on_stored_data(domain: DataDomain, eurusd: list[Candle]) -> None:
+    await add_symbol(domain)
+    with pytest.raises(NotFound):
+        await domain.get_symbol_stats("EURUSD", H1)
+    await domain.upsert_candles("EURUSD", H1, eurusd)
+    stats = await domain.get_symbol_stats("EURUSD", H1, lookback=500)
+    close = pd.Series([c.close for c in eurusd[-500:]])
+    assert stats.bars == 500 and stats.last_candle == eurusd[-1]
+    assert stats.volatility == pytest.approx(np.log(close).diff().std())
+    assert stats.change_percent == pytest.approx((close.iloc[-1] / close.iloc[0] - 1) * 100)
+    assert stats.recent_candles == tuple(eurusd[-24:])
+    assert (await domain.get_symbol_stats("EURUSD", H1)).bars == 100
+
+
+async def test_market_events_on_upsert_use_stored_history(domain: DataDomain, eurusd: list[Candle]) -> None:
+    await add_symbol(domain)
+    split = 3000
+    await domain.upsert_candles("EURUSD", H1, eurusd[:split])
+    before = (await domain.list_events()).last_event_id
+    await domain.upsert_candles("EURUSD", H1, eurusd[split:])
+    await domain.upsert_candles("EURUSD", H1, eurusd[split:])  # re-sent: no new market events
+
+    closes = pd.Series([c.close for c in eurusd])
+    returns = np.log(closes).diff()
+    z = returns / returns.rolling(100).std().shift(1)
+    fired = z[(z.abs() > 4.0) & (z.index >= split)]
+    page = await domain.list_events(after_event_id=before, types=[EventType.MARKET_EVENT], page_size=1000)
+    details = [e.details for e in page.events]
+    assert all(isinstance(d, MarketEvent) for d in details)
+    assert [d.time for d in details] == [eurusd[i].time for i in fired.index]  # type: ignore[union-attr]
+    assert [d.z_score for d in details] == pytest.approx(list(fired.values))  # type: ignore[union-attr]
+    assert len(details) >= 5
+
+
+async def test_market_event_threshold_is_a_setting(
+    domain_factory: DomainFactory, eurusd: list[Candle]
+) -> None:
+    domain = await domain_factory(market_event_k=50.0)
+    await add_symbol(domain)
+    await domain.upsert_candles("EURUSD", H1, eurusd[:200])
+    spike = Candle(eurusd[199].time + timedelta(hours=1), 1.0, 1.5, 0.99, 1.4, 1)  # +15 % in an hour
+    await domain.upsert_candles("EURUSD", H1, [spike])
+    page = await domain.list_events(types=[EventType.MARKET_EVENT])
+    (event,) = page.events
+    assert isinstance(event.details, MarketEvent)
+    assert event.details.time == spike.time and event.details.z_score > 50
