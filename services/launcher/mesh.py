@@ -34,6 +34,7 @@ def child_env(base: dict[str, str], home: Path) -> dict[str, str]:
     env = dict(base)
     env.setdefault("KITRADING_HOME", str(home))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # a native crash leaves its traceback in the log
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(name, "1")
     return env

@@ -188,6 +188,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 in_flight.inc()
                 validate_request(request)
                 set_deadline(context.time_remaining())
+                # Headers now, not with the first message: an SSE client through the gateway (and any
+                # client waiting for "stream open") must not block until the first event exists.
+                await context.send_initial_metadata(())
                 async for item in inner(request, context):
                     yield item
                     sent += 1
