@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 import grpc
 import httpx
+
+from bench._mesh import data_and_gateway
 from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import request_response_pb2 as rr
 from kitrading.data.v1 import resources_pb2 as pb
 from kitrading.data.v1 import service_pb2_grpc
-
-from bench._mesh import data_and_gateway
 
 TARGET_ADDED_P50_MS = 0.3
 

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
+
 from kitrading.mesh import SERVICES, ServiceInfo
 
 #: Where `make generate` writes the descriptor set (`protos/generate.py`).

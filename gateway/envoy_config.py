@@ -121,9 +121,9 @@ from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
-from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
 
 from gateway.descriptors import RoutedService, RpcMethod
+from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 GRPC_WEB = "envoy.filters.http.grpc_web"

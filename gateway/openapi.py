@@ -21,9 +21,9 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
-from kitrading.mesh import SERVICES, ServiceInfo
 
 from gateway.descriptors import Contracts, HttpBinding, RoutedService, RpcMethod
+from kitrading.mesh import SERVICES, ServiceInfo
 
 OPENAPI_VERSION = "3.0.3"
 SCHEMA_REF = "#/components/schemas/"

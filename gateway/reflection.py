@@ -16,9 +16,9 @@ import signal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from kitrading.mesh import SERVICES
+from grpc_health.v1.health import aio as health_aio
 
+from kitrading.mesh import SERVICES
 from services.runtime.server import add_reflection
 
 DEFAULT_PORT = 3011

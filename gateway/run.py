@@ -18,13 +18,13 @@ from typing import IO, Any
 
 import httpx
 import yaml
-from kitrading.mesh import SERVICES, ServiceInfo
 
 from gateway import envoy_config
 from gateway.descriptors import DEFAULT_DESCRIPTOR_PATH, Contracts
 from gateway.docs import CONTENT_SECURITY_POLICY, IndexEntry, render_index, render_service_page
 from gateway.envoy_config import GatewaySettings, Page
 from gateway.openapi import build_openapi, dumps
+from kitrading.mesh import SERVICES, ServiceInfo
 
 
 def envoy_binary() -> str:

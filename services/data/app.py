@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from kitrading.data.v1 import service_pb2_grpc
 
+from kitrading.data.v1 import service_pb2_grpc
 from services.data import convert
 from services.data.service import DataDomain
 from services.data.servicer import DataServicer

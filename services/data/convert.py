@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
+
 from kitrading.common.v1 import job_pb2, market_pb2
 from kitrading.data.v1 import resources_pb2 as pb
-
 from services.data import models
 
 E = TypeVar("E", bound=Enum)
@@ -52,28 +52,28 @@ def timeframe_in(value: int) -> models.Timeframe | None:
     return enum_from_proto(models.Timeframe, "TIMEFRAME_", value, market_pb2.Timeframe)
 
 
-def timeframe_out(value: models.Timeframe | None) -> int:
-    return enum_to_proto(value, "TIMEFRAME_", market_pb2.Timeframe)
+def timeframe_out(value: models.Timeframe | None) -> market_pb2.Timeframe.ValueType:
+    return market_pb2.Timeframe.ValueType(enum_to_proto(value, "TIMEFRAME_", market_pb2.Timeframe))
 
 
 def asset_class_in(value: int) -> models.AssetClass | None:
     return enum_from_proto(models.AssetClass, "ASSET_CLASS_", value, market_pb2.AssetClass)
 
 
-def asset_class_out(value: models.AssetClass | None) -> int:
-    return enum_to_proto(value, "ASSET_CLASS_", market_pb2.AssetClass)
+def asset_class_out(value: models.AssetClass | None) -> market_pb2.AssetClass.ValueType:
+    return market_pb2.AssetClass.ValueType(enum_to_proto(value, "ASSET_CLASS_", market_pb2.AssetClass))
 
 
-def job_state_out(value: models.JobState | None) -> int:
-    return enum_to_proto(value, "JOB_STATE_", job_pb2.JobState)
+def job_state_out(value: models.JobState | None) -> job_pb2.JobState.ValueType:
+    return job_pb2.JobState.ValueType(enum_to_proto(value, "JOB_STATE_", job_pb2.JobState))
 
 
 def event_type_in(value: int) -> models.EventType | None:
     return enum_from_proto(models.EventType, "EVENT_TYPE_", value, pb.EventType)
 
 
-def event_type_out(value: models.EventType | None) -> int:
-    return enum_to_proto(value, "EVENT_TYPE_", pb.EventType)
+def event_type_out(value: models.EventType | None) -> pb.EventType.ValueType:
+    return pb.EventType.ValueType(enum_to_proto(value, "EVENT_TYPE_", pb.EventType))
 
 
 # -- candles --------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from typing import Any
 
 from kitrading.data.v1 import request_response_pb2 as rr
 from kitrading.data.v1 import service_pb2_grpc
-
 from services.data import convert as cv
 from services.data.models import Timeframe
 from services.data.service import DataDomain

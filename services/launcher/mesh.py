@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kitrading import mesh
-
 from services.launcher.supervisor import Child, Supervisor
 from services.runtime.config import kitrading_home
 

@@ -136,12 +136,14 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             raise Unavailable(f"{self.service} is starting; retry shortly", reason="SERVICE_STARTING")
         if streaming and self.streams_in_flight >= self.max_concurrent_streams:
             raise ResourceExhausted(
-                f"{self.service} has {self.streams_in_flight} open streams (limit {self.max_concurrent_streams})",
+                f"{self.service} has {self.streams_in_flight} open streams "
+                f"(limit {self.max_concurrent_streams})",
                 reason="CONCURRENCY_LIMIT",
             )
         if not streaming and self.unary_in_flight >= self.max_concurrent_unary:
             raise ResourceExhausted(
-                f"{self.service} is handling {self.unary_in_flight} calls (limit {self.max_concurrent_unary})",
+                f"{self.service} is handling {self.unary_in_flight} calls "
+                f"(limit {self.max_concurrent_unary})",
                 reason="CONCURRENCY_LIMIT",
             )
 
@@ -160,7 +162,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 validate_request(request)
                 set_deadline(context.time_remaining())
                 response = await inner(request, context)
-                return response  # type: ignore[no-any-return]
+                return response
             except BaseException as exc:
                 code = await self._fail(exc, context, method)
                 raise

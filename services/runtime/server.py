@@ -21,7 +21,7 @@ from typing import Protocol
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.runtime import metrics
@@ -141,7 +141,7 @@ def _register_reflection_v1() -> None:
 
 
 def add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
-    from grpc_reflection.v1alpha import _async as reflection_async  # type: ignore[attr-defined]
+    from grpc_reflection.v1alpha import _async as reflection_async
 
     _register_reflection_v1()
     for name in service_names:  # stubs import only the messages; reflection needs the service too

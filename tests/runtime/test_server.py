@@ -45,7 +45,7 @@ class FakeDomainServicer(service_pb2_grpc.DataServiceServicer):
 
 class App:
     def __init__(self) -> None:
-        self.servicer = FakeDomainServicer()
+        self.servicer = FakeDomainServicer()  # type: ignore[abstract]  # a partial servicer on purpose
         self.ready = True
         self.records: list[RpcRecord] = []
         self.stopped = False
@@ -71,7 +71,7 @@ def settings(**overrides: object) -> RuntimeSettings:
     base = RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_DATA_PORT": "0"})
     values = {f: getattr(base, f) for f in base.__dataclass_fields__}
     values.update(overrides)
-    return RuntimeSettings(**values)  # type: ignore[arg-type]
+    return RuntimeSettings(**values)
 
 
 @pytest.fixture
@@ -98,8 +98,10 @@ async def test_health_serving_then_not_serving(running: tuple[RunningServer, App
 async def test_reflection_lists_services_v1alpha_and_v1(running: tuple[RunningServer, App]) -> None:
     server, _ = running
     async with grpc.aio.insecure_channel(server.target) as channel:
-        for method in ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                       "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"):
+        for method in (
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ):
             call = channel.stream_stream(
                 method,
                 request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
@@ -112,7 +114,13 @@ async def test_reflection_lists_services_v1alpha_and_v1(running: tuple[RunningSe
             assert "grpc.health.v1.Health" in names
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         stream = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="kitrading.data.v1.DataService")])
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="kitrading.data.v1.DataService"
+                    )
+                ]
+            )
         )
         reply = await stream.read()
         assert reply.file_descriptor_response.file_descriptor_proto
@@ -169,7 +177,7 @@ async def test_unknown_failure_is_internal_without_details_leak(running: tuple[R
     assert "secret" not in (error.details() or "")
     assert "Traceback" not in (error.details() or "")
     assert "log id" in (error.details() or "")
-    assert rpc_status.from_call(error) is not None  # type: ignore[arg-type]
+    assert rpc_status.from_call(error) is not None
 
 
 async def test_concurrency_limit_answers_resource_exhausted(running: tuple[RunningServer, App]) -> None:
