@@ -66,7 +66,8 @@ SERVICES: tuple[ServiceInfo, ...] = (
     ServiceInfo("rag", 3008, "rag", "kitrading.rag.v1.RagService", "services.rag",
                 gpu=True, title="Knowledge base: documents and FAISS vector search"),
     ServiceInfo("llm", 3009, "llm", "kitrading.llm.v1.LlmService", "services.llm",
-                gpu=True, title="Grounded trading analysis streamed token by token"),
+                gpu=True, title="Grounded trading analysis streamed token by token",
+                implemented=True),
     ServiceInfo("watchdog", 3010, "watchdog", "kitrading.watchdog.v1.WatchdogService", "services.watchdog",
                 gpu=False, title="Health monitoring, alert history, Telegram alerts"),
 )

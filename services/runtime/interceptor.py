@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import protovalidate
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 from services.runtime import metrics
 from services.runtime.deadline import set_deadline
@@ -58,6 +59,10 @@ class RpcRecord:
 
 
 Observer = Callable[[RpcRecord], None]
+
+
+def _code(name: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
 
 def _field_path(violation: protovalidate.Violation) -> str:
@@ -150,6 +155,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, inner: Any, method: str) -> Callable[[Message, Any], Awaitable[Message]]:
         async def behavior(request: Message, context: grpc.aio.ServicerContext) -> Message:
             start = time.perf_counter()
+            peer = context.peer()  # never after the call is torn down: that crashes grpc's C core
             code = "OK"
             response: Message | None = None
             admitted = False
@@ -164,21 +170,22 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 response = await inner(request, context)
                 return response
             except BaseException as exc:
-                code = await self._fail(exc, context, method)
+                code, status = self._classify(exc, context, method)
+                if status is not None:
+                    await context.abort(_code(code), status.message, trailing_metadata(status))
                 raise
             finally:
                 if admitted:
                     self.unary_in_flight -= 1
                     in_flight.dec()
-                self._finish(
-                    method, request, response, 1 if response is not None else 0, code, start, context
-                )
+                self._finish(method, request, response, 1 if response is not None else 0, code, start, peer)
 
         return behavior
 
     def _wrap_stream(self, inner: Any, method: str) -> Callable[[Message, Any], AsyncIterator[Message]]:
         async def behavior(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
             start = time.perf_counter()
+            peer = context.peer()  # never after the call is torn down: that crashes grpc's C core
             code = "OK"
             sent = 0
             admitted = False
@@ -197,32 +204,37 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                     yield item
                     sent += 1
             except BaseException as exc:
-                code = await self._fail(exc, context, method)
+                code, status = self._classify(exc, context, method)
+                if status is not None:
+                    await context.abort(_code(code), status.message, trailing_metadata(status))
                 raise
             finally:
                 if admitted:
                     self.streams_in_flight -= 1
                     in_flight.dec()
-                self._finish(method, request, None, sent, code, start, context)
+                self._finish(method, request, None, sent, code, start, peer)
 
         return behavior
 
-    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> str:
-        """Turn `exc` into the RPC's status (aborting the call) and return the code's name."""
+    def _classify(
+        self, exc: BaseException, context: grpc.aio.ServicerContext, method: str
+    ) -> tuple[str, status_pb2.Status | None]:
+        """The final code of a failed call, and the status to abort with (None: already decided).
+
+        Called while the call is still alive, so reading `context` is safe here.
+        """
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             remaining = context.time_remaining()
-            return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-        if isinstance(exc, grpc.aio.AbortError):
+            return ("DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"), None
+        if isinstance(exc, grpc.aio.AbortError):  # the servicer aborted on its own
             code = context.code()
-            return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            return (code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"), None
         if isinstance(exc, DomainError):
             status_code, status = status_for(exc, self.domain)
-            await context.abort(status_code, status.message, trailing_metadata(status))
+            return status_code.name, status
         log_id = uuid.uuid4().hex[:12]
         log.error("unhandled error in %s", method, exc_info=exc, extra={"log_id": log_id, "method": method})
-        status = internal_status(log_id, self.domain)
-        await context.abort(grpc.StatusCode.INTERNAL, status.message, trailing_metadata(status))
-        return "INTERNAL"  # pragma: no cover - abort raises
+        return "INTERNAL", internal_status(log_id, self.domain)
 
     def _finish(
         self,
@@ -232,12 +244,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         sent: int,
         code: str,
         start: float,
-        context: grpc.aio.ServicerContext,
+        peer: str,
     ) -> None:
-        if code == "OK":
-            final = context.code()
-            if isinstance(final, grpc.StatusCode) and final is not grpc.StatusCode.OK:
-                code = final.name
         duration = time.perf_counter() - start
         metrics.RPC_REQUESTS.labels(self.service, method, code).inc()
         metrics.RPC_LATENCY.labels(self.service, method).observe(duration)
@@ -250,7 +258,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 "code": code,
                 "duration_ms": round(duration * 1000, 3),
                 "sent": sent,
-                "peer": context.peer(),
+                "peer": peer,
             },
         )
         record = RpcRecord(self.service, method, request, response, sent, code, duration)

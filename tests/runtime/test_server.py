@@ -41,6 +41,8 @@ class FakeDomainServicer(service_pb2_grpc.DataServiceServicer):
     ) -> AsyncIterator[rr.WatchEventsResponse]:
         for i in range(3):
             yield rr.WatchEventsResponse(event=resources_pb2.Event(event_id=i + 1))
+        if request.from_beginning:  # "forever": until the server goes away
+            await asyncio.Event().wait()
 
 
 class App:
@@ -234,3 +236,19 @@ def test_config_errors_name_the_variable() -> None:
         RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_DATA_PORT": "abc"})
     with pytest.raises(ConfigError, match="KITRADING_GRACE_SECONDS"):
         RuntimeSettings.from_env(mesh.service("data"), env={"KITRADING_GRACE_SECONDS": "-1"})
+
+
+async def test_stop_with_an_open_stream_does_not_crash() -> None:
+    """Regression: reading the peer after teardown crashed grpc's C core (the process died)."""
+    app = App()
+    server = await create_server(app, settings(grace_seconds=0.3))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        stream = stub.WatchEvents(rr.WatchEventsRequest(from_beginning=True))
+        for _ in range(3):
+            await stream.read()
+        await server.stop()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stream.read()
+    assert app.records[-1].short_method == "WatchEvents"
+    assert app.records[-1].code in {"CANCELLED", "UNAVAILABLE"}

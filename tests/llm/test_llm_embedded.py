@@ -1,0 +1,157 @@
+"""The embedded engine with the REAL SmolLM2-135M-Instruct model (llama.cpp, one thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import pytest
+
+from services.llm.analyst import Analyst
+from services.llm.embedded import BUNDLED_MODEL_SHA256, LlamaCppEngine, bundled_model_path, file_sha256
+from services.llm.engine import ChatMessage
+from services.llm.prompt import CandleStats, Grounding, Regime
+from services.llm.settings import EmbeddedSettings, LlmSettings
+from services.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+
+SHORT: list[ChatMessage] = [{"role": "user", "content": "Say hello in one short sentence."}]
+LONG: list[ChatMessage] = [
+    {"role": "user", "content": "Count from 1 to 300, writing every number as a word, separated by commas."}
+]
+
+
+async def wait_until(predicate: object, within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+def test_bundled_model_hash_is_pinned() -> None:
+    assert file_sha256(bundled_model_path()) == BUNDLED_MODEL_SHA256
+
+
+async def test_hash_mismatch_refuses_to_load() -> None:
+    engine = LlamaCppEngine(EmbeddedSettings(model_sha256="0" * 64))
+    with pytest.raises(FailedPrecondition) as err:
+        await engine.start()
+    assert err.value.reason == "LLM_MODEL_HASH_MISMATCH"
+    assert not engine.info().loaded and "expected 0000" in engine.info().detail
+    await engine.close()
+
+
+async def test_info(embedded_engine: LlamaCppEngine) -> None:
+    info = embedded_engine.info()
+    assert (info.engine, info.model, info.loaded) == ("embedded", "SmolLM2-135M-Instruct", True)
+    assert "1 thread" in info.detail and BUNDLED_MODEL_SHA256[:12] in info.detail
+
+
+async def test_stream_order_and_finish(embedded_engine: LlamaCppEngine) -> None:
+    tokens = [t async for t in embedded_engine.stream(SHORT, max_tokens=24, temperature=0.0)]
+    assert [t.index for t in tokens] == list(range(len(tokens)))
+    assert tokens[-1].finish_reason in {"stop", "length"}
+    assert all(t.finish_reason is None for t in tokens[:-1])
+    text = "".join(t.text for t in tokens)
+    assert text.strip(), "the model produced no text"
+
+
+async def test_max_tokens_ends_with_length(embedded_engine: LlamaCppEngine) -> None:
+    tokens = [t async for t in embedded_engine.stream(LONG, max_tokens=5, temperature=0.0)]
+    assert tokens[-1].finish_reason == "length"
+    assert sum(1 for t in tokens if t.text) <= 5
+
+
+async def test_tokens_arrive_incrementally(embedded_engine: LlamaCppEngine) -> None:
+    before = embedded_engine.tokens_generated
+    arrivals: list[float] = []
+    async for token in embedded_engine.stream(LONG, max_tokens=40, temperature=0.0):
+        if token.text:
+            arrivals.append(time.perf_counter())
+            if len(arrivals) == 1:
+                # The first token is here while llama.cpp is still generating the rest.
+                assert embedded_engine.running == 1
+                assert embedded_engine.tokens_generated - before < 40
+    assert len(arrivals) >= 30
+    assert arrivals[-1] - arrivals[0] > 0.05
+
+
+async def test_close_stops_generation_at_once(embedded_engine: LlamaCppEngine) -> None:
+    async with aclosing(embedded_engine.stream(LONG, max_tokens=400, temperature=0.0)) as tokens:
+        async for token in tokens:
+            if token.index == 2:
+                break
+    # aclose() returned: the worker has already let go of the model.
+    assert embedded_engine.running == 0
+    stopped_at = embedded_engine.tokens_generated
+    await asyncio.sleep(0.3)
+    assert embedded_engine.tokens_generated == stopped_at
+
+
+async def test_task_cancellation_stops_generation(embedded_engine: LlamaCppEngine) -> None:
+    received: list[int] = []
+
+    async def consume() -> None:
+        async for token in embedded_engine.stream(LONG, max_tokens=400, temperature=0.0):
+            received.append(token.index)
+
+    task = asyncio.create_task(consume())
+    await wait_until(lambda: len(received) >= 3, within=30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert embedded_engine.running == 0
+    stopped_at = embedded_engine.tokens_generated
+    await asyncio.sleep(0.3)
+    assert embedded_engine.tokens_generated == stopped_at
+    assert len(received) < 20
+
+
+async def test_analyst_cancellation_frees_the_slot_and_queue_overflow(
+    embedded_engine: LlamaCppEngine,
+) -> None:
+    analyst = Analyst(LlmSettings(max_concurrent=1, max_queued=1), engine=embedded_engine)
+    grounding = Grounding(symbol="EURUSD")
+    first = analyst.generate(LONG, max_tokens=400, temperature=0.0)
+    await anext(first)  # generating, holds the only slot
+    second = analyst.generate(SHORT, max_tokens=8, temperature=0.0)
+    second_task = asyncio.ensure_future(anext(second))
+    await wait_until(lambda: analyst.limiter.queue_depth == 1)
+    status = await analyst.status()
+    assert (status.active, status.queue_depth, status.max_queued) == (1, 1, 1)
+
+    started = time.perf_counter()
+    with pytest.raises(ResourceExhausted):  # the queue is full: refused at once, not a hang
+        await anext(analyst.analyze("Buy?", grounding))
+    assert time.perf_counter() - started < 0.5
+    with pytest.raises(InvalidArgument):  # validation comes before queueing
+        analyst.analyze("", grounding)
+
+    running_tokens = embedded_engine.tokens_generated
+    await first.aclose()  # cancel: frees the slot for the waiting request at once
+    assert embedded_engine.tokens_generated - running_tokens < 5
+    token = await asyncio.wait_for(second_task, timeout=30)
+    assert token.index == 0
+    assert (analyst.limiter.active, analyst.limiter.queue_depth) == (1, 0)
+    rest = [t async for t in second]
+    assert rest[-1].finish_reason is not None
+    status = await analyst.status()
+    assert (status.active, status.queue_depth) == (0, 0)
+    assert status.answers_total == 2
+
+
+async def test_analyze_end_to_end_records_speed(embedded_engine: LlamaCppEngine) -> None:
+    analyst = Analyst(LlmSettings(), engine=embedded_engine)
+    grounding = Grounding(
+        symbol="EURUSD",
+        candles=CandleStats(last_close=1.0852, change_pct=0.4, volatility_pct=0.15, high=1.09, low=1.08),
+        regime=Regime(name="bullish", probability=0.8),
+        unavailable=("forecast",),
+    )
+    text = "".join([t.text async for t in analyst.analyze("Should I buy or sell?", grounding, max_tokens=48)])
+    assert text.strip()
+    status = await analyst.status()
+    assert status.engine == "embedded" and status.loaded and status.answers_total == 1
+    assert status.recent_tokens_per_second > 5
+    assert 0 < status.recent_first_token_seconds < 10
