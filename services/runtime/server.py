@@ -34,6 +34,7 @@ log = logging.getLogger("kitrading.runtime")
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 HEALTH_CHECK_PERIOD_S = 0.5
+LIVENESS = "liveness"
 
 
 class ServiceApp(Protocol):
@@ -201,6 +202,9 @@ async def create_server(
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port} (port in use?)")
     running = RunningServer(server=server, port=port, settings=settings, app=app, health=health)
     holder["server"] = running
+    # `liveness` stays SERVING while the process answers at all: a liveness probe must not restart a
+    # service that is only waiting for its database (readiness uses "" or the service name).
+    await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await running._set_serving(False)
     await server.start()
     if start_app:

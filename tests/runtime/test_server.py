@@ -95,6 +95,8 @@ async def test_health_serving_then_not_serving(running: tuple[RunningServer, App
         await asyncio.sleep(0.8)
         reply = await health.Check(health_pb2.HealthCheckRequest(service="kitrading.data.v1.DataService"))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        alive = await health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING  # no restart for a dependency outage
 
 
 async def test_reflection_lists_services_v1alpha_and_v1(running: tuple[RunningServer, App]) -> None:

@@ -1,0 +1,230 @@
+"""docker-compose.yml (+ the CPU override) and the Dockerfile keep the promises of docs/operations.md.
+
+Static checks against the service registry: there is no Docker engine on CI machines.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from kitrading.mesh import GATEWAY_PORT, SERVICES, ServiceInfo
+from tests.deploy.conftest import DEPLOY, bash_lib
+
+INFRA = ("gateway", "timescaledb")
+HOME = "/var/lib/kitrading"
+#: What the mission lists as "named volumes per model store" and where each is mounted.
+REQUIRED_VOLUMES = {
+    "forecast-models": ("forecast", f"{HOME}/models/forecast"),
+    "pattern-models": ("pattern", f"{HOME}/models/pattern"),
+    "regime-models": ("regime", f"{HOME}/models/regime"),
+    "embedder-cache": ("embedder", f"{HOME}/cache"),
+    "rag-index": ("rag", f"{HOME}/rag"),
+    "symbols-data": ("timescaledb", "/var/lib/postgresql/data"),
+    "logs": ("data", f"{HOME}/logs"),
+}
+SECRET_WORDS = re.compile(r"PASSWORD|TOKEN|SECRET|API_KEY|PRIVATE", re.IGNORECASE)
+
+
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result = compose["services"]
+    assert isinstance(result, dict)
+    return result
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "environment as a mapping, so overrides merge key by key"
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """volume name -> container path of the service's named-volume mounts."""
+    result = {}
+    for entry in service.get("volumes", []):
+        source, target = str(entry).split(":")[:2]
+        result[source] = target
+    return result
+
+
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    reservations = (service.get("deploy") or {}).get("resources", {}).get("reservations") or {}
+    devices = reservations.get("devices") or []
+    return [d for d in devices if "gpu" in d.get("capabilities", [])]
+
+
+@pytest.mark.parametrize("info", SERVICES, ids=lambda s: s.name)
+def test_every_registry_service_runs_its_module(compose: dict[str, Any], info: ServiceInfo) -> None:
+    service = services(compose)[info.name]
+    assert service["command"] == ["python", "-m", info.module]
+    assert service["image"] == services(compose)["gateway"]["image"], "one image for the whole mesh"
+    assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+    env = env_of(service)
+    assert env["KITRADING_BIND_HOST"] == "0.0.0.0", "must listen beyond the container's loopback"
+    assert env["TIMESCALE_HOST"] == "timescaledb"
+
+
+def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
+    published = {name for name, svc in services(compose).items() if svc.get("ports")}
+    assert published == {"gateway"}
+    (mapping,) = services(compose)["gateway"]["ports"]
+    assert str(mapping).endswith(f":{GATEWAY_PORT}")
+
+
+def test_gateway_reaches_every_service_by_name(compose: dict[str, Any]) -> None:
+    gateway = services(compose)["gateway"]
+    assert gateway["command"] == ["python", "-m", "gateway", "--run"]
+    env = env_of(gateway)
+    assert env["KITRADING_GATEWAY_BIND"] == "0.0.0.0"
+    for info in SERVICES:
+        # gateway/envoy_config.py: GatewaySettings.from_env reads KITRADING_<NAME>_HOST per cluster.
+        assert env[f"KITRADING_{info.name.upper()}_HOST"] == info.name
+        # Service-to-service clients and the watchdog's targets read the same names.
+        assert env_of(services(compose)[info.name])[f"KITRADING_{info.name.upper()}_HOST"] == info.name
+
+
+@pytest.mark.parametrize("info", SERVICES, ids=lambda s: s.name)
+def test_health_check_probes_the_registry_health_name(compose: dict[str, Any], info: ServiceInfo) -> None:
+    check = services(compose)[info.name]["healthcheck"]
+    test = check["test"]
+    assert test[:3] == ["CMD", "python", "/app/deploy/healthcheck.py"]
+    assert test[test.index("--port") + 1] == str(info.default_port)
+    assert test[test.index("--service") + 1] == info.grpc_service
+    for key in ("interval", "timeout", "retries", "start_period"):
+        assert key in check
+
+
+def test_infrastructure_has_health_checks(compose: dict[str, Any]) -> None:
+    gateway = services(compose)["gateway"]["healthcheck"]["test"]
+    assert "/app/deploy/healthcheck.py" in gateway
+    assert f"http://127.0.0.1:{GATEWAY_PORT}/gateway/health" in gateway
+    assert "pg_isready" in " ".join(services(compose)["timescaledb"]["healthcheck"]["test"])
+
+
+def test_healthcheck_script_exists_and_is_in_the_image() -> None:
+    assert (DEPLOY / "healthcheck.py").is_file()
+    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert not any(entry in ("deploy", "deploy/*", "deploy/healthcheck.py") for entry in ignored)
+
+
+@pytest.mark.parametrize("name", [s.name for s in SERVICES] + list(INFRA))
+def test_restart_memory_limit_and_log_rotation(compose: dict[str, Any], name: str) -> None:
+    service = services(compose)[name]
+    assert service["restart"] == "unless-stopped"
+    memory = service["deploy"]["resources"]["limits"]["memory"]
+    assert re.fullmatch(r"\$\{[A-Z_]+:-\d+[mg]\}", memory), memory
+    logging = service["logging"]
+    assert logging["driver"] == "json-file"
+    assert logging["options"]["max-size"] and logging["options"]["max-file"]
+
+
+@pytest.mark.parametrize("info", SERVICES, ids=lambda s: s.name)
+def test_gpu_reservation_exactly_for_gpu_services(compose: dict[str, Any], info: ServiceInfo) -> None:
+    service = services(compose)[info.name]
+    devices = gpu_devices(service)
+    fraction = f"KITRADING_{info.name.upper()}_GPU_MEMORY_FRACTION"
+    if info.gpu:
+        assert len(devices) == 1 and devices[0]["driver"] == "nvidia"
+        assert fraction in env_of(service), "each GPU service gets its own memory budget"
+    else:
+        assert devices == []
+        assert fraction not in env_of(service)
+
+
+def test_gateway_and_database_reserve_no_gpu(compose: dict[str, Any]) -> None:
+    for name in INFRA:
+        assert gpu_devices(services(compose)[name]) == []
+
+
+def test_default_gpu_fractions_leave_room(compose: dict[str, Any]) -> None:
+    total = 0.0
+    for info in SERVICES:
+        if info.gpu:
+            value = env_of(services(compose)[info.name])[f"KITRADING_{info.name.upper()}_GPU_MEMORY_FRACTION"]
+            match = re.fullmatch(r"\$\{[A-Z_]+:-([0-9.]+)\}", value)
+            assert match, value
+            total += float(match.group(1))
+    assert 0 < total <= 1.0
+
+
+def test_cpu_override_drops_every_gpu_reservation(compose_cpu: dict[str, Any]) -> None:
+    for name, service in services(compose_cpu).items():
+        assert gpu_devices(service) == [], name
+        if name in {s.name for s in SERVICES} | set(INFRA):
+            assert service["deploy"]["resources"]["limits"]["memory"], f"{name} keeps its memory limit"
+    assert env_of(services(compose_cpu)["forecast"])["NHITS_USE_GPU"] == "false"
+    for info in SERVICES:
+        args = services(compose_cpu)[info.name]["build"]["args"]
+        assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
+
+
+def test_cpu_override_only_names_known_services(compose: dict[str, Any]) -> None:
+    from tests.deploy.conftest import COMPOSE_CPU, load_compose
+
+    assert set(load_compose(COMPOSE_CPU)["services"]) <= set(services(compose))
+
+
+@pytest.mark.parametrize("volume", sorted(REQUIRED_VOLUMES))
+def test_named_volumes_per_store(compose: dict[str, Any], volume: str) -> None:
+    assert compose["volumes"][volume]["name"] == f"kitrading-{volume}"
+    owner, path = REQUIRED_VOLUMES[volume]
+    assert mounts(services(compose)[owner])[volume] == path
+
+
+def test_every_domain_service_has_the_logs_volume(compose: dict[str, Any]) -> None:
+    for info in SERVICES:
+        assert mounts(services(compose)[info.name]).get("logs") == f"{HOME}/logs"
+
+
+def test_backup_components_match_the_volumes(compose: dict[str, Any]) -> None:
+    """backup.sh copies volume kitrading-<c> in compose mode and $KITRADING_HOME/<path> locally: the
+    compose mount of each volume must be that same path under the image's KITRADING_HOME."""
+    components = bash_lib('echo "${VOLUME_COMPONENTS[@]} ${CACHE_COMPONENTS[@]}"').split()
+    assert {"forecast-models", "pattern-models", "regime-models", "rag-index", "embedder-cache"} <= set(
+        components
+    )
+    for component in components:
+        assert compose["volumes"][component]["name"] == bash_lib(f"volume_name {component}")
+        writer = bash_lib(f"writer_service {component}")
+        local = bash_lib(f"local_path {component}")
+        assert mounts(services(compose)[writer])[component] == f"{HOME}/{local}"
+
+
+def test_secrets_come_from_files_and_are_never_inlined(compose: dict[str, Any]) -> None:
+    for name, secret in compose["secrets"].items():
+        assert set(secret) == {"file"}, f"secret {name} must come from a file"
+    for name, service in services(compose).items():
+        granted = set(service.get("secrets", []))
+        for key, value in env_of(service).items():
+            assert "://" not in value or "@" not in value, f"{name}.{key} has credentials in a URL"
+            if SECRET_WORDS.search(key):
+                assert key.endswith("_FILE"), f"{name}.{key} would put a secret in the environment"
+                secret = value.removeprefix("/run/secrets/")
+                assert value.startswith("/run/secrets/") and secret in granted, f"{name}.{key}"
+    assert "telegram_bot_token" in services(compose)["watchdog"]["secrets"]
+    assert (
+        env_of(services(compose)["watchdog"])["TELEGRAM_BOT_TOKEN_FILE"] == "/run/secrets/telegram_bot_token"
+    )
+    assert env_of(services(compose)["timescaledb"])["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
+    ignored = (DEPLOY / "secrets" / ".gitignore").read_text().split()
+    assert "*" in ignored
+
+
+def test_one_service_rebuild_is_possible(compose: dict[str, Any]) -> None:
+    """`docker compose up -d --no-deps --build forecast` needs a build section on that service."""
+    for info in SERVICES:
+        assert services(compose)[info.name]["build"]["context"] == ".."
+
+
+def test_dockerfile_is_multi_stage_with_torch_first() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)", text, flags=re.MULTILINE)
+    assert stages == ["builder", "runtime"]
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu$", text, re.MULTILINE)
+    torch = text.index('"torch==${TORCH_VERSION}"')
+    assert torch < text.index("COPY pyproject.toml") < text.index("COPY . .")
+    assert "protos/generate.py" in text, "the gateway's descriptor set is not in git: the build makes it"
+    assert re.search(r"^USER \$\{KITRADING_UID\}", text, re.MULTILINE), "services do not run as root"
+    assert "COPY --from=builder /app /app" in text

@@ -1,0 +1,165 @@
+"""deploy/k8s/: generated from the registry, valid YAML, and wired together (probes, PVCs, GPUs, secrets)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from kitrading.mesh import GATEWAY_PORT, SERVICES, ServiceInfo
+from tests.deploy.conftest import DEPLOY
+
+K8S = DEPLOY / "k8s"
+FILES = ("config.yaml", "storage.yaml", "database.yaml", "services.yaml", "gateway.yaml")
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("k8s_generate", K8S / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for name in FILES:
+        docs.extend(d for d in yaml.safe_load_all((K8S / name).read_text(encoding="utf-8")) if d)
+    return docs
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                yield doc, container
+
+
+def test_manifests_are_what_the_generator_writes(tmp_path: Path) -> None:
+    generator = load_generator()
+    for name, text in generator.render().items():
+        assert (K8S / name).read_text(encoding="utf-8") == text, f"run python deploy/k8s/generate.py ({name})"
+    assert generator.main(["--check"]) == 0
+    assert generator.main(["--check", "--out", str(tmp_path)]) == 1
+
+
+def test_every_file_is_valid_yaml_with_kind_and_name(documents: list[dict[str, Any]]) -> None:
+    assert documents
+    for doc in documents:
+        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["resources"] == list(FILES)
+    assert kustomization["namespace"] == "kitrading"
+
+
+@pytest.mark.parametrize("info", SERVICES, ids=lambda s: s.name)
+def test_deployment_and_service_per_domain(documents: list[dict[str, Any]], info: ServiceInfo) -> None:
+    deployment = find(documents, "Deployment", info.name)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", info.module]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": info.default_port, "metrics": info.default_port + 6000}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == info.default_port, probe
+    assert container["readinessProbe"]["grpc"]["service"] == info.grpc_service
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+    service = find(documents, "Service", info.name)
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["clusterIP"] == "None", "headless: Envoy balances over every pod"
+    assert {p["port"] for p in service["spec"]["ports"]} == {info.default_port, info.default_port + 6000}
+
+
+@pytest.mark.parametrize("info", SERVICES, ids=lambda s: s.name)
+def test_resources_and_gpu_limits(documents: list[dict[str, Any]], info: ServiceInfo) -> None:
+    pod = find(documents, "Deployment", info.name)["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    fraction = f"KITRADING_{info.name.upper()}_GPU_MEMORY_FRACTION"
+    if info.gpu:
+        assert resources["limits"]["nvidia.com/gpu"] == 1
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        assert 0 < float(env[fraction]) <= 1
+    else:
+        assert "nvidia.com/gpu" not in resources["limits"]
+        assert "tolerations" not in pod and fraction not in env
+
+
+def test_claims_exist_and_stateful_pods_are_replaced_not_surged(documents: list[dict[str, Any]]) -> None:
+    claims = {d["metadata"]["name"] for d in documents if d["kind"] == "PersistentVolumeClaim"}
+    assert {"forecast-models", "pattern-models", "regime-models", "embedder-cache", "rag-index"} <= claims
+    used = set()
+    for doc in documents:
+        if doc["kind"] != "Deployment":
+            continue
+        volumes = doc["spec"]["template"]["spec"].get("volumes", [])
+        own = {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
+        used |= own
+        if own:
+            assert doc["spec"]["strategy"]["type"] == "Recreate", doc["metadata"]["name"]
+    assert used == claims
+
+
+def test_config_map_and_secret_reference(documents: list[dict[str, Any]]) -> None:
+    config = find(documents, "ConfigMap", "kitrading-config")["data"]
+    assert config["KITRADING_BIND_HOST"] == "0.0.0.0"
+    for info in SERVICES:
+        assert config[f"KITRADING_{info.name.upper()}_HOST"] == info.name
+    assert not [d for d in documents if d["kind"] == "Secret"], (
+        "the Secret is created from files, not kept here"
+    )
+    for doc, container in containers(documents):
+        names = {e["name"] for e in container.get("env", [])} | set(config)
+        for name in names:
+            if any(word in name for word in ("PASSWORD", "TOKEN")):
+                assert name.endswith("_FILE"), f"{doc['metadata']['name']}: {name}"
+        secret_volumes = [v for v in doc["spec"]["template"]["spec"].get("volumes", []) if "secret" in v]
+        for volume in secret_volumes:
+            assert volume["secret"]["secretName"] == "kitrading-secrets"
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] != "gateway":
+            assert container["envFrom"] == [{"configMapRef": {"name": "kitrading-config"}}]
+            assert secret_volumes, "every domain service reads the database password from the Secret"
+
+
+def test_gateway_is_the_load_balancer(documents: list[dict[str, Any]]) -> None:
+    service = find(documents, "Service", "gateway")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert [p["port"] for p in service["spec"]["ports"]] == [GATEWAY_PORT]
+    others = [d for d in documents if d["kind"] == "Service" and d["metadata"]["name"] != "gateway"]
+    assert all(d["spec"].get("type", "ClusterIP") == "ClusterIP" for d in others), "one public entry"
+    deployment = find(documents, "Deployment", "gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "gateway", "--run"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/gateway/health"
+
+
+def test_kustomize_builds_when_kubectl_is_here() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert all(d["metadata"].get("namespace") == "kitrading" for d in built if d["kind"] != "Namespace")
