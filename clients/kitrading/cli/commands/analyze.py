@@ -1,0 +1,159 @@
+"""LLM analyst commands: `analyze` (the grounded answer, streamed token by token) and `llm status`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from kitrading.cli.common import Subparsers, client_from, enum_label, message_dict, print_json, timestamp
+from kitrading.common.v1 import market_pb2
+from kitrading.llm.v1 import request_response_pb2 as llm_rr
+from kitrading.llm.v1 import resources_pb2 as llm_res
+from kitrading.regime.v1 import resources_pb2 as regime_res
+
+TIMEFRAMES = [
+    enum_label(name, "TIMEFRAME_")
+    for name in market_pb2.Timeframe.DESCRIPTOR.values_by_name
+    if not name.endswith("UNSPECIFIED")
+]
+#: Deadline of a whole answer with --no-stream (a long answer on a small CPU takes minutes).
+ANALYZE_TIMEOUT = 600.0
+
+
+def register(subparsers: Subparsers) -> None:
+    analyze = subparsers.add_parser(
+        "analyze",
+        help="ask the LLM analyst about a symbol",
+        description=(
+            "Ask the LLM analyst a question about a symbol. The figures it gathered (candles, forecast, "
+            "regime, patterns, knowledge base) are printed first, then the answer as it is written."
+        ),
+    )
+    analyze.add_argument("symbol", help="symbol, e.g. EURUSD")
+    analyze.add_argument("question", help='e.g. "Should I buy or sell?"')
+    analyze.add_argument(
+        "--timeframe",
+        type=str.upper,
+        choices=TIMEFRAMES,
+        default=None,
+        help="default H1 (D1 without H1 data)",
+    )
+    analyze.add_argument("--max-tokens", type=int, default=None, help="answer length limit (service default)")
+    analyze.add_argument("--temperature", type=float, default=None, help="0-2 (service default)")
+    analyze.add_argument("--no-stream", action="store_true", help="wait for the whole answer (unary call)")
+    analyze.add_argument("--json", action="store_true", help="print JSON (one object per streamed message)")
+    analyze.set_defaults(handler=run_analyze)
+
+    llm = subparsers.add_parser("llm", help="LLM analyst state", description="LLM analyst tasks.")
+    tasks = llm.add_subparsers(dest="task", metavar="TASK", required=True)
+    status = tasks.add_parser(
+        "status", help="engine, model, queue and speed", description="Show the LLM engine, model and load."
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=run_status)
+
+
+def _request(args: argparse.Namespace) -> llm_rr.AnalyzeStreamRequest:
+    request = llm_rr.AnalyzeStreamRequest(symbol=args.symbol.upper(), question=args.question)
+    if args.timeframe:
+        request.timeframe = market_pb2.Timeframe.Value(f"TIMEFRAME_{args.timeframe}")
+    if args.max_tokens is not None:
+        request.max_tokens = args.max_tokens
+    if args.temperature is not None:
+        request.temperature = args.temperature
+    return request
+
+
+def _label(enum: Any, value: int, prefix: str) -> str:
+    """`(market_pb2.Timeframe, 5, "TIMEFRAME_")` -> `H1`."""
+    return enum_label(enum.Name(value), prefix)
+
+
+def context_lines(context: llm_res.AnalysisContext) -> list[str]:
+    """The gathered figures, one line per source."""
+    frame = _label(market_pb2.Timeframe, context.timeframe, "TIMEFRAME_")
+    lines = [f"{context.symbol} {frame} (gathered in {context.gather_ms:.0f} ms)"]
+    if context.HasField("candle_stats"):
+        s = context.candle_stats
+        lines.append(
+            f"  candles   last close {s.last_candle.close:.6g} at {timestamp(s.last_candle.time)}, "
+            f"change {s.change_percent:+.2f}% over {s.bars} bars, high {s.high:.6g}, low {s.low:.6g}"
+        )
+    if context.HasField("forecast") and context.forecast.points:
+        f = context.forecast
+        last = f.points[-1]
+        bands = " ".join(f"{i.level}% [{i.lower:.6g}, {i.upper:.6g}]" for i in last.intervals)
+        lines.append(
+            f"  forecast  +{len(f.points)} bars: {last.value:.6g} {bands} (model {f.model_version or '-'})"
+        )
+    if context.HasField("regime"):
+        r = context.regime
+        name = _label(regime_res.Regime, r.regime, "REGIME_").lower().replace("_", " ")
+        lines.append(f"  regime    {name} ({r.confidence * 100:.0f}%)")
+    if context.HasField("pattern_detection"):
+        found = ", ".join(
+            f"{p.pattern_type} ({p.confidence * 100:.0f}%)" for p in context.pattern_detection.patterns
+        )
+        lines.append(f"  patterns  {found or 'none detected'}")
+    for i, passage in enumerate(context.passages, 1):
+        lines.append(f"  passage {i} {passage.title or passage.document_id} (score {passage.score:.2f})")
+    for u in context.unavailable:
+        source = _label(llm_res.ContextSource, u.source, "CONTEXT_SOURCE_").lower()
+        lines.append(f"  missing   {source}: {u.code} {u.reason}")
+    return lines
+
+
+def completion_line(c: llm_res.AnalysisCompletion) -> str:
+    reason = _label(llm_res.FinishReason, c.finish_reason, "FINISH_REASON_").lower()
+    return (
+        f"[{reason}; {c.completion_tokens} tokens, {c.tokens_per_second:.1f} tokens/s, first token "
+        f"{c.time_to_first_token_ms:.0f} ms, total {c.total_ms:.0f} ms; {c.model}]"
+    )
+
+
+def run_analyze(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    stream_out = out or sys.stdout
+    request = _request(args)
+    if args.no_stream:
+        with client_from(args, timeout=ANALYZE_TIMEOUT) as client:
+            unary = llm_rr.AnalyzeRequest()
+            unary.ParseFromString(request.SerializeToString())  # the two requests share their fields
+            response = client.llm.analyze(unary)
+        if args.json:
+            print_json(message_dict(response), out=stream_out)
+            return 0
+        stream_out.write("\n".join([*context_lines(response.context), "", response.answer.strip(), ""]))
+        stream_out.write(completion_line(response.completion) + "\n")
+        return 0
+    with client_from(args) as client, client.llm.analyze_stream(request, timeout=args.timeout) as stream:
+        for message in stream:
+            if args.json:
+                print_json(message_dict(message), out=stream_out, indent=None)
+                continue
+            kind = message.WhichOneof("event")
+            if kind == "context":
+                stream_out.write("\n".join([*context_lines(message.context), "", ""]))
+            elif kind == "token":
+                stream_out.write(message.token.text)
+            elif kind == "completion":
+                stream_out.write("\n" + completion_line(message.completion) + "\n")
+            stream_out.flush()
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+        status = client.llm.get_llm_status()
+    if args.json:
+        print_json(message_dict(status))
+        return 0
+    engine = _label(llm_res.LlmEngine, status.engine, "LLM_ENGINE_").lower()
+    where = f" at {status.base_url}" if status.base_url else ""
+    print(f"engine   {engine}{where}")
+    print(f"model    {status.model} ({'loaded' if status.loaded else 'not loaded'})")
+    print(
+        f"load     {status.active_requests}/{status.max_concurrent} answering, {status.queue_depth} waiting"
+    )
+    print(f"speed    {status.recent_tokens_per_second:.1f} tokens/s (recent answers)")
+    return 0

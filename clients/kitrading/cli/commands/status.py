@@ -1,0 +1,103 @@
+"""`kitrading status`: each service's gRPC health on its own port, and its health page behind the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import httpx
+
+from kitrading import mesh
+from kitrading.cli.common import Subparsers, print_json, print_table
+
+#: Deadline of each check, in seconds.
+CHECK_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    service: str
+    port: int
+    implemented: bool
+    #: SERVING, NOT_SERVING, SERVICE_UNKNOWN, UNREACHABLE or the failing status code.
+    grpc_health: str
+    #: SERVING (2xx), HTTP <code>, UNREACHABLE, or "-" with --no-gateway.
+    gateway_health: str
+    #: Round trip of the gRPC health check in milliseconds (None when unreachable).
+    latency_ms: float | None
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="health of every service (gRPC and through the gateway)",
+        description=(
+            "Check every service of the registry: grpc.health.v1 Check on its own port and GET "
+            "/<prefix>/health through the gateway, 1 s deadline each. Exit status 1 when an "
+            "implemented service is not SERVING."
+        ),
+    )
+    parser.add_argument("--host", default="localhost", help="host of the services and gateway")
+    parser.add_argument("--no-gateway", action="store_true", help="skip the gateway health pages")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=run)
+
+
+def grpc_health(host: str, info: mesh.ServiceInfo) -> tuple[str, float | None]:
+    from kitrading.client import KitradingError, connect
+
+    started = time.perf_counter()
+    with connect(f"{host}:{info.port()}", timeout=CHECK_TIMEOUT, retries=False) as client:
+        try:
+            status = client.health(info.grpc_service)
+        except KitradingError as exc:
+            if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                return "UNREACHABLE", None
+            return exc.code.name, None
+    return status.value, (time.perf_counter() - started) * 1000
+
+
+def gateway_health(host: str, info: mesh.ServiceInfo) -> str:
+    url = f"http://{host}:{mesh.gateway_port()}/{info.prefix}/health"
+    try:
+        response = httpx.get(url, timeout=CHECK_TIMEOUT)
+    except httpx.HTTPError:
+        return "UNREACHABLE"
+    return "SERVING" if response.is_success else f"HTTP {response.status_code}"
+
+
+def check(host: str, info: mesh.ServiceInfo, *, gateway: bool) -> ServiceStatus:
+    health, latency = grpc_health(host, info)
+    return ServiceStatus(
+        service=info.name,
+        port=info.port(),
+        implemented=info.implemented,
+        grpc_health=health,
+        gateway_health=gateway_health(host, info) if gateway else "-",
+        latency_ms=None if latency is None else round(latency, 1),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    with ThreadPoolExecutor(max_workers=len(mesh.SERVICES)) as pool:
+        results = list(
+            pool.map(lambda info: check(args.host, info, gateway=not args.no_gateway), mesh.SERVICES)
+        )
+    if args.json:
+        print_json([asdict(r) for r in results])
+    else:
+        rows = [
+            (
+                r.service,
+                r.port,
+                r.grpc_health,
+                r.gateway_health,
+                "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms",
+            )
+            for r in results
+        ]
+        print_table(("service", "port", "grpc health", "gateway health", "latency"), rows)
+    healthy = all(r.grpc_health == "SERVING" for r in results if r.implemented)
+    return 0 if healthy else 1

@@ -1,0 +1,45 @@
+"""`kitrading up`: start the whole mesh (every implemented service and the gateway) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from kitrading import mesh
+from kitrading.cli.common import EXIT_ERROR, Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="start the mesh (Ctrl-C stops it)",
+        description="Start every implemented service and the Envoy gateway; Ctrl-C stops them all.",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated services to start ({', '.join(s.name for s in mesh.SERVICES)})",
+    )
+    parser.add_argument("--no-gateway", action="store_true", help="do not start the Envoy gateway")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    only = [name.strip() for name in args.only.split(",") if name.strip()] or None
+    for name in only or ():
+        try:
+            mesh.service(name)
+        except KeyError as exc:
+            print(f"kitrading up: {exc.args[0]}", file=sys.stderr)
+            return EXIT_ERROR
+    try:
+        from services.launcher.mesh import run_mesh
+    except ImportError as exc:
+        print(
+            f"kitrading up: the server code is not installed ({exc}); run it from a checkout with `make up`",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    asyncio.run(run_mesh(only, gateway=not args.no_gateway))
+    return 0

@@ -1,0 +1,260 @@
+"""`connect()` / `connect_async()`: one channel to the mesh, one typed attribute per service.
+
+The channel goes to the Envoy gateway (`localhost:3000`, or `KITRADING_TARGET`), which passes native
+gRPC through to every service; a single service's address works too. Unary RPCs bound to HTTP GET are
+retried on UNAVAILABLE by gRPC itself (the channel's service config), everything else is sent once.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+import httpx
+from grpc_health.v1 import health_pb2
+
+from kitrading import mesh
+from kitrading.client._generated import IDEMPOTENT_METHODS, AsyncServices, SyncServices
+from kitrading.client._runtime import AsyncTransport, Metadata, SyncTransport
+from kitrading.client.errors import NotFoundError, UnimplementedError
+
+#: Environment variable that overrides the default target.
+TARGET_ENV = "KITRADING_TARGET"
+DEFAULT_TIMEOUT = 30.0
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: The retry policy of idempotent methods (gRPC service config `retryPolicy`).
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+class HealthStatus(enum.StrEnum):
+    """Answer of `Client.health()` (the `grpc.health.v1` serving status)."""
+
+    UNKNOWN = "UNKNOWN"
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+
+
+def resolve_target(target: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """`host:port` to dial: `target`, else `$KITRADING_TARGET`, else the gateway on localhost.
+
+    A service name from the registry (`data`, `nhits`) means that service on localhost.
+    """
+    source = os.environ if env is None else env
+    chosen = target or source.get(TARGET_ENV) or f"localhost:{mesh.gateway_port(source)}"
+    for scheme in ("grpc://", "http://"):
+        chosen = chosen.removeprefix(scheme)
+    if chosen in mesh.BY_NAME or chosen in mesh.BY_PREFIX:
+        return f"localhost:{mesh.service(chosen).port(source)}"
+    return chosen.rstrip("/")
+
+
+def service_config(retries: bool = True) -> dict[str, Any]:
+    """The channel's gRPC service config: the retry policy for every idempotent method."""
+    if not retries:
+        return {}
+    names = [{"service": service, "method": method} for service, method in IDEMPOTENT_METHODS]
+    names.append({"service": "grpc.health.v1.Health", "method": "Check"})
+    return {"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]}
+
+
+def channel_options(retries: bool = True) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ]
+    if retries:
+        options.append(("grpc.service_config", json.dumps(service_config(True), sort_keys=True)))
+    return options
+
+
+def _health_service_name(service: str) -> str:
+    """`data` -> `kitrading.data.v1.DataService`; a full name or "" (the whole server) stays."""
+    if service in mesh.BY_NAME or service in mesh.BY_PREFIX:
+        return mesh.service(service).grpc_service
+    return service
+
+
+def _health_url(target: str, service: str) -> str | None:
+    """The gateway's `/<prefix>/health` URL for a registry service, else None."""
+    if not (service in mesh.BY_NAME or service in mesh.BY_PREFIX):
+        found = [s for s in mesh.SERVICES if s.grpc_service == service]
+        if not found:
+            return None
+        service = found[0].name
+    return f"http://{target}/{mesh.service(service).prefix}/health"
+
+
+def _http_health(status_code: int) -> HealthStatus:
+    return HealthStatus.SERVING if 200 <= status_code < 300 else HealthStatus.NOT_SERVING
+
+
+def _health_status(response: health_pb2.HealthCheckResponse) -> HealthStatus:
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return HealthStatus(name) if name in HealthStatus.__members__ else HealthStatus.UNKNOWN
+
+
+class Client(SyncServices):
+    """A blocking client of the whole mesh. Make one with `connect()`; close it (or use `with`)."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        target: str,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata | None = None,
+    ) -> None:
+        self.target = target
+        self.channel = channel
+        self._transport = SyncTransport(channel, timeout=timeout, metadata=metadata)
+        super().__init__(self._transport)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
+        """`grpc.health.v1` status of a service (`"data"`, or its full name; `""`: the server).
+
+        SERVICE_UNKNOWN when the server does not serve that service.
+
+        Through a gateway that does not route the health service, falls back to its HTTP
+        `/<prefix>/health` page.
+        """
+        request = health_pb2.HealthCheckRequest(service=_health_service_name(service))
+        try:
+            response = self._transport.unary(
+                _HEALTH_CHECK, request, health_pb2.HealthCheckResponse, timeout=timeout, metadata=None
+            )
+        except NotFoundError:
+            return HealthStatus.SERVICE_UNKNOWN
+        except UnimplementedError:
+            url = _health_url(self.target, service)
+            if url is None:
+                raise
+            wait = self._transport.timeout if timeout is None else timeout
+            try:
+                return _http_health(httpx.get(url, timeout=wait).status_code)
+            except httpx.HTTPError:
+                return HealthStatus.UNKNOWN
+        return _health_status(response)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<kitrading.client.Client {self.target}>"
+
+
+class AsyncClient(AsyncServices):
+    """The `asyncio` client (grpc.aio). Make one with `connect_async()`; `await client.close()`."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        target: str,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata | None = None,
+    ) -> None:
+        self.target = target
+        self.channel = channel
+        self._transport = AsyncTransport(channel, timeout=timeout, metadata=metadata)
+        super().__init__(self._transport)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:  # noqa: ASYNC109
+        """See `Client.health`."""
+        request = health_pb2.HealthCheckRequest(service=_health_service_name(service))
+        try:
+            response = await self._transport.unary(
+                _HEALTH_CHECK, request, health_pb2.HealthCheckResponse, timeout=timeout, metadata=None
+            )
+        except NotFoundError:
+            return HealthStatus.SERVICE_UNKNOWN
+        except UnimplementedError:
+            url = _health_url(self.target, service)
+            if url is None:
+                raise
+            wait = self._transport.timeout if timeout is None else timeout
+            try:
+                async with httpx.AsyncClient(timeout=wait) as http:
+                    return _http_health((await http.get(url)).status_code)
+            except httpx.HTTPError:
+                return HealthStatus.UNKNOWN
+        return _health_status(response)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<kitrading.client.AsyncClient {self.target}>"
+
+
+def connect(
+    target: str | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: bool = True,
+    metadata: Sequence[tuple[str, str]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> Client:
+    """A blocking client of the mesh.
+
+    `target`: `host:port` of the gateway or of one service (default `$KITRADING_TARGET`, else
+    `localhost:3000`). `timeout`: default deadline in seconds of every unary call (streams have none
+    unless a call passes one). `retries`: retry idempotent (GET) methods on UNAVAILABLE, up to 4
+    attempts with 0.1-2 s backoff. `metadata`: sent with every call. `credentials`: TLS.
+    """
+    resolved = resolve_target(target)
+    options = channel_options(retries)
+    if credentials is None:
+        channel = grpc.insecure_channel(resolved, options=options)
+    else:
+        channel = grpc.secure_channel(resolved, credentials, options=options)
+    return Client(channel, target=resolved, timeout=timeout, metadata=metadata)
+
+
+def connect_async(
+    target: str | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: bool = True,
+    metadata: Sequence[tuple[str, str]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> AsyncClient:
+    """The `asyncio` client; same arguments as `connect()`. Use it as `async with connect_async() as c:`."""
+    resolved = resolve_target(target)
+    options = channel_options(retries)
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(resolved, options=options)
+    else:
+        channel = grpc.aio.secure_channel(resolved, credentials, options=options)
+    return AsyncClient(channel, target=resolved, timeout=timeout, metadata=metadata)
