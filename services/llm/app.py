@@ -14,8 +14,8 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-from kitrading.llm.v1 import service_pb2_grpc
 
+from kitrading.llm.v1 import service_pb2_grpc
 from services.llm.analyst import Analyst
 from services.llm.engine import Engine
 from services.llm.grounding import Grounder, GroundingSettings

@@ -14,13 +14,13 @@ import time
 from datetime import UTC
 
 from google.protobuf import timestamp_pb2
+
 from kitrading.common.v1 import market_pb2
 from kitrading.forecast.v1 import resources_pb2 as forecast_pb
 from kitrading.llm.v1 import request_response_pb2 as rr
 from kitrading.llm.v1 import resources_pb2 as pb
 from kitrading.pattern.v1 import resources_pb2 as pattern_pb
 from kitrading.regime.v1 import resources_pb2 as regime_pb
-
 from services.llm import prompt
 from services.llm.analyst import LlmStatus
 from services.llm.engine import EngineInfo, Token

@@ -38,6 +38,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
+
 from kitrading import mesh
 from kitrading.client.errors import error_from_rpc
 from kitrading.common.v1 import market_pb2
@@ -55,7 +56,6 @@ from kitrading.rag.v1 import service_pb2_grpc as rag_grpc
 from kitrading.regime.v1 import request_response_pb2 as regime_rr
 from kitrading.regime.v1 import resources_pb2 as regime_pb
 from kitrading.regime.v1 import service_pb2_grpc as regime_grpc
-
 from services.runtime.config import env_float, env_int, env_str
 from services.runtime.deadline import remaining
 from services.runtime.errors import NotFound

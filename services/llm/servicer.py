@@ -15,7 +15,6 @@ from typing import Any
 
 from kitrading.llm.v1 import request_response_pb2 as rr
 from kitrading.llm.v1 import service_pb2_grpc
-
 from services.llm import convert as cv
 from services.llm.analyst import Analyst
 from services.llm.engine import Token

@@ -20,6 +20,7 @@ from typing import Any, Self
 
 import grpc
 import grpc.aio
+
 from kitrading.common.v1 import market_pb2
 from kitrading.forecast.v1 import request_response_pb2 as forecast_rr
 from kitrading.forecast.v1 import resources_pb2 as forecast_pb

@@ -20,6 +20,7 @@ from fake_mesh import FORECAST_VERSION, PASSAGE_TEXT, PATTERN_TYPE, FakeMesh, cl
 from fake_ollama import FakeOllama, split_tokens
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from kitrading import mesh
 from kitrading.cli.main import main as cli_main
 from kitrading.common.v1 import market_pb2
@@ -29,7 +30,6 @@ from kitrading.data.v1 import service_pb2_grpc as data_grpc
 from kitrading.llm.v1 import request_response_pb2 as rr
 from kitrading.llm.v1 import resources_pb2 as pb
 from kitrading.llm.v1 import service_pb2_grpc
-
 from services.data import convert as data_cv
 from services.data.app import DataApp
 from services.data.samples import SAMPLES, load_candles
