@@ -1,0 +1,259 @@
+"""Walk-forward evaluation on a held-out tail, split conformal intervals, and the metrics.
+
+A series of n bars (bar index, no gaps) is split, oldest to newest, into::
+
+    | train ........................ | calibration (C windows) | test (W windows) |
+                                    ^ train_end
+
+- NHITS trains on `y[:train_end]` (neuralforecast's validation loss is computed on the calibration
+  segment, which it never trains on).
+- Calibration: C forecast origins, one bar apart, whose h-step targets end just before the test
+  segment. Their errors, divided by each window's `interval_scale` (last price x recent
+  volatility), give per-step conformal quantiles.
+- Test: W origins `step` bars apart (non-overlapping by default) ending at the last bar. NHITS,
+  Naive and SeasonalNaive (statsforecast, same origins) are scored there; NHITS intervals use the
+  calibration quantiles only, so the reported coverage is out of sample.
+- The served model is exactly the evaluated one; its intervals use quantiles from calibration and
+  test origins together (every one of them out of sample for the served weights).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVELS: tuple[int, ...] = (80, 95)
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Bar indices of the walk-forward split. Origins are the index of the first forecast bar."""
+
+    n: int
+    h: int
+    input_size: int
+    train_end: int
+    calibration_origins: np.ndarray  # (C,)
+    test_origins: np.ndarray  # (W,)
+    step: int
+
+    @property
+    def calibration_len(self) -> int:
+        """Bars from train_end to the test segment (neuralforecast's val_size)."""
+        return int(self.test_origins[0] - self.train_end)
+
+    @property
+    def test_len(self) -> int:
+        return self.n - int(self.test_origins[0])
+
+
+def make_split(
+    n: int, h: int, input_size: int, *, windows: int, step: int, calibration: int, min_train: int
+) -> Split:
+    """Lay out train / calibration / test for a series of `n` bars.
+
+    Shrinks the calibration and test windows (down to 20 and 2) when the series is short;
+    ValueError when even that leaves fewer than `input_size + h + min_train` training bars.
+    """
+    step = step or h
+    need_train = input_size + h + min_train
+    while True:
+        test_len = (windows - 1) * step + h
+        cal_len = calibration + h - 1
+        train_end = n - test_len - cal_len
+        if train_end >= need_train:
+            break
+        if calibration > 20:
+            calibration = max(20, calibration // 2)
+        elif windows > 2:
+            windows -= 1
+        else:
+            raise ValueError(
+                f"series too short: {n} bars, need at least {need_train + cal_len + test_len} "
+                f"(input_size={input_size}, h={h})"
+            )
+    test_origins = n - test_len + step * np.arange(windows)
+    calibration_origins = train_end + np.arange(calibration)
+    return Split(n, h, input_size, train_end, calibration_origins, test_origins, step)
+
+
+def windows_at(y: np.ndarray, origins: np.ndarray, input_size: int) -> np.ndarray:
+    """Input windows ending just before each origin: shape (len(origins), input_size)."""
+    idx = origins[:, None] - input_size + np.arange(input_size)[None, :]
+    return y[idx]
+
+
+def targets_at(y: np.ndarray, origins: np.ndarray, h: int) -> np.ndarray:
+    """The h bars from each origin: shape (len(origins), h)."""
+    return y[origins[:, None] + np.arange(h)[None, :]]
+
+
+VOL_LOOKBACK = 48  # bars of log returns behind the interval scale (2 days of H1, ~2 months of D1)
+
+
+def interval_scale(windows: np.ndarray, lookback: int = VOL_LOOKBACK) -> np.ndarray:
+    """Price scale of each window's intervals: last price x std of its last `lookback` log returns.
+
+    windows: (N, L) positive prices -> (N,). Normalising conformal scores by it makes intervals
+    widen in volatile periods and narrow in calm ones (locally adaptive split conformal), which on
+    the bundled data brings test coverage from 52% to 83% (EURUSD, 80% level), see docs/models.md.
+    """
+    tail = windows[:, -(lookback + 1) :]
+    vol = np.std(np.diff(np.log(tail), axis=1), axis=1)
+    floor = 1e-6
+    return windows[:, -1] * np.maximum(vol, floor)
+
+
+def conformal_quantiles(
+    actual: np.ndarray, predicted: np.ndarray, scale: np.ndarray, levels: Sequence[int] = LEVELS
+) -> dict[int, np.ndarray]:
+    """Split conformal half-widths per horizon step, in units of `scale`.
+
+    actual, predicted: (N, h); scale: (N,) each origin's `interval_scale`.
+    Returns {level: (h,)}: the ceil((N+1)·level/100)-th smallest |error|/scale of each step, so that
+    [ŷ - q·scale, ŷ + q·scale] covers a new exchangeable error with probability >= level%.
+    Higher levels are never narrower (same scores, higher rank), so the intervals nest.
+    """
+    scores = np.sort(np.abs(actual - predicted) / scale[:, None], axis=0)
+    n = scores.shape[0]
+    out: dict[int, np.ndarray] = {}
+    for level in levels:
+        rank = min(n, math.ceil((n + 1) * level / 100)) - 1
+        out[level] = scores[rank]
+    return out
+
+
+def interval_bounds(
+    predicted: np.ndarray, scale: np.ndarray, quantiles: dict[int, np.ndarray]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Lower and upper bounds, each shaped like `predicted` (N, h), for every level; scale: (N,)."""
+    out = {}
+    for level, q in quantiles.items():
+        half = q[None, : predicted.shape[1]] * scale[:, None]
+        out[level] = (predicted - half, predicted + half)
+    return out
+
+
+def score(
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    last: np.ndarray,
+    bounds: dict[int, tuple[np.ndarray, np.ndarray]],
+    scale: float,
+) -> dict[str, float | None]:
+    """Metrics of one model over W windows. actual, predicted: (W, h); last: (W,).
+
+    MASE divides by `scale`, the in-sample MAE of the one-step naive forecast on the training bars.
+    Directional accuracy compares sign(ŷ - last) with sign(y - last) over the points where both
+    move; None when the model never predicts a move (Naive).
+    """
+    err = predicted - actual
+    mae = float(np.mean(np.abs(err)))
+    out: dict[str, float | None] = {
+        "mae": mae,
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mase": mae / scale if scale > 0 else None,
+    }
+    pred_dir = np.sign(predicted - last[:, None])
+    true_dir = np.sign(actual - last[:, None])
+    moving = (pred_dir != 0) & (true_dir != 0)
+    out["directional_accuracy"] = (
+        float(np.mean(pred_dir[moving] == true_dir[moving])) if moving.any() else None
+    )
+    for level, (lo, hi) in bounds.items():
+        out[f"coverage_{level}"] = float(np.mean((actual >= lo) & (actual <= hi)))
+        out[f"width_{level}"] = float(np.mean(hi - lo))
+    return out
+
+
+def baseline_forecasts(
+    y: np.ndarray, split: Split, season_length: int, levels: Sequence[int] = LEVELS
+) -> dict[str, tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]]:
+    """Naive and SeasonalNaive (statsforecast) on the test origins of `split`.
+
+    Returns {model: (point (W, h), {level: (lo (W, h), hi (W, h))})}, in origin order.
+    """
+    import pandas as pd
+    from statsforecast import StatsForecast
+    from statsforecast.models import Naive, SeasonalNaive
+
+    windows = len(split.test_origins)
+    df = pd.DataFrame({"unique_id": "y", "ds": np.arange(split.n, dtype=np.int64), "y": y[: split.n]})
+    sf = StatsForecast(models=[Naive(), SeasonalNaive(season_length=season_length)], freq=1, n_jobs=1)
+    cv = sf.cross_validation(df=df, h=split.h, step_size=split.step, n_windows=windows, level=list(levels))
+    cv = cv.sort_values(["cutoff", "ds"])
+    cutoffs = np.sort(cv["cutoff"].unique())
+    expected = split.test_origins - 1
+    if not np.array_equal(cutoffs.astype(np.int64), expected.astype(np.int64)):
+        raise RuntimeError(
+            f"statsforecast cutoffs {cutoffs[:3]}... differ from the test origins {expected[:3]}..."
+        )
+    out = {}
+    for name in ("Naive", "SeasonalNaive"):
+        point = cv[name].to_numpy().reshape(windows, split.h)
+        bounds = {
+            level: (
+                cv[f"{name}-lo-{level}"].to_numpy().reshape(windows, split.h),
+                cv[f"{name}-hi-{level}"].to_numpy().reshape(windows, split.h),
+            )
+            for level in levels
+        }
+        out[name] = (point, bounds)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationResult:
+    """Metrics per model on the test windows, and the conformal quantiles to serve with."""
+
+    metrics: dict[str, dict[str, float | None]]
+    serving_quantiles: dict[int, np.ndarray]  # {level: (h,)}
+    calibration_windows: int
+    serving_windows: int
+    season_length: int
+
+
+def evaluate(y: np.ndarray, split: Split, predict: PredictFn, *, season_length: int) -> EvaluationResult:
+    """Walk-forward evaluation of a fitted model against the baselines on the same windows.
+
+    y: (n,) the full series; predict: windows (B, input_size) -> forecasts (B, h).
+    """
+    h, size = split.h, split.input_size
+    mase_scale = float(np.mean(np.abs(np.diff(y[: split.train_end]))))
+
+    # Calibration origins (step 1) and every test-segment origin (step 1) in one forward pass.
+    serve_origins = np.arange(split.test_origins[0], split.n - h + 1)
+    origins = np.concatenate([split.calibration_origins, serve_origins])
+    windows = windows_at(y, origins, size)
+    predicted = predict(windows)
+    actual = targets_at(y, origins, h)
+    last = y[origins - 1]
+    widths = interval_scale(windows)
+    n_cal = len(split.calibration_origins)
+    cal_q = conformal_quantiles(actual[:n_cal], predicted[:n_cal], widths[:n_cal])
+    serve_q = conformal_quantiles(actual, predicted, widths)
+    # Selection signal that never looks at the test windows: NHITS vs Naive on calibration.
+    cal_err, naive_err = (
+        np.abs(actual[:n_cal] - predicted[:n_cal]),
+        np.abs(actual[:n_cal] - last[:n_cal, None]),
+    )
+    validation_ratio = float(cal_err.mean() / naive_err.mean()) if naive_err.mean() > 0 else None
+
+    # Test windows are the serve origins `step` apart.
+    test_rows = n_cal + (split.test_origins - split.test_origins[0])
+    t_pred, t_act, t_last = predicted[test_rows], actual[test_rows], last[test_rows]
+    nhits = score(t_act, t_pred, t_last, interval_bounds(t_pred, widths[test_rows], cal_q), mase_scale)
+    nhits["validation_mae_vs_naive"] = validation_ratio
+    metrics = {"NHITS": nhits}
+    for name, (point, bounds) in baseline_forecasts(y, split, season_length).items():
+        metrics[name] = score(t_act, point, t_last, bounds, mase_scale)
+    naive_mae = metrics["Naive"]["mae"]
+    for values in metrics.values():
+        mae = values["mae"]
+        values["mae_vs_naive"] = mae / naive_mae if mae is not None and naive_mae else None
+    return EvaluationResult(metrics, serve_q, n_cal, len(origins), season_length)

@@ -1,0 +1,115 @@
+"""Train on the bundled real data and print the walk-forward performance table (docs/models.md).
+
+    .venv/bin/python -m services.forecast.report [--max-steps 300] [--out table.md]
+
+Uses the service's own path end to end (a training job in the worker process, evaluation stored
+with the version) with the default settings unless overridden; seeds are fixed (NHITS
+random_seed=1, deterministic split), so a rerun on the same machine reproduces the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from services.forecast.service import ForecastDomain, ModelPerformance
+from services.forecast.settings import ForecastSettings
+from services.forecast.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
+
+MODELS = ("NHITS", "Naive", "SeasonalNaive")
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def table(rows: list[ModelPerformance]) -> str:
+    """Markdown table: one line per (symbol, model)."""
+    head = (
+        "| symbol | timeframe | test windows x h | model | MAE | RMSE | MASE | MAE / Naive "
+        "| (validation) | directional acc. | coverage 80% | coverage 95% | width 95% |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for perf in rows:
+        ev = perf.evaluation
+        naive_mae = perf.models["Naive"]["mae"] or 0.0
+        digits = 5 if naive_mae < 1 else 2
+        for name in MODELS:
+            m = perf.models[name]
+            cells = [
+                perf.symbol,
+                perf.timeframe,
+                f"{ev['windows']} x {ev['h']}",
+                f"**{name}**" if name == "NHITS" else name,
+                _fmt(m["mae"], digits),
+                _fmt(m["rmse"], digits),
+                _fmt(m["mase"], 2),
+                _fmt(m["mae_vs_naive"], 3),
+                _fmt(m.get("validation_mae_vs_naive"), 3),
+                _fmt(m["directional_accuracy"], 3),
+                _fmt(m["coverage_80"], 3),
+                _fmt(m["coverage_95"], 3),
+                _fmt(m["width_95"], digits),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+async def run(settings: ForecastSettings) -> tuple[list[ModelPerformance], float]:
+    from backtesting.test import EURUSD, GOOG
+
+    source = InMemoryCandleSource()
+    source.put(SymbolInfo("EURUSD", "FX", timeframe="H1"), "H1", candles_from_ohlcv(EURUSD))
+    source.put(SymbolInfo("GOOG", "EQUITY", timeframe="D1"), "D1", candles_from_ohlcv(GOOG))
+    domain = ForecastDomain(settings, source)
+    await domain.start(schedule=False, warmup=False)
+    started = time.perf_counter()
+    try:
+        job = await domain.jobs.train_all(force=True, background=False)
+        if job.state.value != "SUCCEEDED":
+            raise SystemExit(f"training failed: {job.error}")
+        return await domain.performance(), time.perf_counter() - started
+    finally:
+        await domain.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="kitrading-report-"))
+    settings = ForecastSettings.from_env()
+    from dataclasses import replace
+
+    settings = replace(settings, home=home)
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("input_size", args.input_size)) if v}
+    settings = settings.with_nhits(**overrides)
+    try:
+        rows, seconds = asyncio.run(run(settings))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    cfg = settings.nhits
+    text = (
+        f"NHITS h={cfg.h} input_size={cfg.input_size} max_steps={cfg.max_steps} mlp_units={cfg.mlp_units} "
+        f"scaler={cfg.scaler_type} seed={cfg.random_seed}; eval_windows={settings.eval_windows} "
+        f"calibration_windows={settings.calibration_windows}; trained in {seconds:.0f} s on "
+        f"{platform.machine()} CPU, {settings.worker_threads} thread\n\n" + table(rows)
+    )
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Train, evaluate and publish one symbol's model. Runs inside the training worker process.
+
+`train_symbol` is plain synchronous Python: the worker calls it once per symbol and forwards the
+events it emits (real Lightning training steps, validation losses) to the serving process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from services.forecast.calendar import SEASON_LENGTH, calendar_for
+from services.forecast.evaluation import LEVELS, VOL_LOOKBACK, evaluate, make_split
+from services.forecast.model import NHITSConfig, NHITSForecaster, library_versions
+from services.forecast.registry import ModelRegistry, ModelVersion
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+CANDLE_COLUMNS = ("time", "open", "high", "low", "close", "volume")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainTask:
+    """Everything the worker needs to train one symbol (picklable)."""
+
+    job_id: str
+    symbol: str
+    asset_class: str
+    timeframe: str
+    candles: pd.DataFrame
+    config: NHITSConfig
+    eval_windows: int = 20
+    eval_step: int = 0
+    calibration_windows: int = 200
+    min_train_windows: int = 200
+    keep_versions: int = 5
+    accelerator: str = "cpu"
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_series(candles: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Clean candles into (times (n,) UTC, close (n,) float64), sorted, one bar per time.
+
+    `candles` has a `time` column (or a DatetimeIndex) and a `close` column. Rows with a missing or
+    non-positive close are dropped; duplicate times keep the last row.
+    """
+    frame = candles
+    if "time" not in frame.columns:
+        frame = frame.rename_axis("time").reset_index()
+    times = pd.DatetimeIndex(pd.to_datetime(frame["time"], utc=True))
+    close = pd.to_numeric(frame["close"], errors="coerce").to_numpy(dtype=np.float64)
+    series = pd.Series(close, index=times)
+    series = series[np.isfinite(series.to_numpy()) & (series.to_numpy() > 0)]
+    series = series[~series.index.duplicated(keep="last")].sort_index()
+    return pd.DatetimeIndex(series.index), series.to_numpy(dtype=np.float64)
+
+
+def make_progress_callback(emit: Emit, max_steps: int, min_interval_s: float = 0.1) -> Any:
+    """A Lightning callback that emits `step` events from real optimizer steps (throttled to one
+    every `min_interval_s`, the first and the last always) and `validation` events."""
+    import pytorch_lightning as pl
+
+    class ProgressCallback(pl.Callback):
+        def __init__(self) -> None:
+            self.last_emit = 0.0
+            self.train_loss: float | None = None
+            self.valid_loss: float | None = None
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                self.train_loss = float(loss.detach().cpu().item() if hasattr(loss, "detach") else loss)
+            step = int(trainer.global_step)
+            now = time.monotonic()
+            if step == 1 or step >= max_steps or now - self.last_emit >= min_interval_s:
+                self.last_emit = now
+                emit(
+                    "step",
+                    {
+                        "step": step,
+                        "max_steps": max_steps,
+                        "train_loss": self.train_loss,
+                        "valid_loss": self.valid_loss,
+                    },
+                )
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            value = trainer.callback_metrics.get("ptl/val_loss")
+            if value is None or trainer.sanity_checking:
+                return
+            self.valid_loss = float(value)
+            emit(
+                "validation",
+                {"step": int(trainer.global_step), "max_steps": max_steps, "valid_loss": self.valid_loss},
+            )
+
+    return ProgressCallback()
+
+
+def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelVersion:
+    """Fit NHITS on `task.candles`, evaluate it walk-forward against Naive and SeasonalNaive,
+    stage the files and publish them as the symbol's new current version."""
+    started = time.monotonic()
+    times, y = prepare_series(task.candles)
+    cfg = task.config
+    split = make_split(
+        len(y),
+        cfg.h,
+        cfg.input_size,
+        windows=task.eval_windows,
+        step=task.eval_step,
+        calibration=task.calibration_windows,
+        min_train=task.min_train_windows,
+    )
+    emit("phase", {"phase": "training", "bars": len(y)})
+    model = NHITSForecaster(cfg, accelerator=task.accelerator)
+    callback = make_progress_callback(emit, cfg.max_steps)
+    model.fit(
+        y[: split.train_end + split.calibration_len], val_size=split.calibration_len, callbacks=[callback]
+    )
+    trained_s = time.monotonic() - started
+
+    emit("phase", {"phase": "evaluating"})
+    season = SEASON_LENGTH.get(task.timeframe, 1)
+    result = evaluate(y, split, model.predict_windows, season_length=season)
+
+    staged = registry.stage(task.symbol)
+    try:
+        emit("phase", {"phase": "publishing", "staging": staged.path.name})
+        model.save(staged.path)
+        fit = model.fit_
+        metadata = {
+            "symbol": task.symbol,
+            "asset_class": task.asset_class,
+            "timeframe": task.timeframe,
+            "calendar": calendar_for(task.asset_class).name,
+            "job_id": task.job_id,
+            "created_at": datetime.now(UTC).isoformat(),
+            "data": {
+                "first_time": times[0].isoformat(),
+                "last_time": times[-1].isoformat(),
+                "bars": len(y),
+                "train_bars": split.train_end,
+                "train_end_time": times[split.train_end - 1].isoformat(),
+                "calibration_bars": split.calibration_len,
+                "test_start_time": times[int(split.test_origins[0])].isoformat(),
+                "test_bars": split.test_len,
+            },
+            "hyperparameters": cfg.to_dict(),
+            "training": {
+                "steps": fit.steps,
+                "max_steps": cfg.max_steps,
+                "train_loss": fit.train_loss,
+                "valid_loss": fit.valid_loss,
+                "duration_s": round(trained_s, 3),
+                "accelerator": task.accelerator,
+            },
+            "intervals": {
+                "method": "split conformal per horizon step, |error| / (last price x recent volatility)",
+                "volatility_lookback": VOL_LOOKBACK,
+                "levels": list(LEVELS),
+                "quantiles": {str(k): [float(x) for x in v] for k, v in result.serving_quantiles.items()},
+                "windows": result.serving_windows,
+            },
+            "evaluation": {
+                "method": "walk-forward on the held-out tail, same windows for every model",
+                "windows": len(split.test_origins),
+                "step": split.step,
+                "h": cfg.h,
+                "season_length": result.season_length,
+                "calibration_windows": result.calibration_windows,
+                "models": result.metrics,
+            },
+            "libraries": library_versions(),
+            **task.extra_metadata,
+        }
+        emit("phase", {"phase": "committing"})
+        version = registry.publish(staged, metadata)
+    except BaseException:
+        registry.discard(staged)
+        raise
+    registry.prune(task.symbol, task.keep_versions)
+    return version

@@ -1,0 +1,306 @@
+"""The training worker: a separate OS process, so training never blocks or crashes the server.
+
+The serving process starts `python -m services.forecast.worker` as a subprocess with:
+- its own thread budget (OMP/MKL/OpenBLAS threads in its environment, `torch.set_num_threads`),
+- a lower CPU priority (`os.nice`), so forecasts in the server keep their latency,
+- `NHITS_USE_GPU` honoured only when CUDA exists, with `torch.cuda.set_per_process_memory_fraction`
+  capping its share of GPU memory (the LLM shares the card).
+
+Protocol: length-prefixed pickle frames (4-byte big-endian length). Server -> worker on the
+worker's stdin: ("train", TrainTask) | ("stop", None). Worker -> server on a dedicated pipe (stdout
+stays free for library chatter, which goes to stderr): ("ready", info) once, then per task any
+number of ("event", (kind, payload)) and one ("done", result) or ("failed", error). Cancelling a
+job kills the worker (SIGKILL); the registry's atomic publish makes that safe at any instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+_HEADER = struct.Struct(">I")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process exited (killed, out of memory, crashed) before answering."""
+
+
+class TaskFailed(RuntimeError):
+    """The worker reported that training a symbol raised."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How the worker process is isolated."""
+
+    models_dir: Path
+    nice: int = 10
+    threads: int = 1
+    use_gpu: bool = True
+    gpu_memory_fraction: float = 0.5
+    startup_timeout_s: float = 180.0
+
+
+def encode(message: Any) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+# ---- server side -------------------------------------------------------------------------------
+
+EventHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+
+
+class TrainingWorker:
+    """Server-side handle of one worker process: start it, run tasks one at a time, kill it."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.process: asyncio.subprocess.Process | None = None
+        self.info: dict[str, Any] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in _THREAD_VARS:
+            env[name] = str(self.options.threads)
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{_REPO_ROOT}{os.pathsep}{path}" if path else str(_REPO_ROOT)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def start(self) -> dict[str, Any]:
+        """Start the process and wait for its `ready` message (imports take a few seconds)."""
+        read_fd, write_fd = os.pipe()
+        opts = self.options
+        args = [
+            sys.executable, "-m", "services.forecast.worker",
+            "--models-dir", str(opts.models_dir),
+            "--out-fd", str(write_fd),
+            "--nice", str(opts.nice),
+            "--threads", str(opts.threads),
+            "--gpu-memory-fraction", str(opts.gpu_memory_fraction),
+        ]  # fmt: skip
+        if opts.use_gpu:
+            args.append("--use-gpu")
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else asyncio.subprocess.DEVNULL,
+                pass_fds=(write_fd,),
+                env=self._env(),
+                cwd=str(_REPO_ROOT),
+            )
+        finally:
+            os.close(write_fd)
+        loop = asyncio.get_running_loop()
+        self._reader = asyncio.StreamReader(limit=2**26)
+        protocol = asyncio.StreamReaderProtocol(self._reader)
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+        self._transport = transport
+        try:
+            kind, info = await asyncio.wait_for(self._recv(), opts.startup_timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+        if kind != "ready":
+            self.kill()
+            raise WorkerCrashed(f"unexpected first message {kind!r}")
+        self.info = dict(info)
+        return self.info
+
+    async def _recv(self) -> tuple[str, Any]:
+        assert self._reader is not None
+        try:
+            header = await self._reader.readexactly(_HEADER.size)
+            body = await self._reader.readexactly(_HEADER.unpack(header)[0])
+        except asyncio.IncompleteReadError:
+            code = await self._exit_code()
+            raise WorkerCrashed(f"training worker exited (code {code})") from None
+        kind, payload = pickle.loads(body)
+        return str(kind), payload
+
+    async def _exit_code(self) -> int | None:
+        if self.process is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(self.process.wait(), 5)
+        return self.process.returncode
+
+    async def _send(self, message: Any) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(encode(message))
+        try:
+            await self.process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise WorkerCrashed("training worker is gone") from None
+
+    async def run(self, task: Any, on_event: EventHandler) -> dict[str, Any]:
+        """Send one task; call `on_event(kind, payload)` for each progress event; return the result.
+
+        Raises TaskFailed when training raised in the worker, WorkerCrashed when the worker died.
+        """
+        async with self._lock:
+            if not self.alive:
+                raise WorkerCrashed("training worker is not running")
+            await self._send(("train", task))
+            while True:
+                kind, payload = await self._recv()
+                if kind == "event":
+                    result = on_event(*payload)
+                    if asyncio.iscoroutine(result):
+                        await result
+                elif kind == "done":
+                    return dict(payload)
+                elif kind == "failed":
+                    raise TaskFailed(payload["error"], payload["type"])
+
+    def kill(self) -> None:
+        """SIGKILL the worker (cancellation); safe to call at any time."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGKILL)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Ask the worker to exit; kill it if it does not within `grace_s` seconds."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            with contextlib.suppress(WorkerCrashed, RuntimeError):
+                await self._send(("stop", None))
+                if self.process.stdin is not None:
+                    self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), grace_s)
+            except TimeoutError:
+                self.kill()
+                await self.process.wait()
+        self._close_pipe()
+
+
+def _has_fileno(stream: IO[str]) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+# ---- worker side -------------------------------------------------------------------------------
+
+
+def _isolate(nice: int, threads: int, use_gpu: bool, gpu_fraction: float) -> dict[str, Any]:
+    """Lower priority, pin the thread budget, choose the accelerator. Runs before torch work."""
+    for name in _THREAD_VARS:
+        os.environ[name] = str(threads)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    info: dict[str, Any] = {"pid": os.getpid(), "nice": os.nice(0), "threads": torch.get_num_threads()}
+    if use_gpu and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpu_fraction, 0)
+        info.update(accelerator="gpu", gpu=torch.cuda.get_device_name(0), gpu_memory_fraction=gpu_fraction)
+    else:
+        info["accelerator"] = "cpu"
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Forecast training worker (started by the forecast service)")
+    parser.add_argument("--models-dir", required=True)
+    parser.add_argument("--out-fd", type=int, required=True)
+    parser.add_argument("--nice", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--gpu-memory-fraction", type=float, default=0.5)
+    ns = parser.parse_args(argv)
+
+    out = os.fdopen(ns.out_fd, "wb", buffering=0)
+    source = sys.stdin.buffer
+    sys.stdout = sys.stderr  # library prints must not reach the protocol
+
+    def send(kind: str, payload: Any) -> None:
+        out.write(encode((kind, payload)))
+
+    info = _isolate(ns.nice, ns.threads, ns.use_gpu, ns.gpu_memory_fraction)
+    from dataclasses import replace
+
+    from services.forecast.model import quiet_lightning
+    from services.forecast.registry import ModelRegistry
+    from services.forecast.training import TrainTask, train_symbol
+
+    with quiet_lightning():
+        import neuralforecast  # noqa: F401  (pay the import once, before "ready")
+    registry = ModelRegistry(Path(ns.models_dir))
+    send("ready", info)
+
+    def emit(kind: str, payload: dict[str, Any]) -> None:
+        send("event", (kind, payload))
+
+    while True:
+        header = source.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return 0  # server closed our stdin
+        body = source.read(_HEADER.unpack(header)[0])
+        kind, payload = pickle.loads(body)
+        if kind == "stop":
+            return 0
+        task: TrainTask = replace(payload, accelerator=info["accelerator"])
+        try:
+            with quiet_lightning():
+                version = train_symbol(task, registry, emit)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            send("failed", {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__})
+        else:
+            send("done", {"version": version.version, "metadata": version.metadata})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
