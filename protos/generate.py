@@ -71,15 +71,19 @@ def run_protoc() -> None:
     files.append("buf/validate/validate.proto")
     GATEWAY_GENERATED.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTOS}", f"-I{_wkt_include()}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{_wkt_include()}",
         f"--plugin={_plugin('protoc-gen-mypy')}",
         f"--plugin={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={CLIENTS}",
         f"--grpc_python_out={CLIENTS}",
         f"--mypy_out={CLIENTS}",
         f"--mypy_grpc_out={CLIENTS}",
-        "--include_imports", "--include_source_info",
+        "--include_imports",
+        "--include_source_info",
         f"--descriptor_set_out={DESCRIPTORS}",
         *files,
     ]
