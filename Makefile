@@ -59,7 +59,7 @@ format: deps
 # Contract compatibility (WIRE_JSON) against a git ref: `make breaking BREAKING_AGAINST='.git#branch=main'`.
 breaking: deps
 	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/kitrading 2>/dev/null; then \
-	  $(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)'; \
+	  $(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)' && echo "buf breaking: compatible with $(BREAKING_AGAINST)"; \
 	else echo "buf breaking: no earlier contracts to compare with"; fi
 
 bench: deps
