@@ -125,6 +125,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         "services.watchdog",
         gpu=False,
         title="Health monitoring, alert history, Telegram alerts",
+        implemented=True,
     ),
 )
 

@@ -72,6 +72,16 @@ def build_children(
         Child(s.name, [sys.executable, "-m", s.module], child_env(env, home), logs / f"{s.name}.log")
         for s in services
     ]
+    for child in children:
+        if child.name == "watchdog":  # watch what this launcher runs: its services and its gateway
+            child.env.setdefault("WATCHDOG_SERVICES", ",".join(s.name for s in services))
+            bind = env.get("KITRADING_GATEWAY_BIND", "")
+            host = bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            if gateway:
+                child.env.setdefault(
+                    "WATCHDOG_GATEWAY_HEALTH_URL", f"http://{host}:{mesh.gateway_port(env)}/gateway/health"
+                )
     if gateway:
         from gateway.run import envoy_binary, write_config
 
