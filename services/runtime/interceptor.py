@@ -91,6 +91,30 @@ def validate_request(request: Message) -> None:
         )
 
 
+async def _until(items: AsyncIterator[Message], stop: asyncio.Event, service: str) -> AsyncIterator[Message]:
+    """`items` until `stop` is set, then UNAVAILABLE (reason DRAINING): the subscriber reconnects."""
+    iterator = aiter(items)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait({step, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                await asyncio.wait({step})  # let the generator unwind before it is closed
+                raise Unavailable(f"{service} is shutting down; resubscribe", reason="DRAINING")
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        stopper.cancel()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -110,6 +134,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         self.observers = list(observers)
         self.unary_in_flight = 0
         self.streams_in_flight = 0
+        #: Set when the server starts draining: subscriptions (`Watch*` streams) end at once with
+        #: UNAVAILABLE so clients resume elsewhere; finite streams (an LLM answer) get the grace period.
+        self.draining = asyncio.Event()
 
     async def intercept_service(
         self,
@@ -200,7 +227,10 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 # Headers now, not with the first message: an SSE client through the gateway (and any
                 # client waiting for "stream open") must not block until the first event exists.
                 await context.send_initial_metadata(())
-                async for item in inner(request, context):
+                items = inner(request, context)
+                if method.rsplit("/", 1)[-1].startswith("Watch"):
+                    items = _until(items, self.draining, self.service)
+                async for item in items:
                     yield item
                     sent += 1
             except BaseException as exc:

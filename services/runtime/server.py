@@ -66,6 +66,7 @@ class RunningServer:
     settings: RuntimeSettings
     app: ServiceApp
     health: health_aio.HealthServicer
+    interceptor: RuntimeInterceptor | None = None
     started: bool = False
     draining: bool = False
     serving: bool | None = None
@@ -108,6 +109,8 @@ class RunningServer:
         """Drain: NOT_SERVING first (so the gateway stops routing), then finish in-flight calls."""
         self.draining = True
         await self._set_serving(False)
+        if self.interceptor is not None:
+            self.interceptor.draining.set()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         if self._health_task is not None:
             self._health_task.cancel()
@@ -200,7 +203,9 @@ async def create_server(
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port} (port in use?)")
-    running = RunningServer(server=server, port=port, settings=settings, app=app, health=health)
+    running = RunningServer(
+        server=server, port=port, settings=settings, app=app, health=health, interceptor=interceptor
+    )
     holder["server"] = running
     # `liveness` stays SERVING while the process answers at all: a liveness probe must not restart a
     # service that is only waiting for its database (readiness uses "" or the service name).

@@ -254,3 +254,21 @@ async def test_stop_with_an_open_stream_does_not_crash() -> None:
             await stream.read()
     assert app.records[-1].short_method == "WatchEvents"
     assert app.records[-1].code in {"CANCELLED", "UNAVAILABLE"}
+
+
+async def test_drain_ends_subscriptions_at_once() -> None:
+    """A `Watch*` stream must not hold shutdown for the whole grace period: it ends with UNAVAILABLE."""
+    app = App()
+    server = await create_server(app, settings(grace_seconds=10.0))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        stream = stub.WatchEvents(rr.WatchEventsRequest(from_beginning=True))
+        for _ in range(3):
+            await stream.read()
+        started = asyncio.get_running_loop().time()
+        await server.stop()
+        assert asyncio.get_running_loop().time() - started < 3.0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stream.read()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert app.records[-1].code == "UNAVAILABLE"
