@@ -91,25 +91,55 @@ def validate_request(request: Message) -> None:
         )
 
 
-async def _until(items: AsyncIterator[Message], stop: asyncio.Event, service: str) -> AsyncIterator[Message]:
-    """`items` until `stop` is set, then UNAVAILABLE (reason DRAINING): the subscriber reconnects."""
+#: A stream that has produced nothing for this long gets its response headers anyway (an SSE client
+#: through the gateway sees the stream open); an error raised sooner keeps its own HTTP status.
+HEADERS_AFTER_S = 0.25
+
+
+async def _paced(
+    items: AsyncIterator[Message],
+    context: grpc.aio.ServicerContext,
+    stop: asyncio.Event | None,
+    service: str,
+) -> AsyncIterator[Message]:
+    """`items`, with headers sent after HEADERS_AFTER_S of silence, ending early when `stop` is set.
+
+    `stop` (draining) ends subscriptions with UNAVAILABLE (reason DRAINING): the subscriber resumes
+    elsewhere from its last id instead of holding shutdown for the whole grace period.
+    """
     iterator = aiter(items)
-    stopper = asyncio.ensure_future(stop.wait())
+    stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    waiters: set[asyncio.Future[Any]] = {stopper} if stopper is not None else set()
+    step: asyncio.Future[Message] | None = None
+    headers_sent = False
     try:
         while True:
             step = asyncio.ensure_future(anext(iterator))
-            await asyncio.wait({step, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {step, *waiters},
+                timeout=None if headers_sent else HEADERS_AFTER_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                await context.send_initial_metadata(())
+                headers_sent = True
+                await asyncio.wait({step, *waiters}, return_when=asyncio.FIRST_COMPLETED)
             if not step.done():
-                step.cancel()
-                await asyncio.wait({step})  # let the generator unwind before it is closed
                 raise Unavailable(f"{service} is shutting down; resubscribe", reason="DRAINING")
             try:
                 item = step.result()
             except StopAsyncIteration:
                 return
+            headers_sent = True
             yield item
     finally:
-        stopper.cancel()
+        if stopper is not None:
+            stopper.cancel()
+        if step is not None and not step.done():
+            # The call was cancelled (client gone, deadline) or is draining: let the servicer's
+            # generator unwind inside its own step before closing it.
+            step.cancel()
+            await asyncio.wait({step})
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -224,12 +254,10 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 in_flight.inc()
                 validate_request(request)
                 set_deadline(context.time_remaining())
-                # Headers now, not with the first message: an SSE client through the gateway (and any
-                # client waiting for "stream open") must not block until the first event exists.
-                await context.send_initial_metadata(())
-                items = inner(request, context)
-                if method.rsplit("/", 1)[-1].startswith("Watch"):
-                    items = _until(items, self.draining, self.service)
+                watch = method.rsplit("/", 1)[-1].startswith("Watch")
+                items = _paced(
+                    inner(request, context), context, self.draining if watch else None, self.service
+                )
                 async for item in items:
                     yield item
                     sent += 1
