@@ -27,19 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from services.data.models import Timeframe
+from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str
 from services.runtime.database import DatabaseSettings
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _bool(text: str, name: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name} must be true or false, not {text!r}")
+_P = "KITRADING_DATA_"  # prefix of this service's own variables
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,29 +64,39 @@ class DataSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DataSettings:
-        """Read the settings from `env` (default `os.environ`)."""
+        """Read the settings from `env` (default `os.environ`); a bad value raises ConfigError naming it."""
         env = os.environ if env is None else env
-
-        def get(name: str, default: str) -> str:
-            return env.get(name) or default
-
+        timeframe = env_str("KITRADING_DATA_SYNC_TIMEFRAME", "H1", env).upper()
+        if timeframe not in Timeframe.__members__:
+            raise ConfigError(
+                f"KITRADING_DATA_SYNC_TIMEFRAME must be one of "
+                f"{', '.join(Timeframe.__members__)}, got {timeframe!r}"
+            )
         return cls(
             database=DatabaseSettings.from_env(env),
-            easyinsight_api_url=(env.get("EASYINSIGHT_API_URL") or "").rstrip("/") or None,
-            sync_default_timeframe=Timeframe[get("KITRADING_DATA_SYNC_TIMEFRAME", "H1").upper()],
-            sync_page_limit=int(get("KITRADING_DATA_SYNC_PAGE_LIMIT", "1000")),
-            sync_max_pages=int(get("KITRADING_DATA_SYNC_MAX_PAGES", "1000")),
-            sync_timeout_s=float(get("KITRADING_DATA_SYNC_TIMEOUT_SECONDS", "30")),
-            sync_retries=int(get("KITRADING_DATA_SYNC_RETRIES", "5")),
-            sync_backoff_s=float(get("KITRADING_DATA_SYNC_BACKOFF_SECONDS", "0.5")),
-            sync_backoff_max_s=float(get("KITRADING_DATA_SYNC_BACKOFF_MAX_SECONDS", "10")),
-            sync_interval_s=float(get("KITRADING_DATA_SYNC_INTERVAL_SECONDS", "0")),
-            market_event_k=float(get("KITRADING_DATA_MARKET_EVENT_K", "4.0")),
-            market_event_window=int(get("KITRADING_DATA_MARKET_EVENT_WINDOW", "100")),
-            import_samples_on_start=_bool(
-                get("KITRADING_DATA_IMPORT_SAMPLES", "true"), "KITRADING_DATA_IMPORT_SAMPLES"
+            easyinsight_api_url=env_str("EASYINSIGHT_API_URL", "", env).rstrip("/") or None,
+            sync_default_timeframe=Timeframe[timeframe],
+            sync_page_limit=env_int(
+                "KITRADING_DATA_SYNC_PAGE_LIMIT", 1000, minimum=1, maximum=100_000, env=env
             ),
-            query_log_flush_s=float(get("KITRADING_DATA_QUERY_LOG_FLUSH_SECONDS", "1.0")),
-            query_log_buffer=int(get("KITRADING_DATA_QUERY_LOG_BUFFER", "10000")),
-            query_log_retention_days=float(get("KITRADING_DATA_QUERY_LOG_RETENTION_DAYS", "30")),
+            sync_max_pages=env_int(
+                "KITRADING_DATA_SYNC_MAX_PAGES", 1000, minimum=1, maximum=1_000_000, env=env
+            ),
+            sync_timeout_s=env_float(_P + "SYNC_TIMEOUT_SECONDS", 30.0, minimum=0.1, env=env),
+            sync_retries=env_int(_P + "SYNC_RETRIES", 5, minimum=0, maximum=100, env=env),
+            sync_backoff_s=env_float(_P + "SYNC_BACKOFF_SECONDS", 0.5, minimum=0.0, env=env),
+            sync_backoff_max_s=env_float(
+                "KITRADING_DATA_SYNC_BACKOFF_MAX_SECONDS", 10.0, minimum=0.0, env=env
+            ),
+            sync_interval_s=env_float(_P + "SYNC_INTERVAL_SECONDS", 0.0, minimum=0.0, env=env),
+            market_event_k=env_float(_P + "MARKET_EVENT_K", 4.0, minimum=0.1, env=env),
+            market_event_window=env_int(
+                "KITRADING_DATA_MARKET_EVENT_WINDOW", 100, minimum=2, maximum=100_000, env=env
+            ),
+            import_samples_on_start=env_bool(_P + "IMPORT_SAMPLES", True, env),
+            query_log_flush_s=env_float(_P + "QUERY_LOG_FLUSH_SECONDS", 1.0, minimum=0.01, env=env),
+            query_log_buffer=env_int(_P + "QUERY_LOG_BUFFER", 10_000, minimum=1, env=env),
+            query_log_retention_days=env_float(
+                "KITRADING_DATA_QUERY_LOG_RETENTION_DAYS", 30.0, minimum=0.0, env=env
+            ),
         )

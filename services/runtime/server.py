@@ -254,6 +254,10 @@ def run_service(app_factory: type[ServiceApp] | object, name: str) -> None:
     try:
         settings = RuntimeSettings.from_env(lookup(name))
         app = app_factory() if callable(app_factory) else app_factory
-    except ConfigError as exc:
+    except (
+        ConfigError,
+        ValueError,
+        OSError,
+    ) as exc:  # settings are read here: name the problem, no traceback
         raise SystemExit(f"configuration error: {exc}") from None
     asyncio.run(serve(app, settings))  # type: ignore[arg-type]

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from bench._mesh import wait_serving
 
 
@@ -47,15 +49,18 @@ def test_sigterm_drains_and_exits_zero(database_url: str) -> None:
     assert '"draining' in stderr and '"stopped"' in stderr
 
 
-def test_bad_setting_names_the_variable(database_url: str) -> None:
+@pytest.mark.parametrize(
+    "variable", ["KITRADING_DATA_PORT", "KITRADING_DATA_SYNC_RETRIES", "KITRADING_DATA_MARKET_EVENT_K"]
+)
+def test_bad_setting_names_the_variable(database_url: str, variable: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "services.data"],
-        env=service_env(database_url, KITRADING_DATA_PORT="not-a-port"),
+        env=service_env(database_url, **{variable: "not-valid"}),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert done.returncode != 0
-    assert "KITRADING_DATA_PORT" in done.stderr
+    assert variable in done.stderr
     assert "Traceback" not in done.stderr
