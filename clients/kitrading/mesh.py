@@ -70,6 +70,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         "services.forecast",
         gpu=True,
         title="NHITS forecasting: training jobs, forecasts, performance",
+        implemented=True,
     ),
     ServiceInfo(
         "pattern",

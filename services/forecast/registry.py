@@ -300,7 +300,10 @@ class ModelRegistry:
 
 
 def no_model_message(symbol: str) -> str:
-    return f"no model for {symbol} yet: train it with POST /api/v1/forecast/train?symbol={symbol}"
+    return (
+        f"no model for {symbol} yet: train it with POST /api/v1/forecast/{symbol}/train "
+        f"(or `kitrading train {symbol}`)"
+    )
 
 
 def _staging_pid(name: str) -> int:

@@ -27,7 +27,7 @@ def publish(registry: ModelRegistry, symbol: str, tag: str) -> str:
 
 def test_publish_list_get(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
-    with pytest.raises(FailedPrecondition, match=r"POST /api/v1/forecast/train\?symbol=EURUSD"):
+    with pytest.raises(FailedPrecondition, match=r"POST /api/v1/forecast/EURUSD/train"):
         registry.get("EURUSD")
     assert publish(registry, "EURUSD", "a") == "v000001"
     assert publish(registry, "EURUSD", "b") == "v000002"

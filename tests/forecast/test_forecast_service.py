@@ -150,7 +150,7 @@ async def test_forecast_input_errors(domain: ForecastDomain, first_job: object) 
         await domain.forecaster.forecast("NOPE", 5)
     with pytest.raises(
         FailedPrecondition,
-        match=r"no model for NOMODEL yet: train it with POST /api/v1/forecast/train\?symbol=NOMODEL",
+        match=r"no model for NOMODEL yet: train it with POST /api/v1/forecast/NOMODEL/train",
     ):
         await domain.forecaster.forecast("NOMODEL", 5)
     with pytest.raises(InvalidArgument) as err:
