@@ -62,8 +62,11 @@ breaking: deps
 	  $(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)' && echo "buf breaking: compatible with $(BREAKING_AGAINST)"; \
 	else echo "buf breaking: no earlier contracts to compare with"; fi
 
+# Each prints ratios measured in one run against its own baseline (docs/benchmarks.md).
 bench: deps
 	$(PY) -m bench.gateway_latency
+	$(PY) -m bench.forecast_serving
+	$(PY) -m bench.llm_stream
 
 clean-venv:
 	rm -rf $(VENV)
