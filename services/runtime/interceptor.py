@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,17 @@ class RpcRecord:
 
 
 Observer = Callable[[RpcRecord], None]
+
+
+@dataclass(slots=True)
+class _Call:
+    """What the runtime tracks about one call while it runs."""
+
+    start: float
+    peer: str
+    code: str = "OK"
+    sent: int = 0
+    response: Message | None = None
 
 
 def _code(name: str) -> grpc.StatusCode:
@@ -211,68 +223,57 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, inner: Any, method: str) -> Callable[[Message, Any], Awaitable[Message]]:
         async def behavior(request: Message, context: grpc.aio.ServicerContext) -> Message:
-            start = time.perf_counter()
-            peer = context.peer()  # never after the call is torn down: that crashes grpc's C core
-            code = "OK"
-            response: Message | None = None
-            admitted = False
-            in_flight = metrics.RPC_IN_FLIGHT.labels(self.service, method)
-            try:
-                self._admit(streaming=False)
-                admitted = True
-                self.unary_in_flight += 1
-                in_flight.inc()
-                validate_request(request)
-                set_deadline(context.time_remaining())
-                response = await inner(request, context)
-                return response
-            except BaseException as exc:
-                code, status = self._classify(exc, context, method)
-                if status is not None:
-                    await context.abort(_code(code), status.message, trailing_metadata(status))
-                raise
-            finally:
-                if admitted:
-                    self.unary_in_flight -= 1
-                    in_flight.dec()
-                self._finish(method, request, response, 1 if response is not None else 0, code, start, peer)
+            async with self._guard(request, context, method, streaming=False) as call:
+                call.response = await inner(request, context)
+                call.sent = 1
+                return call.response
 
         return behavior
 
     def _wrap_stream(self, inner: Any, method: str) -> Callable[[Message, Any], AsyncIterator[Message]]:
+        subscription = method.rsplit("/", 1)[-1].startswith("Watch")
+
         async def behavior(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
-            start = time.perf_counter()
-            peer = context.peer()  # never after the call is torn down: that crashes grpc's C core
-            code = "OK"
-            sent = 0
-            admitted = False
-            in_flight = metrics.RPC_IN_FLIGHT.labels(self.service, method)
-            try:
-                self._admit(streaming=True)
-                admitted = True
-                self.streams_in_flight += 1
-                in_flight.inc()
-                validate_request(request)
-                set_deadline(context.time_remaining())
-                watch = method.rsplit("/", 1)[-1].startswith("Watch")
-                items = _paced(
-                    inner(request, context), context, self.draining if watch else None, self.service
-                )
-                async for item in items:
+            async with self._guard(request, context, method, streaming=True) as call:
+                drain = self.draining if subscription else None
+                async for item in _paced(inner(request, context), context, drain, self.service):
                     yield item
-                    sent += 1
-            except BaseException as exc:
-                code, status = self._classify(exc, context, method)
-                if status is not None:
-                    await context.abort(_code(code), status.message, trailing_metadata(status))
-                raise
-            finally:
-                if admitted:
-                    self.streams_in_flight -= 1
-                    in_flight.dec()
-                self._finish(method, request, None, sent, code, start, peer)
+                    call.sent += 1
 
         return behavior
+
+    @asynccontextmanager
+    async def _guard(
+        self, request: Message, context: grpc.aio.ServicerContext, method: str, *, streaming: bool
+    ) -> AsyncIterator[_Call]:
+        """Everything around one call: admission, validation, deadline, error mapping, accounting."""
+        call = _Call(start=time.perf_counter(), peer=context.peer())  # peer: never after teardown
+        in_flight = metrics.RPC_IN_FLIGHT.labels(self.service, method)
+        admitted = False
+        try:
+            self._admit(streaming=streaming)
+            admitted = True
+            self._count(streaming, +1)
+            in_flight.inc()
+            validate_request(request)
+            set_deadline(context.time_remaining())
+            yield call
+        except BaseException as exc:
+            call.code, status = self._classify(exc, context, method)
+            if status is not None:
+                await context.abort(_code(call.code), status.message, trailing_metadata(status))
+            raise
+        finally:
+            if admitted:
+                self._count(streaming, -1)
+                in_flight.dec()
+            self._finish(method, request, call)
+
+    def _count(self, streaming: bool, delta: int) -> None:
+        if streaming:
+            self.streams_in_flight += delta
+        else:
+            self.unary_in_flight += delta
 
     def _classify(
         self, exc: BaseException, context: grpc.aio.ServicerContext, method: str
@@ -294,17 +295,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         log.error("unhandled error in %s", method, exc_info=exc, extra={"log_id": log_id, "method": method})
         return "INTERNAL", internal_status(log_id, self.domain)
 
-    def _finish(
-        self,
-        method: str,
-        request: Message,
-        response: Message | None,
-        sent: int,
-        code: str,
-        start: float,
-        peer: str,
-    ) -> None:
-        duration = time.perf_counter() - start
+    def _finish(self, method: str, request: Message, call: _Call) -> None:
+        code, sent, duration = call.code, call.sent, time.perf_counter() - call.start
         metrics.RPC_REQUESTS.labels(self.service, method, code).inc()
         metrics.RPC_LATENCY.labels(self.service, method).observe(duration)
         if code != "OK":
@@ -316,10 +308,10 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
                 "code": code,
                 "duration_ms": round(duration * 1000, 3),
                 "sent": sent,
-                "peer": peer,
+                "peer": call.peer,
             },
         )
-        record = RpcRecord(self.service, method, request, response, sent, code, duration)
+        record = RpcRecord(self.service, method, request, call.response, sent, code, duration)
         for observer in self.observers:
             try:
                 observer(record)
