@@ -13,18 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.forecast.model import NHITSConfig
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _bool(value: str) -> bool:
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
+from services.runtime.config import ConfigError, env_bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +89,7 @@ def _parse(kind: str, raw: str, name: str) -> Any:
         if kind == "Path":
             return Path(raw)
         if kind == "bool":
-            return _bool(raw)
+            return env_bool(name, False, {name: raw})
         if kind == "int":
             return int(raw)
         if kind == "float":
@@ -108,8 +97,10 @@ def _parse(kind: str, raw: str, name: str) -> Any:
         if kind.startswith("tuple"):
             return tuple(part.strip().upper() for part in raw.split(",") if part.strip())
         return raw.strip()
+    except ConfigError:
+        raise
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}: {exc}") from exc
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 # Environment variable -> (settings object, attribute).
