@@ -20,9 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
 
-from kitrading import mesh
 from kitrading.cli.commands.forecast import run_forecast, run_train
 from kitrading.cli.main import build_parser
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
@@ -38,10 +36,9 @@ from services.data.samples import SAMPLES, load_candles
 from services.forecast.app import ForecastApp
 from services.forecast.calendar import EQUITY, FX
 from services.runtime import metrics
-from services.runtime.config import RuntimeSettings
-from services.runtime.server import RunningServer, create_server
 from tests.conftest import PostgresForTests
 from tests.data.conftest import make_settings
+from tests.grpc_helpers import details, start_server
 
 from .conftest import TINY_NHITS, tiny_settings
 
@@ -68,28 +65,6 @@ class Stack:
     home: Path
     eurusd_last: pd.Timestamp
     goog_last: pd.Timestamp
-
-
-async def start_server(app: Any, name: str) -> RunningServer:
-    settings = RuntimeSettings.from_env(mesh.service(name), env={f"KITRADING_{name.upper()}_PORT": "0"})
-    return await create_server(app, settings)
-
-
-def details(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
-    """(ErrorInfo reason, BadRequest fields) of a failed call."""
-    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
-    assert isinstance(raw, bytes)
-    reason, fields = "", []
-    for detail in status_pb2.Status.FromString(raw).details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return reason, fields
 
 
 async def fails(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:

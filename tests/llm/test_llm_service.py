@@ -18,10 +18,8 @@ import grpc.aio
 import pytest
 from fake_mesh import FORECAST_VERSION, PASSAGE_TEXT, PATTERN_TYPE, FakeMesh, closed_port
 from fake_ollama import FakeOllama, split_tokens
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kitrading import mesh
 from kitrading.cli.main import main as cli_main
 from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
@@ -38,11 +36,10 @@ from services.llm.embedded import LlamaCppEngine
 from services.llm.engine import ChatMessage, EngineInfo, Token
 from services.llm.grounding import Grounder, GroundingSettings
 from services.llm.settings import LlmSettings, OllamaSettings
-from services.runtime.config import RuntimeSettings
 from services.runtime.errors import NotFound
-from services.runtime.server import RunningServer, create_server
 from tests.conftest import PostgresForTests
 from tests.data.conftest import make_settings
+from tests.grpc_helpers import details, start_server
 
 H1, D1 = market_pb2.TIMEFRAME_H1, market_pb2.TIMEFRAME_D1
 BARS = 150  # real candles stored per symbol
@@ -96,33 +93,11 @@ class Stack:
     channels: list[grpc.aio.Channel]
 
 
-async def start_server(app: Any, name: str) -> RunningServer:
-    settings = RuntimeSettings.from_env(mesh.service(name), env={f"KITRADING_{name.upper()}_PORT": "0"})
-    return await create_server(app, settings)
-
-
 def grounding_to(data_target: str, others: str | None = None, **targets: str) -> GroundingSettings:
     """Data at `data_target`; forecast/regime/pattern/rag at `others` (default: a port nobody serves)."""
     down = others or f"127.0.0.1:{closed_port()}"
     base = {"data": data_target, "forecast": down, "regime": down, "pattern": down, "rag": down}
     return GroundingSettings(targets={**base, **targets}, timeout_seconds=2.0)
-
-
-def details(error: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
-    """(ErrorInfo reason, BadRequest fields) of a failed call."""
-    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
-    assert isinstance(raw, bytes)
-    reason, fields = "", []
-    for detail in status_pb2.Status.FromString(raw).details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return reason, fields
 
 
 async def wait_for(predicate: Any, within: float = 10.0) -> None:
