@@ -181,12 +181,15 @@ class AnswerRecorder:
         #: Non-empty pieces of text seen so far (the next AnalysisToken's index).
         self.tokens = 0
         self.finish_reason = "stop"
+        self.prompt_tokens = 0  # 0: the engine did not say
         self.parts: list[str] = []
 
     def token(self, token: Token) -> pb.AnalysisToken | None:
         """Record `token`; the AnalysisToken to send, or None when it carries no text."""
         if token.finish_reason:
             self.finish_reason = token.finish_reason
+        if token.prompt_tokens is not None:
+            self.prompt_tokens = token.prompt_tokens
         if not token.text:
             return None
         now = time.perf_counter()
@@ -207,8 +210,7 @@ class AnswerRecorder:
         decode = end - first
         return pb.AnalysisCompletion(
             finish_reason=FINISH_REASONS.get(self.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
-            # The Engine interface reports no prompt token count (see docs/llm.md): 0 means unknown.
-            prompt_tokens=0,
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=self.tokens,
             time_to_first_token_ms=(first - self.arrival) * 1000.0,
             tokens_per_second=(self.tokens - 1) / decode if self.tokens > 1 and decode > 0 else 0.0,

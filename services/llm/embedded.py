@@ -88,6 +88,7 @@ def file_sha256(path: Path) -> str:
 class _Piece:
     text: str
     finish_reason: FinishReason | None
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +222,12 @@ class LlamaCppEngine:
                     return
                 if isinstance(item, BaseException):
                     raise Unavailable(f"the embedded model failed: {item}", reason="LLM_ENGINE_FAILED")
-                yield Token(text=item.text, index=index, finish_reason=item.finish_reason)
+                yield Token(
+                    text=item.text,
+                    index=index,
+                    finish_reason=item.finish_reason,
+                    prompt_tokens=item.prompt_tokens,
+                )
                 index += 1
         finally:
             cancel.set()
@@ -243,17 +249,25 @@ class LlamaCppEngine:
                 stop=request.stop or None,
                 stream=True,
             )
+            prompt_tokens: int | None = None
             try:
                 for chunk in chunks:
                     if cancel.is_set():
                         break
+                    if prompt_tokens is None:
+                        # The prompt is evaluated (cached prefix included) before the first token is
+                        # sampled, and the sampled token is not evaluated yet: n_tokens is the prompt.
+                        prompt_tokens = int(llama.n_tokens)
                     choice = chunk["choices"][0]
                     text = choice["delta"].get("content") or ""
                     finish = choice.get("finish_reason")
                     if text:
                         self.tokens_generated += 1
                     if text or finish:
-                        emit(_Piece(text, "length" if finish == "length" else "stop" if finish else None))
+                        reason: FinishReason | None = (
+                            "length" if finish == "length" else "stop" if finish else None
+                        )
+                        emit(_Piece(text, reason, prompt_tokens if finish else None))
             finally:
                 chunks.close()
         except Exception as exc:

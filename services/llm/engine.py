@@ -39,6 +39,8 @@ class Token:
     text: str
     index: int
     finish_reason: FinishReason | None = None
+    #: Tokens of the prompt as the engine counted them; set on the last token when the engine knows.
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,9 @@ class OllamaEngine:
                 text = part.message.content or ""
                 if part.done:
                     finish: FinishReason = "length" if part.done_reason == "length" else "stop"
-                    yield Token(text=text, index=index, finish_reason=finish)
+                    yield Token(
+                        text=text, index=index, finish_reason=finish, prompt_tokens=part.prompt_eval_count
+                    )
                     return
                 if text:
                     yield Token(text=text, index=index)

@@ -184,6 +184,7 @@ async def test_stream_context_first_then_tokens_then_completion(stack: Stack) ->
     assert generating[1] == 1  # the first token arrived while the model was still generating
     completion = messages[-1].completion
     assert completion.completion_tokens == len(tokens) <= 24
+    assert completion.prompt_tokens > 100  # the grounded prompt, as llama.cpp evaluated it
     assert completion.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
     assert (completion.engine, completion.model) == (pb.LLM_ENGINE_EMBEDDED, "SmolLM2-135M-Instruct")
     assert 0 < completion.time_to_first_token_ms <= completion.total_ms
@@ -295,6 +296,7 @@ async def test_ollama_engine_with_every_source(data_target: str, slow_ollama: Fa
         response = await llm.Analyze(rr.AnalyzeRequest(symbol="EURUSD", question=QUESTION, max_tokens=5))
         assert response.answer == "".join(split_tokens(slow_ollama.reply)[:5])
         assert response.completion.finish_reason == pb.FINISH_REASON_LENGTH
+        assert response.completion.prompt_tokens == 26  # the fake's prompt_eval_count
         assert (
             response.completion.engine == pb.LLM_ENGINE_OLLAMA and response.completion.model == "llama3.1:70b"
         )
