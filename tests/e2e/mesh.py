@@ -78,6 +78,24 @@ class RunningMesh:
             time.sleep(0.2)
         raise TimeoutError(f"/{prefix}/health not 200 after {timeout_s}s; log:\n{self.log(prefix)[-3000:]}")
 
+    def cli_argv(self, *args: str, via_gateway: bool = True) -> list[str]:
+        """`kitrading ARGS` against this mesh (through its gateway unless `via_gateway` is False)."""
+        target = ["--target", self.gateway_target] if via_gateway else []
+        return [sys.executable, "-m", "kitrading.cli.main", *target, *args]
+
+    def cli(
+        self, *args: str, via_gateway: bool = True, timeout_s: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `kitrading ARGS` to completion with this mesh's environment (ports included)."""
+        return subprocess.run(
+            self.cli_argv(*args, via_gateway=via_gateway),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=self.env,
+        )
+
     def stop(self, timeout_s: float = 60.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)

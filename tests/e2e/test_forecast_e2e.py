@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,17 +77,6 @@ def post(mesh: RunningMesh, path: str, **params: Any) -> dict[str, Any]:
     return body
 
 
-def run_cli(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kitrading.cli.main", "--target", mesh.gateway_target, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=mesh.env,
-    )
-
-
 def worker_pids(mesh: RunningMesh) -> list[int]:
     """The training worker: a child of the forecast service process (`python -m services.forecast.worker`)."""
     pid = mesh.pid("forecast")
@@ -135,17 +123,7 @@ def train_all(mesh: RunningMesh) -> dict[str, Any]:
     returned_after = time.perf_counter() - started
     job_id = queued["jobId"]
     cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kitrading.cli.main",
-            "--target",
-            mesh.gateway_target,
-            "train",
-            "--job",
-            job_id,
-            "-f",
-        ],
+        mesh.cli_argv("train", "--job", job_id, "-f"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -261,7 +239,7 @@ def test_cli_forecast_prints_intervals_and_plots(
     mesh: RunningMesh, train_all: dict[str, Any], tmp_path: Path
 ) -> None:
     png = tmp_path / "eurusd.png"
-    done = run_cli(mesh, "forecast", "EURUSD", "--horizon", "24", "--plot", str(png))
+    done = mesh.cli("forecast", "EURUSD", "--horizon", "24", "--plot", str(png))
     assert done.returncode == 0, done.stderr
     assert "EURUSD H1 forecast, 24 bars" in done.stdout and "model v000001" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith("20")]

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -141,17 +140,6 @@ def field_violations(body: dict[str, Any]) -> set[str]:
         if d.get("@type", "").endswith("google.rpc.BadRequest")
         for v in d.get("fieldViolations", [])
     }
-
-
-def run_cli(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kitrading.cli.main", "--target", mesh.gateway_target, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=mesh.env,
-    )
 
 
 def ready_mesh(home: Path, extra_env: dict[str, str] | None) -> RunningMesh:
@@ -331,7 +319,7 @@ def test_bad_input(embedded: RunningMesh) -> None:
 
 def test_cli_analyze_streams_figures_and_answer(embedded: RunningMesh) -> None:
     close = eurusd_h1_close(embedded)
-    done = run_cli(embedded, "analyze", "EURUSD", "Should I buy or sell?", "--max-tokens", "24")
+    done = embedded.cli("analyze", "EURUSD", "Should I buy or sell?", "--max-tokens", "24")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert f"last close {close:.6g}" in out, out
@@ -509,12 +497,12 @@ def test_ollama_hang_up_stops_the_server_answer(ollama_mesh: RunningMesh, fake_o
 
 def test_ollama_cli(ollama_mesh: RunningMesh) -> None:
     close = eurusd_h1_close(ollama_mesh)
-    done = run_cli(ollama_mesh, "analyze", "EURUSD", "Should I buy or sell?", "--max-tokens", "48")
+    done = ollama_mesh.cli("analyze", "EURUSD", "Should I buy or sell?", "--max-tokens", "48")
     assert done.returncode == 0, done.stderr
     assert f"last close {close:.6g}" in done.stdout
     assert OLLAMA_REPLY in done.stdout
     assert f"{len(split_tokens(OLLAMA_REPLY))} tokens" in done.stdout
     assert OLLAMA_MODEL in done.stdout
-    status = run_cli(ollama_mesh, "llm", "status")
+    status = ollama_mesh.cli("llm", "status")
     assert status.returncode == 0, status.stderr
     assert "engine   ollama at" in status.stdout and OLLAMA_MODEL in status.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,25 +158,10 @@ def test_sdk_and_cli(up: RunningMesh) -> None:
         with pytest.raises(InvalidArgumentError) as info:
             client.data.get_symbol(rr.GetSymbolRequest(symbol="x y"))
         assert [v.field for v in info.value.field_violations] == ["symbol"]
-    env = dict(up.env)
-    out = subprocess.run(
-        [sys.executable, "-m", "kitrading.cli.main", "--target", up.gateway_target, "symbols"],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    out = up.cli("symbols", timeout_s=60)
     assert out.returncode == 0, out.stderr
     assert "EURUSD" in out.stdout
-    status = subprocess.run(
-        [sys.executable, "-m", "kitrading.cli.main", "status"],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    status = up.cli("status", via_gateway=False, timeout_s=60)
     assert "data" in status.stdout and "SERVING" in status.stdout
 
 
