@@ -7,6 +7,7 @@ deep inside. Secrets come from `<NAME>_FILE` when set and are never logged.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,39 @@ def env_bool(name: str, default: bool, env: Mapping[str, str] | None = None) -> 
     if lowered in _FALSE:
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+_BYTE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
+    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
+    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
+    "t": 1 << 40, "tib": 1 << 40, "tb": 10**12,
+}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """`85899345920`, `80GiB`, `80g` (binary, as docker reads it), `80GB` (decimal) -> bytes."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(number) :]
+    if not number or unit not in _BYTE_UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    value = float(number) * _BYTE_UNITS[unit]
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"not a size: {text!r}")
+    return int(value)
+
+
+def env_bytes(name: str, default: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """A size in bytes (`parse_bytes` forms); unset or empty: `default`."""
+    raw = _env(env).get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse_bytes(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a size such as 80GiB, 512MiB or 1073741824, got {raw!r}") from None
 
 
 def env_list(name: str, env: Mapping[str, str] | None = None) -> list[str]:
