@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from services.llm.embedded import LlamaCppEngine
 from services.llm.engine import ChatMessage, Engine, Token
+from services.llm.gpu_budget import GpuUsage
 from services.llm.limiter import AnswerTimer, GenerationLimiter, SpeedMeter
 from services.llm.ollama_engine import OllamaEngine
 from services.llm.prompt import Grounding, PromptLimits, build_messages
@@ -35,12 +36,12 @@ T = TypeVar("T")
 
 
 def _embedded(settings: LlmSettings) -> Engine:
-    return LlamaCppEngine(settings.embedded)
+    return LlamaCppEngine(settings.embedded, settings.gpu)
 
 
 def _ollama(settings: LlmSettings) -> Engine:
     assert settings.ollama is not None
-    return OllamaEngine(settings.ollama)
+    return OllamaEngine(settings.ollama, settings.gpu)
 
 
 ENGINES: dict[EngineKind, Callable[[LlmSettings], Engine]] = {"embedded": _embedded, "ollama": _ollama}
@@ -66,6 +67,8 @@ class LlmStatus:
     #: Median seconds from getting a slot to the first token over the recent answers.
     recent_first_token_seconds: float
     answers_total: int
+    #: The GPU memory budget and what the engine holds against it; None: no budget configured.
+    gpu: GpuUsage | None = None
 
 
 class Analyst:
@@ -95,6 +98,7 @@ class Analyst:
             recent_tokens_per_second=self.meter.tokens_per_second(),
             recent_first_token_seconds=self.meter.first_token_seconds(),
             answers_total=self.meter.answers_total,
+            gpu=info.gpu,
         )
 
     def analyze(

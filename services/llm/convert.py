@@ -4,7 +4,7 @@
 - `context_of(gathered)`: the same messages -> `AnalysisContext`, so a client shows the figures
   beside the text.
 - `AnswerRecorder`: counts and times the streamed tokens -> `AnalysisCompletion`.
-- `status_out(status)`: `LlmStatus` -> `GetLlmStatusResponse`.
+- `status_out(status)`: `LlmStatus` -> `GetLlmStatusResponse` (with `gpu_budget_out`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kitrading.regime.v1 import resources_pb2 as regime_pb
 from services.llm import prompt
 from services.llm.analyst import LlmStatus
 from services.llm.engine import EngineInfo, Token
+from services.llm.gpu_budget import GpuUsage
 from services.llm.grounding import CANDLES, FORECAST, PATTERN, RAG, REGIME, Gathered
 
 SOURCES: dict[str, pb.ContextSource.ValueType] = {
@@ -233,4 +234,21 @@ def status_out(status: LlmStatus, *, base_url: str = "") -> rr.GetLlmStatusRespo
         max_concurrent=status.max_concurrent,
         recent_tokens_per_second=status.recent_tokens_per_second,
         base_url=base_url,
+        detail=status.detail,
+        gpu_budget=gpu_budget_out(status.gpu),
+    )
+
+
+def gpu_budget_out(usage: GpuUsage | None) -> pb.GpuBudget | None:
+    if usage is None:
+        return None
+    return pb.GpuBudget(
+        fraction=usage.fraction,
+        total_bytes=usage.total_bytes,
+        budget_bytes=usage.budget_bytes,
+        offloaded_layers=usage.layers or 0,
+        total_layers=usage.total_layers or 0,
+        used_bytes=usage.used_bytes or 0,
+        used_measured=usage.used_bytes is not None,
+        detail=usage.detail,
     )

@@ -8,6 +8,10 @@ llama.cpp runs on one dedicated worker thread (the `Llama` object is not thread-
 are serialised anyway); tokens cross into asyncio through `call_soon_threadsafe`. A `threading.Event`
 is checked between tokens, so closing or cancelling the consumer stops generation after at most one
 more token; `aclose()` returns once the worker has let go of the model.
+
+GPU memory budget (`KITRADING_LLM_GPU_MEMORY_FRACTION`): the CPU build that `make` produces holds no
+GPU memory, and status says so. A GPU build of llama-cpp-python (`llama_supports_gpu_offload()`)
+gets `n_gpu_layers` planned from the budget and the GGUF's metadata (gpu_budget.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from services.llm.engine import ChatMessage, EngineInfo, FinishReason, Token
+from services.llm.gpu_budget import GpuBudget, GpuSettings, GpuUsage, ModelShape, usage_of
 from services.llm.settings import EmbeddedSettings
 from services.runtime.errors import FailedPrecondition, Unavailable
 
@@ -112,8 +117,10 @@ class LlamaCppEngine:
 
     name = "embedded"
 
-    def __init__(self, settings: EmbeddedSettings) -> None:
+    def __init__(self, settings: EmbeddedSettings, gpu: GpuSettings | None = None) -> None:
         self.settings = settings
+        self.gpu = gpu if gpu is not None and gpu.fraction is not None else None
+        self._gpu_usage: GpuUsage | None = None
         self._model: ModelFile | None = None
         self._llama: Any = None
         self._detail = "not started"
@@ -155,6 +162,7 @@ class LlamaCppEngine:
         s = self.settings
         self._llama = llama_cpp.Llama(
             model_path=str(model.path),
+            n_gpu_layers=self._gpu_layers(llama_cpp, model.path),
             n_ctx=s.context_tokens,
             n_batch=s.batch_tokens,
             n_threads=s.threads,
@@ -169,6 +177,33 @@ class LlamaCppEngine:
         )
         log.info("embedded LLM loaded: %s (%s)", model.path, self._detail)
 
+    def _gpu_layers(self, llama_cpp: Any, path: Path) -> int:
+        """Layers to offload: 0 without a budget or without GPU support, else the budget's plan."""
+        if self.gpu is None:
+            return 0
+        if not llama_cpp.llama_supports_gpu_offload():
+            self._gpu_usage = GpuUsage(
+                budget_bytes=0,
+                total_bytes=0,
+                fraction=self.gpu.fraction or 0.0,
+                layers=0,
+                total_layers=None,
+                used_bytes=0,
+                detail="llama.cpp is a CPU build: the model runs on the CPU and holds no GPU memory",
+            )
+            return 0
+        budget = GpuBudget.resolve(self.gpu)
+        assert budget is not None
+        header = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        try:
+            shape = ModelShape.from_metadata(dict(header.metadata), path.stat().st_size)
+        finally:
+            header.close()
+        layers = budget.plan(shape, self.settings.context_tokens)
+        self._gpu_usage = usage_of(budget)
+        log.info("GPU budget %.2f GiB: %s", budget.budget_bytes / (1 << 30), budget.detail)
+        return layers
+
     async def close(self) -> None:
         llama, self._llama = self._llama, None
         if llama is not None:
@@ -182,7 +217,13 @@ class LlamaCppEngine:
             if self._model
             else (self.settings.model_path.name if self.settings.model_path else BUNDLED_MODEL_NAME)
         )
-        return EngineInfo(engine=self.name, model=name, loaded=self._llama is not None, detail=self._detail)
+        return EngineInfo(
+            engine=self.name,
+            model=name,
+            loaded=self._llama is not None,
+            detail=self._detail,
+            gpu=self._gpu_usage,
+        )
 
     async def refresh(self) -> EngineInfo:
         return self.info()

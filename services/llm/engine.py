@@ -21,6 +21,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
+from services.llm.gpu_budget import GpuUsage
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
 
@@ -50,6 +52,8 @@ class EngineInfo:
     loaded: bool
     #: Why it is not loaded, or what it runs on ("llama.cpp 0.3.36, 1 thread"; "ollama 0.5.1").
     detail: str = ""
+    #: The GPU memory budget and what the engine holds against it; None: no budget configured.
+    gpu: GpuUsage | None = None
 
 
 class Engine(Protocol):

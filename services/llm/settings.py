@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from services.runtime.config import ConfigError, env_float, env_int, env_str
+from services.llm.gpu_budget import GIB, GpuSettings
+from services.runtime.config import ConfigError, env_bytes, env_float, env_int, env_str
 
 EngineKind = Literal["embedded", "ollama"]
 
@@ -67,6 +68,8 @@ class LlmSettings:
     temperature: float = 0.2
     #: Answers remembered for the recent tokens/s figure of the status call.
     recent_window: int = 20
+    #: GPU memory budget of the engine (see services/llm/gpu_budget.py); no fraction: no budget.
+    gpu: GpuSettings = field(default_factory=GpuSettings)
 
     @property
     def engine(self) -> EngineKind:
@@ -112,6 +115,7 @@ class LlmSettings:
             else 2048,
             seed=env_int("KITRADING_LLM_SEED", 42, minimum=0, maximum=2**31 - 1, env=env),
         )
+        gpu = _gpu_settings(env, ollama)
         concurrent = env_int("KITRADING_LLM_MAX_CONCURRENT", 0, minimum=0, maximum=1024, env=env)
         return cls(
             ollama=ollama,
@@ -120,7 +124,28 @@ class LlmSettings:
             max_queued=env_int("KITRADING_LLM_MAX_QUEUED", 8, minimum=0, maximum=100_000, env=env),
             max_tokens=env_int("KITRADING_LLM_MAX_TOKENS", 384, minimum=1, maximum=32_768, env=env),
             temperature=env_float("KITRADING_LLM_TEMPERATURE", 0.2, minimum=0.0, maximum=2.0, env=env),
+            gpu=gpu,
         )
+
+
+def _gpu_settings(env: Mapping[str, str] | None, ollama: OllamaSettings | None) -> GpuSettings:
+    name = "KITRADING_LLM_GPU_MEMORY_FRACTION"
+    fraction: float | None = env_float(name, 0.0, minimum=0.0, maximum=1.0, env=env)
+    if not fraction:
+        if env_str(name, "", env).strip():  # set to 0: a budget of nothing is a typo, not a wish
+            raise ConfigError(f"{name} must be above 0 and at most 1 (unset for no budget), got 0")
+        fraction = None
+    if fraction is not None and ollama is not None and ollama.num_gpu is not None:
+        raise ConfigError(
+            f"set either {name} (layers planned from the budget) or KITRADING_LLM_NUM_GPU (layers fixed), "
+            "not both"
+        )
+    return GpuSettings(
+        fraction=fraction,
+        total_bytes=env_bytes("KITRADING_LLM_GPU_MEMORY_TOTAL", None, env),
+        reserve_bytes=env_bytes("KITRADING_LLM_GPU_RESERVE", GIB, env) or 0,
+        device=ollama.main_gpu if ollama is not None and ollama.main_gpu is not None else 0,
+    )
 
 
 def _json_object(name: str, env: Mapping[str, str] | None) -> dict[str, object]:

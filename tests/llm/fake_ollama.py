@@ -12,6 +12,14 @@ Endpoints (shapes copied from Ollama's API docs / server):
   `"stream": false` -> one JSON object. Unknown model -> 404 `{"error": "model \\"x\\" not found, try
   pulling it first"}`. Empty `messages` -> the load reply (`done_reason: "load"`). `options.num_predict`
   limits the tokens (`done_reason: "length"`).
+- `POST /api/show` -> `{"details", "model_info": {"general.architecture": "llama", "llama.block_count",
+  ...}, "capabilities", ...}` (llama3.1:70b's and smollm2:135m's real shapes); unknown model -> 404.
+- `GET /api/ps` -> `{"models": [{"name", "model", "size", "size_vram", "expires_at", "context_length",
+  ...}]}`: the models a chat loaded. Memory is simulated the way Ollama's runner spends it: a chat
+  loads the model with its `options.num_gpu` layers (absent: as many as fit in `gpu_total_bytes`) and
+  `options.num_ctx` (absent: 4096), each offloaded layer taking its share of the weights plus its KV
+  cache, plus `graph_bytes` of compute buffers when any layer is offloaded. A chat whose `num_gpu` or
+  `num_ctx` differs from the loaded ones reloads the model (counted in `loads`), as Ollama does.
 
 Runs on 127.0.0.1, port 0, in a daemon thread. Records every chat request (`requests`), and counts
 tokens sent, answers completed and clients that disconnected mid-answer (`disconnected`).
@@ -49,6 +57,8 @@ class FakeOllama:
         token_delay: float = 0.0,
         version: str = "0.6.8",
         cut_after: int | None = None,
+        gpu_total_bytes: int = 80 << 30,
+        graph_bytes: int = 1536 << 20,
     ) -> None:
         self.models = list(models)
         self.reply = reply
@@ -61,6 +71,12 @@ class FakeOllama:
         self.completed = 0
         self.disconnected = 0
         self.active = 0
+        self.gpu_total_bytes = gpu_total_bytes
+        self.graph_bytes = graph_bytes
+        #: Loaded models: name -> {"num_gpu", "num_ctx", "size", "size_vram"}.
+        self.loaded: dict[str, dict[str, int]] = {}
+        #: Model loads (first loads and reloads for changed options).
+        self.loads = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -112,6 +128,29 @@ class FakeOllama:
             return list(self.reply(body))
         return split_tokens(self.reply)
 
+    def load(self, model: str, options: dict[str, Any]) -> None:
+        """Load (or reload) `model` the way a chat with `options` makes Ollama do."""
+        shape = MODEL_SHAPES.get(model.split(":", maxsplit=1)[0], MODEL_SHAPES["llama3.1"])
+        layers = shape["block_count"] + 1
+        num_ctx = int(options.get("num_ctx") or 4096)
+        kv = num_ctx * shape["kv_bytes_per_token_layer"]
+        per_layer = _model_entry(model)["size"] / layers + kv
+        wanted = options.get("num_gpu")
+        if wanted is None or int(wanted) < 0:  # Ollama's default: as many layers as fit
+            wanted = max(0, min(layers, int((self.gpu_total_bytes - self.graph_bytes) // per_layer)))
+        num_gpu = min(int(wanted), layers)
+        with self._lock:
+            current = self.loaded.get(model)
+            if current is not None and (current["num_gpu"], current["num_ctx"]) == (num_gpu, num_ctx):
+                return
+            self.loads += 1
+            self.loaded[model] = {
+                "num_gpu": num_gpu,
+                "num_ctx": num_ctx,
+                "size": int(layers * per_layer + self.graph_bytes),
+                "size_vram": int(num_gpu * per_layer + (self.graph_bytes if num_gpu else 0)),
+            }
+
     def _count(self, **deltas: int) -> None:
         with self._lock:
             for name, delta in deltas.items():
@@ -146,6 +185,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"version": fake.version})
         elif self.path == "/api/tags":
             self._json(200, {"models": [_model_entry(name) for name in fake.models]})
+        elif self.path == "/api/ps":
+            with fake._lock:
+                loaded = dict(fake.loaded)
+            models = [
+                {
+                    **_model_entry(name),
+                    "size": state["size"],
+                    "size_vram": state["size_vram"],
+                    "context_length": state["num_ctx"],
+                    "expires_at": "2099-01-01T00:00:00Z",
+                }
+                for name, state in loaded.items()
+            ]
+            self._json(200, {"models": models})
         elif self.path == "/":
             body = b"Ollama is running"
             self.send_response(200)
@@ -163,10 +216,34 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as exc:
             self._json(400, {"error": f"invalid character in request body: {exc}"})
             return
+        if self.path == "/api/show":
+            self._show(body)
+            return
         if self.path != "/api/chat":
             self._json(404, {"error": "404 page not found"})
             return
         self._chat(body)
+
+    def _show(self, body: dict[str, Any]) -> None:
+        fake = self.server_fake
+        model = _full(str(body.get("model") or body.get("name") or ""))
+        if model not in {_full(m) for m in fake.models}:
+            self._json(404, {"error": f"model '{model}' not found"})
+            return
+        shape = MODEL_SHAPES.get(model.split(":")[0], MODEL_SHAPES["llama3.1"])
+        self._json(
+            200,
+            {
+                "license": "LLAMA 3.1 COMMUNITY LICENSE AGREEMENT",
+                "modelfile": f"FROM {model}",
+                "parameters": 'stop "<|eot_id|>"',
+                "template": "{{ .Prompt }}",
+                "details": _model_entry(model)["details"],
+                "model_info": shape["model_info"],
+                "capabilities": ["completion", "tools"],
+                "modified_at": "2025-01-07T10:20:30.123456789Z",
+            },
+        )
 
     def _chat(self, body: dict[str, Any]) -> None:
         fake = self.server_fake
@@ -178,6 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f'model "{model}" not found, try pulling it first'})
             return
         base = {"model": model, "created_at": _now()}
+        fake.load(_full(model), body.get("options") or {})
         if not body.get("messages"):
             self._json(
                 200,
@@ -263,13 +341,45 @@ def _timings(started_ns: int, tokens: int) -> dict[str, int]:
     }
 
 
+def _full(name: str) -> str:
+    return name if ":" in name else f"{name}:latest"
+
+
+def _info(blocks: int, width: int, heads: int, kv_heads: int, context: int, params: int) -> dict[str, Any]:
+    return {
+        "general.architecture": "llama",
+        "general.parameter_count": params,
+        "llama.block_count": blocks,
+        "llama.context_length": context,
+        "llama.embedding_length": width,
+        "llama.attention.head_count": heads,
+        "llama.attention.head_count_kv": kv_heads,
+        "llama.rope.freq_base": 500000,
+    }
+
+
+#: Real shapes (GGUF metadata as `ollama show -v` prints it) of the models the fake serves.
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "llama3.1": {
+        "block_count": 80,
+        "kv_bytes_per_token_layer": 2 * 128 * 8 * 2,
+        "model_info": _info(80, 8192, 64, 8, 131072, 70_553_706_496),
+    },
+    "smollm2": {
+        "block_count": 30,
+        "kv_bytes_per_token_layer": 2 * 64 * 3 * 2,
+        "model_info": _info(30, 576, 9, 3, 8192, 134_515_008),
+    },
+}
+
+
 def _model_entry(name: str) -> dict[str, Any]:
-    full = name if ":" in name else f"{name}:latest"
+    full = _full(name)
     return {
         "name": full,
         "model": full,
         "modified_at": "2025-01-07T10:20:30.123456789Z",
-        "size": 42_520_412_160,
+        "size": 270_898_528 if full.startswith("smollm2") else 42_520_412_160,
         "digest": "a6eb4748fd2990ad2952b2335a95a7f952d1a06119a0aa6a2df6cd052a93a3fa",
         "details": {
             "parent_model": "",

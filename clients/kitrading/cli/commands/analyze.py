@@ -156,4 +156,16 @@ def run_status(args: argparse.Namespace) -> int:
         f"load     {status.active_requests}/{status.max_concurrent} answering, {status.queue_depth} waiting"
     )
     print(f"speed    {status.recent_tokens_per_second:.1f} tokens/s (recent answers)")
+    if status.HasField("gpu_budget"):
+        print(gpu_line(status.gpu_budget))
     return 0
+
+
+def gpu_line(gpu: llm_res.GpuBudget) -> str:
+    """`gpu      budget 40.00 GiB (50% of 80.00 GiB), holds 39.34 GiB; 75/81 layers on the GPU ...`."""
+    gib = float(1 << 30)
+    if gpu.total_bytes == 0:  # nothing to budget: the engine does not use the GPU
+        return f"gpu      {gpu.detail}"
+    held = f"holds {gpu.used_bytes / gib:.2f} GiB" if gpu.used_measured else "not loaded yet"
+    share = f"{gpu.fraction:.0%} of {gpu.total_bytes / gib:.2f} GiB"
+    return f"gpu      budget {gpu.budget_bytes / gib:.2f} GiB ({share}), {held}; {gpu.detail}"

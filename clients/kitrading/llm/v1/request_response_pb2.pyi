@@ -202,6 +202,8 @@ class GetLlmStatusResponse(_message.Message):
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     RECENT_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     BASE_URL_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    GPU_BUDGET_FIELD_NUMBER: _builtins.int
     engine: _resources_pb2.LlmEngine.ValueType
     model: _builtins.str
     """OLLAMA_MODEL, or the embedded model's name."""
@@ -217,6 +219,12 @@ class GetLlmStatusResponse(_message.Message):
     """Mean completion tokens per second over recent answers; 0 when none."""
     base_url: _builtins.str
     """OLLAMA_BASE_URL; empty for the embedded engine."""
+    detail: _builtins.str
+    """What the engine runs on, or why it is not loaded."""
+    @_builtins.property
+    def gpu_budget(self) -> _resources_pb2.GpuBudget:
+        """The GPU memory budget and what the engine holds against it; absent when no budget is set."""
+
     def __init__(
         self,
         *,
@@ -228,10 +236,12 @@ class GetLlmStatusResponse(_message.Message):
         max_concurrent: _builtins.int = ...,
         recent_tokens_per_second: _builtins.float = ...,
         base_url: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        gpu_budget: _resources_pb2.GpuBudget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gpu_budget", b"gpu_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "base_url", b"base_url", "engine", b"engine", "loaded", b"loaded", "max_concurrent", b"max_concurrent", "model", b"model", "queue_depth", b"queue_depth", "recent_tokens_per_second", b"recent_tokens_per_second"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_requests", b"active_requests", "base_url", b"base_url", "detail", b"detail", "engine", b"engine", "gpu_budget", b"gpu_budget", "loaded", b"loaded", "max_concurrent", b"max_concurrent", "model", b"model", "queue_depth", b"queue_depth", "recent_tokens_per_second", b"recent_tokens_per_second"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

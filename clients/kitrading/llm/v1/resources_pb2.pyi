@@ -317,3 +317,56 @@ class AnalysisCompletion(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnalysisCompletion: _TypeAlias = AnalysisCompletion  # noqa: Y015
+
+@_typing.final
+class GpuBudget(_message.Message):
+    """GpuBudget is the LLM engine's share of GPU memory (KITRADING_LLM_GPU_MEMORY_FRACTION) and how it
+    is kept: neither engine takes a memory fraction, so the budget becomes the number of model layers
+    offloaded to the GPU, planned from the model's shape and checked against what the engine holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRACTION_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    OFFLOADED_LAYERS_FIELD_NUMBER: _builtins.int
+    TOTAL_LAYERS_FIELD_NUMBER: _builtins.int
+    USED_BYTES_FIELD_NUMBER: _builtins.int
+    USED_MEASURED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    fraction: _builtins.float
+    """The configured fraction of the GPU's memory, in (0, 1]."""
+    total_bytes: _builtins.int
+    """The GPU's memory in bytes (KITRADING_LLM_GPU_MEMORY_TOTAL or nvidia-smi); 0 when not needed."""
+    budget_bytes: _builtins.int
+    """fraction x total_bytes."""
+    offloaded_layers: _builtins.int
+    """Layers offloaded to the GPU on the next load (Ollama num_gpu, llama.cpp n_gpu_layers)."""
+    total_layers: _builtins.int
+    """Layers the model has (blocks plus the output layer); 0 while the model's shape is unknown."""
+    used_bytes: _builtins.int
+    """GPU memory the engine held for the model at the last check (Ollama /api/ps size_vram)."""
+    used_measured: _builtins.bool
+    """used_bytes has been measured (false before the model was first seen loaded)."""
+    detail: _builtins.str
+    """How the layer count was reached, or why it was cut."""
+    def __init__(
+        self,
+        *,
+        fraction: _builtins.float = ...,
+        total_bytes: _builtins.int = ...,
+        budget_bytes: _builtins.int = ...,
+        offloaded_layers: _builtins.int = ...,
+        total_layers: _builtins.int = ...,
+        used_bytes: _builtins.int = ...,
+        used_measured: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_bytes", b"budget_bytes", "detail", b"detail", "fraction", b"fraction", "offloaded_layers", b"offloaded_layers", "total_bytes", b"total_bytes", "total_layers", b"total_layers", "used_bytes", b"used_bytes", "used_measured", b"used_measured"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuBudget: _TypeAlias = GpuBudget  # noqa: Y015
