@@ -72,7 +72,7 @@ SPECS: dict[str, Spec] = {
             Volume("forecast-models", f"{HOME}/models/forecast", "10Gi"),
             Volume("forecast-state", f"{HOME}/forecast", "1Gi"),
         ),
-        gpu_memory_fraction=0.35,
+        gpu_memory_fraction=0.15,
         startup_s=300,
     ),
     "pattern": Spec(
@@ -80,7 +80,7 @@ SPECS: dict[str, Spec] = {
         "1Gi",
         "4Gi",
         volumes=(Volume("pattern-models", f"{HOME}/models/pattern", "5Gi"),),
-        gpu_memory_fraction=0.15,
+        gpu_memory_fraction=0.10,
         startup_s=180,
     ),
     "regime": Spec(
@@ -91,7 +91,7 @@ SPECS: dict[str, Spec] = {
         "1Gi",
         "4Gi",
         volumes=(Volume("embedder-cache", f"{HOME}/cache", "10Gi"),),
-        gpu_memory_fraction=0.15,
+        gpu_memory_fraction=0.05,
         startup_s=300,
     ),
     "rag": Spec(
@@ -99,11 +99,11 @@ SPECS: dict[str, Spec] = {
         "1Gi",
         "4Gi",
         volumes=(Volume("rag-index", f"{HOME}/rag", "5Gi"),),
-        gpu_memory_fraction=0.10,
+        gpu_memory_fraction=0.05,
         startup_s=180,
     ),
     "llm": Spec(
-        "1", "1Gi", "4Gi", env={"KITRADING_LLM_THREADS": "2"}, gpu_memory_fraction=0.15, startup_s=300
+        "1", "1Gi", "4Gi", env={"KITRADING_LLM_THREADS": "2"}, gpu_memory_fraction=0.55, startup_s=300
     ),
     "watchdog": Spec("100m", "256Mi", "512Mi", telegram=True),
 }

@@ -155,6 +155,8 @@ def test_cpu_override_drops_every_gpu_reservation(compose_cpu: dict[str, Any]) -
         if name in {s.name for s in SERVICES} | set(INFRA):
             assert service["deploy"]["resources"]["limits"]["memory"], f"{name} keeps its memory limit"
     assert env_of(services(compose_cpu)["forecast"])["NHITS_USE_GPU"] == "false"
+    # No GPU for nvidia-smi to size: the LLM's budget is unset, or the service would refuse to start.
+    assert env_of(services(compose_cpu)["llm"])["KITRADING_LLM_GPU_MEMORY_FRACTION"] == ""
     for info in SERVICES:
         args = services(compose_cpu)[info.name]["build"]["args"]
         assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
