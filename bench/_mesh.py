@@ -49,6 +49,9 @@ class BenchMesh:
     data_target: str
     gateway_port: int
     gateway_url: str
+    #: Process ids of the gateway's Envoy and the Data service (for CPU accounting).
+    envoy_pid: int = 0
+    data_pid: int = 0
 
 
 @contextlib.contextmanager
@@ -81,7 +84,14 @@ def data_and_gateway(import_samples: bool = False) -> Iterator[BenchMesh]:
                 if time.monotonic() > deadline:
                     raise TimeoutError("gateway never saw data healthy")
                 time.sleep(0.2)
-            yield BenchMesh(home, f"127.0.0.1:{data_port}", gw_port, f"http://127.0.0.1:{gw_port}")
+            yield BenchMesh(
+                home,
+                f"127.0.0.1:{data_port}",
+                gw_port,
+                f"http://127.0.0.1:{gw_port}",
+                envoy_pid=envoy.pid,
+                data_pid=data.pid,
+            )
         finally:
             if envoy is not None:
                 stop_envoy(envoy)

@@ -11,6 +11,9 @@ and a different client stack (httpx).
 A fourth path, a bare Envoy (one listener, the router, one HTTP/2 cluster: no transcoder, health
 filters, grpc-web, access log or limits), separates what our gateway config costs from what any
 extra proxy hop costs on the machine.
+
+CPU per call (user + system time of each process over its path's calls) shows where a hop's time
+goes: Envoy's own work per proxied call, against the Data service's and the client's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import grpc
 import httpx
+import psutil
 import yaml
 
 from bench._mesh import data_and_gateway, free_port
@@ -97,8 +101,14 @@ def bare_envoy_config(port: int, admin_port: int, upstream_port: int) -> dict[st
     }
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 @contextmanager
-def bare_envoy(upstream_port: int) -> Iterator[int]:
+def bare_envoy(upstream_port: int) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a bare Envoy in front of `upstream_port`."""
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bare.yaml"
@@ -117,7 +127,7 @@ def bare_envoy(upstream_port: int) -> Iterator[int]:
         )
         try:
             wait_until_ready(admin_port=admin, process=process)
-            yield port
+            yield port, process.pid
         finally:
             stop_envoy(process)
 
@@ -143,7 +153,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    with data_and_gateway() as m, bare_envoy(int(m.data_target.rsplit(":", 1)[1])) as bare_port:
+    with data_and_gateway() as m, bare_envoy(int(m.data_target.rsplit(":", 1)[1])) as (bare_port, bare_pid):
         direct_channel = grpc.insecure_channel(m.data_target)
         gateway_channel = grpc.insecure_channel(f"127.0.0.1:{m.gateway_port}")
         bare_channel = grpc.insecure_channel(f"127.0.0.1:{bare_port}")
@@ -164,9 +174,19 @@ def main() -> None:
         for call in paths.values():  # warm up connections, caches, JIT-free but still
             timed(call, 200)
         samples: dict[str, list[float]] = {name: [] for name in paths}
+        processes = {
+            "client": psutil.Process(),
+            "data service": psutil.Process(m.data_pid),
+            "gateway Envoy": psutil.Process(m.envoy_pid),
+            "bare Envoy": psutil.Process(bare_pid),
+        }
+        cpu: dict[str, dict[str, float]] = {path: dict.fromkeys(processes, 0.0) for path in paths}
         for _ in range(args.rounds):
             for name, call in paths.items():
+                before = {p: cpu_seconds(proc) for p, proc in processes.items()}
                 samples[name] += timed(call, args.calls)
+                for p, proc in processes.items():
+                    cpu[name][p] += cpu_seconds(proc) - before[p]
         http.close()
         direct_channel.close()
         gateway_channel.close()
@@ -180,12 +200,17 @@ def main() -> None:
         }
         for name, v in samples.items()
     }
+    cpu_us = {
+        name: {p: round(seconds / len(samples[name]) * 1e6) for p, seconds in per_process.items()}
+        for name, per_process in cpu.items()
+    }
     base = result["direct gRPC"]["p50_ms"]
     added = round(result["gateway gRPC"]["p50_ms"] - base, 3)
     added_http = round(result["gateway HTTP JSON"]["p50_ms"] - base, 3)
     added_bare = round(result["bare Envoy gRPC"]["p50_ms"] - base, 3)
     summary = {
         "paths": result,
+        "cpu_us_per_call": cpu_us,
         "gateway_grpc_added_p50_ms": added,
         "gateway_grpc_ratio_p50": round(result["gateway gRPC"]["p50_ms"] / base, 3),
         "gateway_http_added_p50_ms": added_http,
@@ -201,6 +226,10 @@ def main() -> None:
     print(f"{'path':<20}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'calls':>8}")
     for name, r in result.items():
         print(f"{name:<20}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{r['mean_ms']:>10.3f}{r['calls']:>8}")
+    print("\nCPU microseconds per call (user + system), by process:")
+    print(f"{'path':<20}" + "".join(f"{p:>15}" for p in processes))
+    for name, per in cpu_us.items():
+        print(f"{name:<20}" + "".join(f"{per[p]:>15}" for p in processes))
     print(
         f"\ngateway gRPC adds {added:.3f} ms at p50 (ratio {summary['gateway_grpc_ratio_p50']}x; "
         f"target <= {TARGET_ADDED_P50_MS} ms: {'met' if summary['target_met'] else 'NOT met'})"
