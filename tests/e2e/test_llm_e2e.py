@@ -14,7 +14,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,15 @@ def eurusd_h1_close(mesh: RunningMesh) -> float:
     )
     assert stats.status_code == 200, stats.text
     return float(stats.json()["lastCandle"]["close"])
+
+
+def wait_gpu_budget(mesh: RunningMesh, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The status's gpuBudget once `done` holds for it (the check runs after each answer)."""
+    deadline = time.monotonic() + 15
+    while not done(gpu := llm_status(mesh)["gpuBudget"]):
+        assert time.monotonic() < deadline, gpu
+        time.sleep(0.1)
+    return gpu
 
 
 def llm_status(mesh: RunningMesh) -> dict[str, Any]:
@@ -211,7 +220,13 @@ def fake_ollama() -> Iterator[FakeOllama]:
 def ollama_mesh(tmp_path_factory: pytest.TempPathFactory, fake_ollama: FakeOllama) -> Iterator[RunningMesh]:
     yield from launch(
         Path(tmp_path_factory.mktemp("llm-ollama")),
-        {"OLLAMA_BASE_URL": fake_ollama.url, "OLLAMA_MODEL": OLLAMA_MODEL},
+        {
+            "OLLAMA_BASE_URL": fake_ollama.url,
+            "OLLAMA_MODEL": OLLAMA_MODEL,
+            # a quarter of a 24 GiB GPU: 6 GiB for llama3.1:8b (4.9 GB, 33 layers of ~158 MiB)
+            "KITRADING_LLM_GPU_MEMORY_FRACTION": "0.25",
+            "KITRADING_LLM_GPU_MEMORY_TOTAL": "24GiB",
+        },
     )
 
 
@@ -443,6 +458,9 @@ def test_ollama_engine_status_and_stream(ollama_mesh: RunningMesh, fake_ollama: 
     assert status["loaded"] is True
     assert status["baseUrl"] == fake_ollama.url
     assert status["maxConcurrent"] == 2  # the Ollama default
+    gpu = status["gpuBudget"]  # int64 fields are JSON strings (proto3 JSON mapping)
+    assert (gpu["fraction"], gpu["totalBytes"], gpu["budgetBytes"]) == (0.25, str(24 << 30), str(6 << 30))
+    assert (gpu["offloadedLayers"], gpu["totalLayers"]) == (32, 33)  # 5 GiB (6 less the reserve) / layer
 
     close = eurusd_h1_close(ollama_mesh)
     answer = stream_analysis(ollama_mesh, {"symbol": "EURUSD", "question": QUESTION, "maxTokens": 48})
@@ -461,10 +479,14 @@ def test_ollama_engine_status_and_stream(ollama_mesh: RunningMesh, fake_ollama: 
     sent = fake_ollama.requests[-1]
     assert sent["model"] == OLLAMA_MODEL and sent["stream"] is True
     assert sent["options"]["num_predict"] == 48
+    assert (sent["options"]["num_gpu"], sent["options"]["num_ctx"]) == (32, 4096)  # the GPU budget's plan
     system = sent["messages"][0]["content"]
     assert f"last close {close:.6g}" in system
     assert "Should I buy or sell?" not in system and "Should I buy or sell?" in sent["messages"][1]["content"]
 
+    # The fake spends 1.5 GiB on compute buffers, more than the 1 GiB reserve: 32 layers held 6.44 GiB,
+    # so the check after the streamed answer cuts the excess, 3 layers, for the next request.
+    wait_gpu_budget(ollama_mesh, lambda gpu: gpu["offloadedLayers"] == 29)
     unary = httpx.post(
         f"{ollama_mesh.gateway}/api/v1/analyze",
         json={"symbol": "EURUSD", "question": "Should I buy or sell?", "maxTokens": 5},
@@ -474,6 +496,11 @@ def test_ollama_engine_status_and_stream(ollama_mesh: RunningMesh, fake_ollama: 
     assert unary.json()["answer"] == "".join(expected[:5])
     assert unary.json()["completion"]["finishReason"] == "FINISH_REASON_LENGTH"
     assert llm_status(ollama_mesh)["recentTokensPerSecond"] > 0
+    assert fake_ollama.requests[-1]["options"]["num_gpu"] == 29  # Ollama reloaded with fewer layers
+    held = fake_ollama.loaded[OLLAMA_MODEL]["size_vram"]
+    assert held <= 6 << 30
+    gpu = wait_gpu_budget(ollama_mesh, lambda gpu: gpu.get("usedBytes") == str(held))
+    assert "29/33 layers" in gpu["detail"] and "cut 1x" in gpu["detail"]
 
 
 def test_ollama_hang_up_stops_the_server_answer(ollama_mesh: RunningMesh, fake_ollama: FakeOllama) -> None:
@@ -506,3 +533,4 @@ def test_ollama_cli(ollama_mesh: RunningMesh) -> None:
     status = ollama_mesh.cli("llm", "status")
     assert status.returncode == 0, status.stderr
     assert "engine   ollama at" in status.stdout and OLLAMA_MODEL in status.stdout
+    assert "gpu      budget 6.00 GiB (25% of 24.00 GiB)" in status.stdout

@@ -13,7 +13,8 @@ Endpoints (shapes copied from Ollama's API docs / server):
   pulling it first"}`. Empty `messages` -> the load reply (`done_reason: "load"`). `options.num_predict`
   limits the tokens (`done_reason: "length"`).
 - `POST /api/show` -> `{"details", "model_info": {"general.architecture": "llama", "llama.block_count",
-  ...}, "capabilities", ...}` (llama3.1:70b's and smollm2:135m's real shapes); unknown model -> 404.
+  ...}, "capabilities", ...}` (the real shapes and sizes of llama3.1:70b, llama3.1:8b and smollm2:135m,
+  `MODEL_SHAPES`); unknown model -> 404.
 - `GET /api/ps` -> `{"models": [{"name", "model", "size", "size_vram", "expires_at", "context_length",
   ...}]}`: the models a chat loaded. Memory is simulated the way Ollama's runner spends it: a chat
   loads the model with its `options.num_gpu` layers (absent: as many as fit in `gpu_total_bytes`) and
@@ -130,11 +131,11 @@ class FakeOllama:
 
     def load(self, model: str, options: dict[str, Any]) -> None:
         """Load (or reload) `model` the way a chat with `options` makes Ollama do."""
-        shape = MODEL_SHAPES.get(model.split(":", maxsplit=1)[0], MODEL_SHAPES["llama3.1"])
+        shape = shape_of(model)
         layers = shape["block_count"] + 1
         num_ctx = int(options.get("num_ctx") or 4096)
         kv = num_ctx * shape["kv_bytes_per_token_layer"]
-        per_layer = _model_entry(model)["size"] / layers + kv
+        per_layer = shape["size"] / layers + kv
         wanted = options.get("num_gpu")
         if wanted is None or int(wanted) < 0:  # Ollama's default: as many layers as fit
             wanted = max(0, min(layers, int((self.gpu_total_bytes - self.graph_bytes) // per_layer)))
@@ -230,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
         if model not in {_full(m) for m in fake.models}:
             self._json(404, {"error": f"model '{model}' not found"})
             return
-        shape = MODEL_SHAPES.get(model.split(":")[0], MODEL_SHAPES["llama3.1"])
+        shape = shape_of(model)
         self._json(
             200,
             {
@@ -360,17 +361,38 @@ def _info(blocks: int, width: int, heads: int, kv_heads: int, context: int, para
 
 #: Real shapes (GGUF metadata as `ollama show -v` prints it) of the models the fake serves.
 MODEL_SHAPES: dict[str, dict[str, Any]] = {
-    "llama3.1": {
+    "llama3.1:70b": {
         "block_count": 80,
         "kv_bytes_per_token_layer": 2 * 128 * 8 * 2,
         "model_info": _info(80, 8192, 64, 8, 131072, 70_553_706_496),
+        "size": 42_520_412_160,
+        "parameter_size": "70.6B",
     },
-    "smollm2": {
+    "llama3.1:8b": {
+        "block_count": 32,
+        "kv_bytes_per_token_layer": 2 * 128 * 8 * 2,
+        "model_info": _info(32, 4096, 32, 8, 131072, 8_030_261_248),
+        "size": 4_920_753_328,
+        "parameter_size": "8.0B",
+    },
+    "smollm2:135m": {
         "block_count": 30,
         "kv_bytes_per_token_layer": 2 * 64 * 3 * 2,
         "model_info": _info(30, 576, 9, 3, 8192, 134_515_008),
+        "size": 270_898_528,
+        "parameter_size": "134.52M",
     },
 }
+
+
+def shape_of(model: str) -> dict[str, Any]:
+    """The model's entry in MODEL_SHAPES: by full name, else the first of its family, else llama3.1:70b."""
+    full = _full(model)
+    if full in MODEL_SHAPES:
+        return MODEL_SHAPES[full]
+    family = full.split(":", maxsplit=1)[0]
+    same = [v for k, v in MODEL_SHAPES.items() if k.startswith(family + ":")]
+    return same[0] if same else MODEL_SHAPES["llama3.1:70b"]
 
 
 def _model_entry(name: str) -> dict[str, Any]:
@@ -379,14 +401,14 @@ def _model_entry(name: str) -> dict[str, Any]:
         "name": full,
         "model": full,
         "modified_at": "2025-01-07T10:20:30.123456789Z",
-        "size": 270_898_528 if full.startswith("smollm2") else 42_520_412_160,
+        "size": shape_of(full)["size"],
         "digest": "a6eb4748fd2990ad2952b2335a95a7f952d1a06119a0aa6a2df6cd052a93a3fa",
         "details": {
             "parent_model": "",
             "format": "gguf",
             "family": "llama",
             "families": ["llama"],
-            "parameter_size": "70.6B",
+            "parameter_size": shape_of(full)["parameter_size"],
             "quantization_level": "Q4_K_M",
         },
     }

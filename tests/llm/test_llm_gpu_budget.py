@@ -44,7 +44,7 @@ HALF_OF_80 = GpuSettings(fraction=0.5, total_bytes=80 * GIB)
 
 
 def llama_70b() -> ModelShape:
-    return ModelShape.from_metadata(MODEL_SHAPES["llama3.1"]["model_info"], LLAMA_70B_BYTES)
+    return ModelShape.from_metadata(MODEL_SHAPES["llama3.1:70b"]["model_info"], LLAMA_70B_BYTES)
 
 
 # -- sizes and shapes -------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_shape_from_ollama_and_llama_cpp_metadata() -> None:
     assert shape.kv_bytes_per_token_layer == (128 + 128) * 8 * 2  # GQA: 8 KV heads of 128
     assert shape.layer_bytes(4096) == LAYER_BYTES
     # llama-cpp-python's Llama.metadata gives every value as a string
-    as_strings = {k: str(v) for k, v in MODEL_SHAPES["llama3.1"]["model_info"].items()}
+    as_strings = {k: str(v) for k, v in MODEL_SHAPES["llama3.1:70b"]["model_info"].items()}
     assert ModelShape.from_metadata(as_strings, LLAMA_70B_BYTES) == shape
     with pytest.raises(ValueError, match="block_count"):
         ModelShape.from_metadata({"general.architecture": "llama"}, 1)
