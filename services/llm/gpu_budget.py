@@ -185,13 +185,12 @@ class GpuBudget:
             self.layers = min(self.layers, layers)
         self.total_layers = shape.offloadable_layers
         self.layer_bytes = shape.layer_bytes(context_tokens)
-        self.detail = self._describe(context_tokens)
+        self.context_tokens = context_tokens
+        self.detail = self._describe()
         return self.layers
 
-    def _describe(self, context_tokens: int | None = None) -> str:
+    def _describe(self) -> str:
         text = f"{self.layers}/{self.total_layers} layers on the GPU"
-        if context_tokens is not None:
-            self.context_tokens = context_tokens
         if self.layer_bytes:
             text += f" (~{self.layer_bytes / MIB:.0f} MiB each at {self.context_tokens} context tokens)"
         if self.cuts:

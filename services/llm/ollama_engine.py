@@ -42,6 +42,8 @@ class OllamaEngine:
         #: None: no budget, Ollama places the layers (or KITRADING_LLM_NUM_GPU fixes them).
         self.gpu_budget = GpuBudget.resolve(gpu) if gpu is not None else None
         self._model_bytes: int | None = None
+        #: The model size the layers were last planned for: the shape is re-read only when it changes.
+        self._planned_for: int | None = None
         #: `num_gpu` of the last request (the layers Ollama loaded the model with, when it is loaded).
         self._sent_layers: int | None = None
         self._checks: set[asyncio.Task[None]] = set()
@@ -92,7 +94,8 @@ class OllamaEngine:
             self._detail = f"ollama {version} at {self.settings.base_url}"
             self._model_bytes = sizes[wanted] or None
             if self.gpu_budget is not None:
-                await self._plan_layers()
+                if self._planned_for != self._model_bytes:  # first time, or the model was re-pulled
+                    await self._plan_layers()
                 await self._check_gpu()
         else:
             self._loaded = False
@@ -138,6 +141,7 @@ class OllamaEngine:
             return
         before = budget.layers
         layers = budget.plan(shape, self.context_tokens)
+        self._planned_for = self._model_bytes
         if layers != before:
             log.info(
                 "GPU budget %.2f GiB (%.0f%% of %.2f GiB): %s",

@@ -78,6 +78,8 @@ class FakeOllama:
         self.loaded: dict[str, dict[str, int]] = {}
         #: Model loads (first loads and reloads for changed options).
         self.loads = 0
+        #: `POST /api/show` requests answered.
+        self.shows = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -218,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": f"invalid character in request body: {exc}"})
             return
         if self.path == "/api/show":
+            self.server_fake._count(shows=1)
             self._show(body)
             return
         if self.path != "/api/chat":

@@ -225,6 +225,7 @@ async def test_ollama_budget_plans_layers_and_cuts_them_when_the_server_holds_mo
 
         await engine.refresh(force=True)  # the old load is still resident: no second cut
         assert engine.gpu_budget is not None and engine.gpu_budget.layers == 76
+        assert fake.shows == 1  # the shape was read once; refreshes only check /api/ps
         assert "76/81 layers" in engine.gpu_budget.detail and "cut 1x, last after the engine held 40.35" in (
             engine.gpu_budget.detail
         )
