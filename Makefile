@@ -13,7 +13,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 BREAKING_AGAINST ?= .git\#ref=HEAD~1
 
-.PHONY: deps up test test-fast generate check-generated lint format breaking bench clean-venv
+.PHONY: deps up test test-fast timescaledb generate check-generated lint format breaking bench clean-venv
 
 $(STAMP): pyproject.toml deploy/llama_cpp.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ deps: $(STAMP)
 up: deps
 	$(VENV)/bin/kitrading up
 
-test: deps
+test: deps timescaledb
 	$(PY) -m pytest
+
+# PostgreSQL + TimescaleDB for the tests of the hypertable path: built once (~20 s), cached (docs/data.md).
+timescaledb: deps
+	@bash deploy/timescaledb.sh $(PY) >/dev/null
 
 test-fast: deps
 	$(PY) -m pytest -m "not e2e and not slow"
