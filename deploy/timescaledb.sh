@@ -11,7 +11,7 @@
 # directory, "+dfsg"), fetched from deb.debian.org and checked against its pinned sha256. Hypertables,
 # chunks and time_bucket are in that part; compression and continuous aggregates are not.
 # Built with the embedded server's pg_config, so the extension matches its PostgreSQL (16.2) exactly.
-# Needs curl, cmake and a C compiler (present wherever `make test` builds llama-cpp-python).
+# Needs curl and a C compiler (as the llama-cpp-python build does); cmake from PATH, else from PyPI.
 #
 # Environment:
 #   PYTHON           interpreter of the venv holding `pgserver` (default .venv/bin/python; or 1st arg)
@@ -61,8 +61,14 @@ if [[ ! -f "$DONE" ]]; then
   echo "$SOURCE_SHA256  $TMP/src.tar.xz" | sha256sum -c --quiet -
   tar -xf "$TMP/src.tar.xz" -C "$TMP"
   SRC="$TMP/timescaledb-$TIMESCALEDB_VERSION"
+  CMAKE="$(command -v cmake || true)"
+  if [[ -z "$CMAKE" ]]; then
+    "$PYTHON" -m pip install -q --target "$TMP/cmake" cmake
+    CMAKE="$TMP/cmake/bin/cmake"
+    export PYTHONPATH="$TMP/cmake${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   # APACHE_ONLY: the TSL directory is not in the source. No OpenSSL: pgserver's PostgreSQL has none.
-  cmake -S "$SRC" -B "$SRC/build" -DPG_CONFIG="$PGINSTALL/bin/pg_config" -DCMAKE_BUILD_TYPE=Release \
+  "$CMAKE" -S "$SRC" -B "$SRC/build" -DPG_CONFIG="$PGINSTALL/bin/pg_config" -DCMAKE_BUILD_TYPE=Release \
     -DAPACHE_ONLY=ON -DUSE_OPENSSL=0 -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
     -DSEND_TELEMETRY_DEFAULT=OFF >"$TMP/cmake.log" 2>&1 || { tail -30 "$TMP/cmake.log" >&2; exit 1; }
   make -C "$SRC/build" -j"${CMAKE_BUILD_PARALLEL_LEVEL:-2}" >"$TMP/make.log" 2>&1 || { tail -30 "$TMP/make.log" >&2; exit 1; }
