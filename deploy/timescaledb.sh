@@ -2,7 +2,7 @@
 # A local PostgreSQL with the TimescaleDB extension: the embedded server's own PostgreSQL (the
 # `pgserver` wheel) plus TimescaleDB built from source against it. Built once, cached, and used by the
 # tests of the TimescaleDB path (tests/data/test_data_timescale.py); users can run it too, to try the
-# hypertable path without Docker (docs/operations.md, "TimescaleDB").
+# hypertable path without Docker (docs/data.md, "TimescaleDB, tested for real").
 #
 #   deploy/timescaledb.sh [PYTHON]          # build (first time, ~30 s on 2 cores) or reuse; prints the bin dir
 #   deploy/timescaledb.sh --check [PYTHON]  # exit 0 when the cached build exists for this PostgreSQL
