@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -35,12 +36,31 @@ def timescale() -> Iterator[TimescaleServer]:
     remove_timescale(server)
 
 
-async def _create_database(server: TimescaleServer, name: str) -> None:
-    conn = await asyncpg.connect(server.url())
+async def _sql(url: str, query: str, *args: object) -> Any:
+    """The first value of `query`'s first row (None for statements), on a connection of its own."""
+    conn = await asyncpg.connect(url)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+async def _create_database(server: TimescaleServer, name: str) -> None:
+    await _sql(server.url(), f'CREATE DATABASE "{name}"')
+
+
+async def _dbtool(env: dict[str, str], *args: str) -> None:
+    """deploy/dbtool.py (what backup.sh / restore.sh run), which must succeed."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(ROOT / "deploy" / "dbtool.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def _timescale_env(server: TimescaleServer, database: str) -> dict[str, str]:
@@ -62,11 +82,7 @@ async def ts_domain(timescale: TimescaleServer) -> AsyncIterator[DataDomain]:
     await domain.start()
     yield domain
     await domain.close()
-    conn = await asyncpg.connect(timescale.url())
-    try:
-        await conn.execute('DROP DATABASE IF EXISTS "kitrading_ts" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _sql(timescale.url(), 'DROP DATABASE IF EXISTS "kitrading_ts" WITH (FORCE)')
 
 
 async def _hypertables(url: str) -> list[tuple[str, str, int]]:
@@ -84,11 +100,7 @@ async def test_candles_are_a_hypertable_and_behave_as_on_postgres(
     timescale: TimescaleServer, ts_domain: DataDomain, eurusd: list[Candle]
 ) -> None:
     url = timescale.url("kitrading_ts")
-    conn = await asyncpg.connect(url)
-    try:
-        version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
-    finally:
-        await conn.close()
+    version = await _sql(url, "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     assert version == "2.19.3"
     assert await _hypertables(url) == [("data", "candles", 0)]
 
@@ -127,11 +139,7 @@ async def test_candles_are_a_hypertable_and_behave_as_on_postgres(
 
     # Deleting the symbol removes its candles from every chunk.
     await ts_domain.delete_symbol("EURUSD")
-    conn = await asyncpg.connect(url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM data.candles") == 0
-    finally:
-        await conn.close()
+    assert await _sql(url, "SELECT count(*) FROM data.candles") == 0
     with pytest.raises(NotFound):
         await ts_domain.get_latest_candle("EURUSD", H1)
 
@@ -160,11 +168,7 @@ async def test_samples_import_and_restart_keep_the_hypertable(
         assert goog.time.year >= 2013
     finally:
         await again.close()
-    conn = await asyncpg.connect(url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM data.candles") == total
-    finally:
-        await conn.close()
+    assert await _sql(url, "SELECT count(*) FROM data.candles") == total
     ((schema, name, chunks),) = await _hypertables(url)
     assert (schema, name) == ("data", "candles") and chunks > 1
 
@@ -182,15 +186,10 @@ async def test_extension_present_but_not_preloaded_keeps_a_plain_table(eurusd: l
             assert await domain.get_latest_candle("EURUSD", H1) == eurusd[499]
         finally:
             await domain.close()
-        conn = await asyncpg.connect(url)
-        try:
-            assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == 0
-            assert (
-                await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = 'data.candles'::regclass")
-                == "r"
-            )
-        finally:
-            await conn.close()
+        assert await _sql(url, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == 0
+        assert (
+            await _sql(url, "SELECT relkind::text FROM pg_class WHERE oid = 'data.candles'::regclass") == "r"
+        )
     finally:
         remove_timescale(server)
 
@@ -204,34 +203,11 @@ async def test_backup_and_restore_keep_the_hypertable(
     await ts_domain.close()
     env = {**os.environ, **_timescale_env(timescale, "kitrading_ts")}
     env.pop("KITRADING_DATABASE_URL", None)
-    dump = tmp_path / "kitrading.dump"
-    tool = [sys.executable, str(ROOT / "deploy" / "dbtool.py")]
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [*tool, "dump", str(dump)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    dump = str(tmp_path / "kitrading.dump")
+    await _dbtool(env, "dump", dump)
     url = timescale.url("kitrading_ts")
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("DELETE FROM data.candles WHERE time < $1", eurusd[1000].time)
-    finally:
-        await conn.close()
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [*tool, "restore", str(dump)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    await _sql(url, "DELETE FROM data.candles WHERE time < $1", eurusd[1000].time)
+    await _dbtool(env, "restore", dump)
     ((schema, name, chunks),) = await _hypertables(url)
     assert (schema, name) == ("data", "candles") and chunks > 1
     restored = DataDomain.create(ts_domain.settings)

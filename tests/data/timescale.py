@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.runtime.database import _pgserver
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "deploy" / "timescaledb.sh"
 SYSTEM_USER = "pgserver"
@@ -112,9 +114,7 @@ def start_timescale(*, preload: bool = True) -> TimescaleServer:
     user = None
     if os.geteuid() == 0:
         user = SYSTEM_USER
-        if not _user_exists(user):
-            subprocess.run(["useradd", "-s", "/bin/bash", user], check=True, capture_output=True)
-        entry = pwd.getpwnam(user)
+        entry = _pgserver().utils.ensure_user_exists(user)
         _traversable(bin_dir)
         _traversable(root)
         os.chown(root, entry.pw_uid, entry.pw_gid)
@@ -131,11 +131,3 @@ def remove_timescale(server: TimescaleServer) -> None:
     with contextlib.suppress(subprocess.SubprocessError):
         server.stop()
     shutil.rmtree(server.root, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
