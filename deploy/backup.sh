@@ -62,15 +62,6 @@ NAME="$ARCHIVE_PREFIX$STAMP"
 WORK="$(mktemp -d "$OUTPUT/.$NAME.XXXXXX")"
 STAGE="$WORK/$NAME"
 STOPPED=()
-cleanup() {
-  local status=$?
-  if [ "${#STOPPED[@]}" -gt 0 ]; then
-    log "starting again: ${STOPPED[*]}"
-    compose start "${STOPPED[@]}" >&2 || log "warning: could not start ${STOPPED[*]}"
-  fi
-  rm -rf "$WORK"
-  exit "$status"
-}
 trap cleanup EXIT
 mkdir -p "$STAGE/volumes"
 

@@ -33,6 +33,17 @@ SERVICE_UID="${KITRADING_UID:-10001}"
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# EXIT trap of both scripts: start again the compose services in STOPPED, remove the scratch dir WORK.
+cleanup() {
+  local status=$?
+  if [ "${#STOPPED[@]}" -gt 0 ]; then
+    log "starting again: ${STOPPED[*]}"
+    compose start "${STOPPED[@]}" >&2 || log "warning: could not start ${STOPPED[*]}"
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+
 # Path of a component under $KITRADING_HOME.
 local_path() {
   case "$1" in

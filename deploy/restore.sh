@@ -50,15 +50,6 @@ ARCHIVE="$(realpath -- "$ARCHIVE")"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kitrading-restore.XXXXXX")"
 STOPPED=()
-cleanup() {
-  local status=$?
-  if [ "${#STOPPED[@]}" -gt 0 ]; then
-    log "starting again: ${STOPPED[*]}"
-    compose start "${STOPPED[@]}" >&2 || log "warning: could not start ${STOPPED[*]}"
-  fi
-  rm -rf "$WORK"
-  exit "$status"
-}
 trap cleanup EXIT
 refuse() { log "REFUSED: $*"; log "nothing was changed"; exit 1; }
 
