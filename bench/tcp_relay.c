@@ -81,8 +81,11 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             int fd = events[i].data.fd;
             if (fd != listener) {
-                if (!forward(fd)) close_pair(fd);
-                continue;
+                if (forward(fd)) continue;
+                /* The rest of this batch may name the closed pair's numbers, which the next accept
+                 * can reuse: wait again (level-triggered, so nothing pending is lost). */
+                close_pair(fd);
+                break;
             }
             int client = accept(listener, NULL, NULL);
             if (client < 0) continue;
