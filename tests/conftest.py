@@ -1,9 +1,11 @@
-"""Shared fixtures: a real PostgreSQL for any test that needs a database.
+"""Shared fixtures: a real PostgreSQL for any test that needs a database, and a gRPC health server.
 
 - `postgres` (session): one server for the whole run. Embedded (pgserver) in a temp dir, deleted at
   exit; or the server at `KITRADING_TEST_DATABASE_URL` when that is set. `stop()`/`start()` simulate
   an outage (embedded only; every pool in the session sees it, so restart before returning).
 - `database_url` (per test): a fresh, empty database on that server, dropped afterwards.
+- `health_server` (per test): a real gRPC server with only grpc.health.v1 on a free port, as
+  (port, servicer); set statuses on the servicer.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2_grpc
 
 from services.runtime.database import _pgserver, ensure_embedded_running, start_embedded_postgres
 
@@ -78,3 +83,14 @@ async def database_url(postgres: PostgresForTests) -> AsyncIterator[str]:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port, servicer
+    server.stop(0)

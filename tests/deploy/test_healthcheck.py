@@ -6,12 +6,9 @@ import http.server
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from concurrent import futures
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from tests.deploy.conftest import DEPLOY
 
@@ -26,17 +23,6 @@ def probe(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
-
-
-@pytest.fixture
-def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield port, servicer
-    server.stop(0)
 
 
 def test_grpc_serving_not_serving_and_unknown(health_server: tuple[int, health.HealthServicer]) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
@@ -12,22 +10,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench.gateway_latency import added_per_round, tcp_relay
 
-
-@pytest.fixture
-def health_server() -> Iterator[int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    servicer.set("probe", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield port
-    server.stop(0)
+HealthServer = tuple[int, health.HealthServicer]
 
 
-def test_tcp_relay_carries_grpc_calls_and_their_errors(health_server: int) -> None:
+def test_tcp_relay_carries_grpc_calls_and_their_errors(health_server: HealthServer) -> None:
     # `make test` needs a C compiler anyway (deploy/timescaledb.sh), so this runs everywhere it does.
-    with tcp_relay(health_server) as relay:
+    upstream, servicer = health_server
+    servicer.set("probe", health_pb2.HealthCheckResponse.SERVING)
+    with tcp_relay(upstream) as relay:
         assert relay is not None
         port, _pid = relay
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
