@@ -41,7 +41,7 @@ from services.data.models import (
     Timeframe,
     UpsertResult,
 )
-from services.data.pagination import decode_token, encode_token, resolve_page_size
+from services.runtime.pagination import decode_token, encode_token, resolve_page_size
 from services.data.querylog import QueryLogRecorder
 from services.data.samples import SampleImporter
 from services.data.settings import DataSettings

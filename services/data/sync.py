@@ -45,7 +45,7 @@ from services.data.models import (
     SyncSymbolResult,
     Timeframe,
 )
-from services.data.pagination import decode_token, encode_token, resolve_page_size
+from services.runtime.pagination import decode_token, encode_token, resolve_page_size
 from services.data.settings import DataSettings
 from services.data.storage import Repository
 from services.runtime.database import DatabasePool

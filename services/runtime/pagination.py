@@ -1,4 +1,4 @@
-"""Opaque page tokens for keyset pagination.
+"""Opaque page tokens for keyset pagination: the one page-token scheme of every List RPC.
 
 A token is URL-safe base64 of a small JSON object: the kind of list, a fingerprint of the filters it
 was issued for, and the sort key of the last item returned. A token used with other filters, or one
@@ -11,9 +11,12 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from services.runtime.errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 def _fingerprint(kind: str, filters: Any) -> str:
@@ -50,3 +53,30 @@ def resolve_page_size(requested: int, default: int, maximum: int) -> int:
     if requested > maximum:
         raise InvalidArgument("page_size", f"must be <= {maximum}")
     return requested or default
+
+
+def paginate(
+    items: Sequence[T],
+    *,
+    kind: str,
+    key: Callable[[T], list[Any]],
+    page_size: int,
+    page_token: str,
+    filters: Any = None,
+    descending: bool = False,
+    default: int = 50,
+    maximum: int = 1000,
+) -> tuple[list[T], str]:
+    """One page of an in-memory list sorted by `key` (ascending, or `descending`), and the next
+    token ("" on the last page). Keyset, not offsets: items added or removed between two calls
+    neither repeat nor vanish from the pages still to come. A `page_size` above `maximum` is
+    coerced to it (AIP-158)."""
+    if page_size < 0:
+        raise InvalidArgument("page_size", "must be >= 0")
+    size = min(page_size or default, maximum)
+    after = decode_token(page_token, kind, filters)
+    if after is not None:
+        items = [i for i in items if (key(i) < after if descending else key(i) > after)]
+    chunk = list(items[:size])
+    more = len(items) > size
+    return chunk, encode_token(kind, filters, key(chunk[-1])) if more and chunk else ""
