@@ -25,11 +25,12 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from kitrading.forecast.v1 import service_pb2_grpc
-from services.forecast.data_source import DataServiceSource, data_target
+from services.forecast.data_source import DataServiceSource
 from services.forecast.service import ForecastDomain
 from services.forecast.servicer import ForecastServicer
 from services.forecast.settings import ForecastSettings
 from services.runtime import metrics
+from services.runtime.addresses import service_target
 from services.runtime.config import ConfigError, env_bool
 from services.runtime.interceptor import Observer, RpcRecord
 
@@ -57,7 +58,7 @@ class ForecastApp:
             schedule = env_bool("KITRADING_FORECAST_SCHEDULE", True, env)
         self.schedule = schedule and self.settings.auto_retrain_days > 0
         self.source = DataServiceSource(
-            data or data_target("data", env),
+            data or service_target("data", env),
             default_timeframe=self.settings.timeframe,
             cache=env_bool("KITRADING_FORECAST_CANDLE_CACHE", True, env),
         )

@@ -1,6 +1,6 @@
 """The forecast domain's `CandleSource` and `EventStream` over the Data service's gRPC API.
 
-    source = DataServiceSource(data_target("data"))
+    source = DataServiceSource(service_target("data"))
     await source.start()                      # opens the channel (in the serving event loop)
     domain = ForecastDomain(settings, source, event_stream=source.watch_events)
 
@@ -69,16 +69,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
-
-
-def data_target(name: str = "data", env: Mapping[str, str] | None = None) -> str:
-    """`host:port` of a registry service: `KITRADING_<NAME>_HOST` (else `KITRADING_SERVICE_HOST`,
-    else 127.0.0.1) and `KITRADING_<NAME>_PORT` (else the registry's default port)."""
-    info = mesh.service(name)
-    upper = info.name.upper()
-    host = env_str(f"KITRADING_{upper}_HOST", env_str("KITRADING_SERVICE_HOST", "127.0.0.1", env), env)
-    port = env_int(f"KITRADING_{upper}_PORT", info.default_port, minimum=1, maximum=65535, env=env)
-    return f"{host.strip()}:{port}"
 
 
 def timeframe_name(value: int) -> str | None:

@@ -40,6 +40,7 @@ import grpc
 import grpc.aio
 
 from kitrading import mesh
+from services.runtime.addresses import service_target
 from kitrading.client.errors import error_from_rpc
 from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
@@ -87,15 +88,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.enable_retries", 0),
 )
-
-
-def service_target(name: str, env: Mapping[str, str] | None = None) -> str:
-    """`host:port` of a registry service: `KITRADING_<NAME>_HOST` / `_PORT` overrides."""
-    info = mesh.service(name)
-    upper = info.name.upper()
-    host = env_str(f"KITRADING_{upper}_HOST", env_str("KITRADING_SERVICE_HOST", "127.0.0.1", env), env)
-    port = env_int(f"KITRADING_{upper}_PORT", info.default_port, minimum=1, maximum=65535, env=env)
-    return f"{host.strip()}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
