@@ -11,7 +11,7 @@ compares, in one run, with alternating repetitions (direct, gateway / gateway, d
     `engine.stream(messages, max_tokens, temperature=0)`, where `messages` is built as the service
     builds it: the same `Grounder` gathers the same figures from the running Data service (forecast,
     regime, pattern and rag are not running and are named unavailable, as in the service), then
-    `convert.grounding_of` + `prompt.build_messages` with the same question. Only the per-request
+    `grounding.grounding_of` + `prompt.build_messages` with the same question. Only the per-request
     nonce differs (16 hex digits; from a seeded RNG here, random in the service). First token: from
     `stream()` to the first non-empty token; the prompt is already built.
 (b) gateway: `POST /api/v1/analyze:stream` (SSE) through Envoy to the LLM service, same question,
@@ -49,11 +49,12 @@ from typing import Any
 
 import httpx
 
-from services.llm import convert
 from services.llm.embedded import LlamaCppEngine
-from services.llm.grounding import Grounder, GroundingSettings
+from services.llm.grounding import Grounder, grounding_of
+from services.llm.grounding_settings import GroundingSettings
 from services.llm.prompt import Grounding, build_messages
 from services.llm.settings import LlmSettings
+from services.llm.sources import MeshSources
 from tests.e2e.mesh import RunningMesh, start_mesh
 
 SEED = 42
@@ -164,14 +165,15 @@ async def measure(mesh: RunningMesh, runs: int, max_tokens: int) -> dict[str, An
     engine = LlamaCppEngine(settings.embedded)
     await engine.start()
     info = engine.info()
-    grounder = Grounder(GroundingSettings.from_env(mesh.env))
+    grounding_settings = GroundingSettings.from_env(mesh.env)
+    grounder = Grounder(grounding_settings, MeshSources(grounding_settings))
     nonces = random.Random(SEED)
     direct: list[Sample] = []
     gateway: list[Sample] = []
     try:
         await grounder.start()
         gathered = await grounder.gather(SYMBOL, QUESTION)
-        grounding = convert.grounding_of(gathered)
+        grounding = grounding_of(gathered)
         assert grounding.candles is not None, f"no {SYMBOL} candles: {gathered.unavailable}"
         timeout = httpx.Timeout(300.0, connect=5.0)
         async with httpx.AsyncClient(base_url=mesh.gateway, timeout=timeout) as client:

@@ -18,9 +18,11 @@ import grpc
 from kitrading.llm.v1 import service_pb2_grpc
 from services.llm.analyst import Analyst
 from services.llm.engine import Engine
-from services.llm.grounding import Grounder, GroundingSettings
+from services.llm.grounding import Grounder
+from services.llm.grounding_settings import GroundingSettings
 from services.llm.servicer import LlmServicer
 from services.llm.settings import LlmSettings
+from services.llm.sources import MeshSources
 from services.runtime.interceptor import Observer
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ class LlmApp:
         self.settings = settings or LlmSettings.from_env()
         self.grounding = grounding or GroundingSettings.from_env()
         self.analyst = Analyst(self.settings, engine)
-        self.grounder = Grounder(self.grounding)
+        self.grounder = Grounder(self.grounding, MeshSources(self.grounding))
         self.servicer = LlmServicer(self.analyst, self.grounder)
         self._watcher: asyncio.Task[None] | None = None
 

@@ -1,31 +1,34 @@
-"""Protos <-> LLM domain types: the servicer's vocabulary.
+"""Protos <-> LLM domain types: the servicer's and the source clients' vocabulary.
 
-- `grounding_of(gathered)`: the other services' messages -> the prompt's `Grounding` (plain figures).
-- `context_of(gathered)`: the same messages -> `AnalysisContext`, so a client shows the figures
-  beside the text.
+- `enum_label` / `enum_value`, `time_in` / `time_out`: how the figures' dataclasses (figures.py) spell
+  enum values (their names without the prefix) and times (aware datetimes, None when unset).
+- `context_of(gathered)`: the gathered figures -> `AnalysisContext`, so a client shows the figures
+  beside the text (the other services' messages as they sent them).
 - `AnswerRecorder`: counts and times the streamed tokens -> `AnalysisCompletion`.
 - `status_out(status)`: `LlmStatus` -> `GetLlmStatusResponse` (with `gpu_budget_out`).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.descriptor import EnumDescriptor
 
 from kitrading.common.v1 import market_pb2
 from kitrading.forecast.v1 import resources_pb2 as forecast_pb
 from kitrading.llm.v1 import request_response_pb2 as rr
 from kitrading.llm.v1 import resources_pb2 as pb
 from kitrading.pattern.v1 import resources_pb2 as pattern_pb
+from kitrading.rag.v1 import resources_pb2 as rag_pb
 from kitrading.regime.v1 import resources_pb2 as regime_pb
-from services.llm import prompt
+from services.llm import figures as fg
 from services.llm.analyst import LlmStatus
 from services.llm.engine import EngineInfo, Token
 from services.llm.gpu_budget import GpuUsage
-from services.llm.grounding import CANDLES, FORECAST, PATTERN, RAG, REGIME, Gathered
+from services.llm.grounding import Gathered
+from services.llm.grounding_settings import CANDLES, FORECAST, PATTERN, RAG, REGIME
 
 SOURCES: dict[str, pb.ContextSource.ValueType] = {
     CANDLES: pb.CONTEXT_SOURCE_CANDLES,
@@ -43,103 +46,65 @@ FINISH_REASONS: dict[str, pb.FinishReason.ValueType] = {
     "length": pb.FINISH_REASON_LENGTH,
     "cancelled": pb.FINISH_REASON_CANCELLED,
 }
+TIMEFRAME = market_pb2.Timeframe.DESCRIPTOR
+REGIME_ENUM = regime_pb.Regime.DESCRIPTOR
+DIRECTION = pattern_pb.PatternDirection.DESCRIPTOR
+METHOD = forecast_pb.ForecastMethod.DESCRIPTOR
 
 
-def timeframe_label(value: market_pb2.Timeframe.ValueType) -> str:
-    """`TIMEFRAME_H1` (by number) -> `H1`."""
-    return market_pb2.Timeframe.Name(value).removeprefix("TIMEFRAME_")
+# -- enum values and times ---------------------------------------------------------------------------
 
 
-def _iso(value: timestamp_pb2.Timestamp) -> str:
+def _prefix(enum: EnumDescriptor) -> str:
+    """`REGIME_` for `Regime`: its zero value is `REGIME_UNSPECIFIED`."""
+    return enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
+
+
+def enum_label(enum: EnumDescriptor, value: int) -> str:
+    """`REGIME_BULL_TREND` (by number) -> `BULL_TREND`; the zero value, or a number unknown here, -> ""."""
+    item = enum.values_by_number.get(value) if value else None
+    return "" if item is None else item.name.removeprefix(_prefix(enum))
+
+
+def enum_value(enum: EnumDescriptor, label: str) -> int:
+    """The inverse of `enum_label`; ValueError for a label the enum does not have."""
+    if not label:
+        return 0
+    item = enum.values_by_name.get(_prefix(enum) + label)
+    if item is None:
+        raise ValueError(f"{enum.name} has no value {label!r}")
+    return int(item.number)
+
+
+def timeframe_label(value: int) -> str:
+    """`TIMEFRAME_H1` (by number) -> `H1`; unset -> ""."""
+    return enum_label(TIMEFRAME, value)
+
+
+def timeframe_value(label: str) -> market_pb2.Timeframe.ValueType:
+    return market_pb2.Timeframe.ValueType(enum_value(TIMEFRAME, label))
+
+
+def time_in(value: timestamp_pb2.Timestamp) -> datetime | None:
     if value.seconds == 0 and value.nanos == 0:
-        return ""
-    return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return None
+    return value.ToDatetime(tzinfo=UTC)
 
 
-def _label(name: str, prefix: str) -> str:
-    """`REGIME_BULL_TREND` -> `bull trend`; the UNSPECIFIED value -> ``."""
-    if name.endswith("_UNSPECIFIED"):
-        return ""
-    return name.removeprefix(prefix).lower().replace("_", " ")
+def time_out(value: datetime | None, target: timestamp_pb2.Timestamp) -> None:
+    """Set `target` to `value`; None leaves it unset."""
+    if value is not None:
+        target.FromDatetime(value)
 
 
-# -- gathered figures -> the prompt's Grounding ----------------------------------------------------
-
-
-def grounding_of(g: Gathered) -> prompt.Grounding:
-    """The figures the prompt states; sources that failed are named in `unavailable`."""
-    candles = None
-    if g.stats is not None:
-        s = g.stats
-        candles = prompt.CandleStats(
-            last_close=s.last_candle.close,
-            change_pct=s.change_percent,
-            volatility_pct=s.volatility * 100.0,  # Data sends the std of log returns as a fraction
-            high=s.high,
-            low=s.low,
-            bars=s.bars,
-            timeframe=timeframe_label(s.timeframe),
-            last_time=_iso(s.last_candle.time),
-        )
-    forecast = None
-    if g.forecast is not None:
-        forecast = prompt.Forecast(
-            points=tuple(_forecast_point(i + 1, p) for i, p in enumerate(g.forecast.points)),
-            model_version=g.forecast.model_version,
-        )
-    regime = None
-    if g.regime is not None and g.regime.regime != regime_pb.REGIME_UNSPECIFIED:
-        regime = prompt.Regime(
-            name=_label(regime_pb.Regime.Name(g.regime.regime), "REGIME_"),
-            probability=g.regime.confidence,
-        )
-    patterns: tuple[prompt.PatternHit, ...] = ()
-    if g.patterns is not None:
-        patterns = tuple(
-            prompt.PatternHit(
-                name=p.pattern_type.replace("_", " "),
-                confidence=p.confidence,
-                direction=_label(pattern_pb.PatternDirection.Name(p.direction), "PATTERN_DIRECTION_"),
-            )
-            for p in g.patterns.patterns
-        )
-    passages = tuple(
-        prompt.Passage(text=p.text, source=p.title or p.source, score=p.score) for p in g.passages
-    )
-    return prompt.Grounding(
-        symbol=g.symbol,
-        candles=candles,
-        forecast=forecast,
-        regime=regime,
-        patterns=patterns,
-        passages=passages,
-        unavailable=tuple(u.source for u in g.unavailable),
-    )
-
-
-def _forecast_point(step: int, p: forecast_pb.ForecastPoint) -> prompt.ForecastPoint:
-    bounds = {i.level: (i.lower, i.upper) for i in p.intervals}
-    lo80, hi80 = bounds.get(80, (math.nan, math.nan))
-    lo95, hi95 = bounds.get(95, (math.nan, math.nan))
-    return prompt.ForecastPoint(
-        step=step,
-        value=p.value,
-        lo80=lo80,
-        hi80=hi80,
-        lo95=lo95,
-        hi95=hi95,
-        timestamp=_iso(p.time),
-    )
-
-
-# -- gathered figures -> AnalysisContext -----------------------------------------------------------
+# -- gathered figures -> AnalysisContext -------------------------------------------------------------
 
 
 def context_of(g: Gathered) -> pb.AnalysisContext:
     context = pb.AnalysisContext(
         symbol=g.symbol,
-        timeframe=g.timeframe,
-        passages=list(g.passages),
+        timeframe=timeframe_value(g.timeframe),
+        passages=[passage_out(p) for p in g.passages],
         unavailable=[
             pb.UnavailableSource(source=SOURCES[u.source], code=u.code, reason=u.reason)
             for u in g.unavailable
@@ -149,24 +114,107 @@ def context_of(g: Gathered) -> pb.AnalysisContext:
     context.create_time.FromDatetime(g.create_time)
     if g.stats is not None:
         s = g.stats
-        context.candle_stats.CopyFrom(
-            pb.CandleStats(
-                last_candle=s.last_candle,
-                bars=s.bars,
-                change_percent=s.change_percent,
-                volatility=s.volatility,
-                high=s.high,
-                low=s.low,
-                mean_close=s.mean_close,
-            )
+        stats = pb.CandleStats(
+            bars=s.bars,
+            change_percent=s.change_percent,
+            volatility=s.volatility,
+            high=s.high,
+            low=s.low,
+            mean_close=s.mean_close,
         )
+        if s.last_candle is not None:
+            stats.last_candle.CopyFrom(candle_out(s.last_candle))
+        context.candle_stats.CopyFrom(stats)
     if g.forecast is not None:
-        context.forecast.CopyFrom(g.forecast)
+        context.forecast.CopyFrom(forecast_out(g.forecast))
     if g.regime is not None:
-        context.regime.CopyFrom(g.regime)
+        context.regime.CopyFrom(regime_out(g.regime))
     if g.patterns is not None:
-        context.pattern_detection.CopyFrom(g.patterns)
+        context.pattern_detection.CopyFrom(patterns_out(g.patterns))
     return context
+
+
+def candle_out(c: fg.Candle) -> market_pb2.Candle:
+    out = market_pb2.Candle(open=c.open, high=c.high, low=c.low, close=c.close, volume=c.volume)
+    time_out(c.time, out.time)
+    return out
+
+
+def forecast_out(f: fg.Forecast) -> forecast_pb.Forecast:
+    out = forecast_pb.Forecast(
+        symbol=f.symbol,
+        timeframe=timeframe_value(f.timeframe),
+        horizon=f.horizon,
+        method=forecast_pb.ForecastMethod.ValueType(enum_value(METHOD, f.method)),
+        model_version=f.model_version,
+        cached=f.cached,
+    )
+    for p in f.points:
+        point = out.points.add(value=p.value)
+        time_out(p.time, point.time)
+        point.intervals.extend(
+            forecast_pb.PredictionInterval(level=i.level, lower=i.lower, upper=i.upper) for i in p.intervals
+        )
+    time_out(f.last_candle_time, out.last_candle_time)
+    time_out(f.create_time, out.create_time)
+    return out
+
+
+def regime_out(r: fg.RegimeState) -> regime_pb.RegimeState:
+    out = regime_pb.RegimeState(
+        symbol=r.symbol,
+        timeframe=timeframe_value(r.timeframe),
+        regime=_regime(r.regime),
+        confidence=r.confidence,
+        probabilities=[
+            regime_pb.RegimeProbability(regime=_regime(p.regime), probability=p.probability)
+            for p in r.probabilities
+        ],
+        model_version=r.model_version,
+    )
+    for h in r.history:
+        segment = out.history.add(regime=_regime(h.regime), bars=h.bars, mean_probability=h.mean_probability)
+        time_out(h.start_time, segment.start_time)
+        time_out(h.end_time, segment.end_time)
+    time_out(r.since_time, out.since_time)
+    time_out(r.last_candle_time, out.last_candle_time)
+    return out
+
+
+def _regime(label: str) -> regime_pb.Regime.ValueType:
+    return regime_pb.Regime.ValueType(enum_value(REGIME_ENUM, label))
+
+
+def patterns_out(d: fg.PatternDetection) -> pattern_pb.PatternDetection:
+    out = pattern_pb.PatternDetection(
+        symbol=d.symbol, timeframe=timeframe_value(d.timeframe), model_version=d.model_version, bars=d.bars
+    )
+    for p in d.patterns:
+        hit = out.patterns.add(
+            pattern_type=p.pattern_type,
+            confidence=p.confidence,
+            direction=pattern_pb.PatternDirection.ValueType(enum_value(DIRECTION, p.direction)),
+        )
+        time_out(p.start_time, hit.start_time)
+        time_out(p.end_time, hit.end_time)
+    time_out(d.window_start_time, out.window_start_time)
+    time_out(d.window_end_time, out.window_end_time)
+    return out
+
+
+def passage_out(p: fg.Passage) -> rag_pb.Passage:
+    out = rag_pb.Passage(
+        document_id=p.document_id,
+        chunk_index=p.chunk_index,
+        title=p.title,
+        text=p.text,
+        score=p.score,
+        source=p.source,
+        symbol=p.symbol,
+        tags=list(p.tags),
+    )
+    time_out(p.publish_time, out.publish_time)
+    return out
 
 
 # -- tokens -> AnalysisToken / AnalysisCompletion --------------------------------------------------

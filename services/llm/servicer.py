@@ -18,7 +18,7 @@ from kitrading.llm.v1 import service_pb2_grpc
 from services.llm import convert as cv
 from services.llm.analyst import Analyst
 from services.llm.engine import Token
-from services.llm.grounding import Gathered, Grounder
+from services.llm.grounding import Gathered, Grounder, grounding_of
 from services.llm.limiter import GenerationLimiter
 from services.llm.prompt import validate_question, validate_symbol
 from services.runtime.errors import ResourceExhausted
@@ -49,10 +49,10 @@ class LlmServicer(service_pb2_grpc.LlmServiceServicer):
         question = validate_question(request.question)
         validate_symbol(request.symbol)
         refuse_when_full(self.analyst.limiter)
-        gathered = await self.grounder.gather(request.symbol, question, request.timeframe)
+        gathered = await self.grounder.gather(request.symbol, question, cv.timeframe_label(request.timeframe))
         tokens = self.analyst.analyze(
             request.question,
-            cv.grounding_of(gathered),
+            grounding_of(gathered),
             max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
             temperature=request.temperature if request.HasField("temperature") else None,
         )

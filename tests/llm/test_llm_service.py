@@ -34,8 +34,10 @@ from services.data.samples import SAMPLES, load_candles
 from services.llm.app import LlmApp
 from services.llm.embedded import LlamaCppEngine
 from services.llm.engine import ChatMessage, EngineInfo, Token
-from services.llm.grounding import Grounder, GroundingSettings
+from services.llm.grounding import Grounder
+from services.llm.grounding_settings import GroundingSettings
 from services.llm.settings import LlmSettings, OllamaSettings
+from services.llm.sources import MeshSources
 from services.runtime.errors import NotFound
 from tests.conftest import PostgresForTests
 from tests.data.conftest import make_settings
@@ -376,21 +378,26 @@ async def test_sources_down_slow_or_without_model_are_named(
         assert "Unavailable" in system and "forecast, regime, pattern, rag" in system
 
 
+def mesh_grounder(settings: GroundingSettings) -> Grounder:
+    return Grounder(settings, MeshSources(settings))
+
+
 async def test_grounder_timeframes_and_unknown_symbol(data_target: str) -> None:
-    grounder = Grounder(grounding_to(data_target))
+    grounder = mesh_grounder(grounding_to(data_target))
     await grounder.start()
     try:
-        explicit = await grounder.gather("GOOG", QUESTION, H1)  # explicit: no fallback
-        assert explicit.stats is None and explicit.timeframe == H1
+        explicit = await grounder.gather("GOOG", QUESTION, "H1")  # explicit: no fallback
+        assert explicit.stats is None and explicit.timeframe == "H1"
         failed = explicit.failed("candles")
         assert failed is not None and failed.code == "NOT_FOUND"
         daily = await grounder.gather("GOOG", QUESTION)
-        assert daily.timeframe == D1 and daily.stats is not None and daily.failed("candles") is None
+        assert daily.timeframe == "D1" and daily.stats is not None and daily.failed("candles") is None
+        assert daily.stats.timeframe == "D1" and daily.stats.bars == 100
         with pytest.raises(NotFound):
             await grounder.gather("NOPE", QUESTION)
     finally:
         await grounder.close()
-    down = Grounder(grounding_to(f"127.0.0.1:{closed_port()}"))
+    down = mesh_grounder(grounding_to(f"127.0.0.1:{closed_port()}"))
     gathered = await down.gather("EURUSD", QUESTION)  # Data down: named, not fatal
     assert [u.source for u in gathered.unavailable] == ["candles", "forecast", "regime", "pattern", "rag"]
     await down.close()

@@ -6,6 +6,7 @@ import pytest
 
 from services.llm.analyst import create_engine
 from services.llm.embedded import LlamaCppEngine
+from services.llm.grounding_settings import GroundingSettings
 from services.llm.ollama_engine import OllamaEngine, keep_alive_value
 from services.llm.settings import LlmSettings
 from services.runtime.config import ConfigError
@@ -81,3 +82,49 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
 def test_bad_ollama_options() -> None:
     with pytest.raises(ConfigError, match="KITRADING_LLM_OLLAMA_OPTIONS"):
         LlmSettings.from_env({"OLLAMA_BASE_URL": "http://x:1", "KITRADING_LLM_OLLAMA_OPTIONS": "[1]"})
+
+
+def test_grounding_defaults_and_values() -> None:
+    s = GroundingSettings.from_env({})
+    assert (s.timeout_seconds, s.deadline_share, s.forecast_horizon, s.candle_lookback, s.passages) == (
+        3.0,
+        0.5,
+        24,
+        100,
+        5,
+    )
+    assert s.target("data") == "127.0.0.1:3001" and s.target("rag") == "127.0.0.1:3008"
+    s = GroundingSettings.from_env(
+        {
+            "KITRADING_LLM_GROUNDING_TIMEOUT_SECONDS": "0.5",
+            "KITRADING_LLM_FORECAST_HORIZON": "720",
+            "KITRADING_LLM_CANDLE_LOOKBACK": "2",
+            "KITRADING_LLM_PASSAGES": "50",
+            "KITRADING_SERVICE_HOST": "mesh",
+            "KITRADING_DATA_HOST": "data",
+            "KITRADING_FORECAST_PORT": "4002",
+        }
+    )
+    assert (s.timeout_seconds, s.forecast_horizon, s.candle_lookback, s.passages) == (0.5, 720, 2, 50)
+    assert s.target("data") == "data:3001" and s.target("forecast") == "mesh:4002"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KITRADING_LLM_GROUNDING_TIMEOUT_SECONDS", "0.01"),
+        ("KITRADING_LLM_GROUNDING_TIMEOUT_SECONDS", "601"),
+        ("KITRADING_LLM_GROUNDING_TIMEOUT_SECONDS", "soon"),
+        ("KITRADING_LLM_FORECAST_HORIZON", "0"),
+        ("KITRADING_LLM_FORECAST_HORIZON", "721"),  # more than the forecast contract accepts
+        ("KITRADING_LLM_CANDLE_LOOKBACK", "1"),
+        ("KITRADING_LLM_CANDLE_LOOKBACK", "10001"),
+        ("KITRADING_LLM_PASSAGES", "0"),
+        ("KITRADING_LLM_PASSAGES", "51"),
+        ("KITRADING_DATA_PORT", "0"),
+        ("KITRADING_RAG_PORT", "65536"),
+    ],
+)
+def test_bad_grounding_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        GroundingSettings.from_env({name: value})
