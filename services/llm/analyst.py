@@ -9,18 +9,15 @@
 
 `analyze` validates at once (InvalidArgument for the question or symbol, before any queueing);
 the returned stream waits for a generation slot on its first iteration, and raises
-ResourceExhausted right there when the queue is full. `gather` fetches grounding sources
-concurrently and reports the ones that failed, so an answer still comes when a service is down.
+ResourceExhausted right there when the queue is full. The grounding comes from grounding.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TypeVar
 
 from services.llm.embedded import LlamaCppEngine
 from services.llm.engine import ChatMessage, Engine, Token
@@ -31,8 +28,6 @@ from services.llm.prompt import Grounding, PromptLimits, build_messages
 from services.llm.settings import EngineKind, LlmSettings
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def _embedded(settings: LlmSettings) -> Engine:
@@ -148,31 +143,3 @@ class Analyst:
             finally:
                 if timer.tokens:
                     self.meter.record(timer.finish(reason))
-
-
-async def gather(
-    sources: Mapping[str, Callable[[], Awaitable[T]]],
-    *,
-    per_source_seconds: float,
-) -> tuple[dict[str, T], tuple[str, ...]]:
-    """Run every source at once, each bounded by `per_source_seconds`.
-
-    Returns (results by name, names of the sources that failed or timed out, in `sources` order).
-    Failures are logged, never raised: the analysis goes on and tells the model what is missing.
-    """
-
-    async def one(name: str, fetch: Callable[[], Awaitable[T]]) -> T:
-        async with asyncio.timeout(per_source_seconds):
-            return await fetch()
-
-    names = list(sources)
-    outcomes = await asyncio.gather(*(one(n, sources[n]) for n in names), return_exceptions=True)
-    results: dict[str, T] = {}
-    missing: list[str] = []
-    for name, outcome in zip(names, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            log.warning("grounding source %s unavailable: %s", name, outcome or type(outcome).__name__)
-            missing.append(name)
-        else:
-            results[name] = outcome
-    return results, tuple(missing)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m services.llm.measure --threads 1 --runs 5 --max-tokens 128
 
-Greedy decoding, a fixed grounded EURUSD prompt (~750 tokens) with a different question per run, the
+Greedy decoding, a fixed grounded EURUSD prompt with a different question per run, the
 bundled SmolLM2-135M-Instruct unless KITRADING_LLM_MODEL_PATH says otherwise. Run 0 evaluates the
 whole prompt (cold); later runs reuse the evaluated rules + market data prefix. Prints one line per
 run and the medians.
