@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.envoy_config import GatewaySettings
 from gateway.run import start_envoy, stop_envoy, wait_until_ready, write_config
-from services.runtime.database import start_embedded_postgres
+from services.runtime.embedded import start_embedded_postgres
 
 
 def free_port() -> int:

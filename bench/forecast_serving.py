@@ -63,7 +63,7 @@ from services.forecast.model import NHITSForecaster, quiet_lightning  # noqa: E4
 from services.forecast.registry import ModelRegistry  # noqa: E402
 from services.forecast.settings import ForecastSettings  # noqa: E402
 from services.forecast.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv  # noqa: E402
-from services.runtime.database import start_embedded_postgres  # noqa: E402
+from services.runtime.embedded import start_embedded_postgres  # noqa: E402
 
 H1 = market_pb2.TIMEFRAME_H1
 TARGET_A, TARGET_B, TARGET_C = 1.10, 5.0, 1.5

@@ -4,7 +4,7 @@
     python deploy/dbtool.py dump FILE         # pg_dump --format=custom to FILE ("-": stdout)
     python deploy/dbtool.py restore FILE      # recreate the database and pg_restore FILE into it
 
-The database is found the way the services find it (`services.runtime.database`):
+The database is found the way the services find it (`services.runtime.database_settings`):
 `KITRADING_DATABASE_URL`, else `TIMESCALE_HOST` (+ `TIMESCALE_PORT`, `TIMESCALE_DB`, `TIMESCALE_USER`,
 `TIMESCALE_PASSWORD[_FILE]`), else the embedded PostgreSQL under `$KITRADING_HOME/postgres`, which is
 attached to when `kitrading up` runs it, or started for the dump and stopped again when it does not.
@@ -108,16 +108,17 @@ def resolve_target(*, start_embedded: bool, env: Mapping[str, str] | None = None
     `start_embedded`: create the embedded server when it does not exist (restore onto a new machine).
     """
     _repo_modules()
-    from services.runtime import database
+    from services.runtime.database_settings import DatabaseSettings, resolve_database_url
+    from services.runtime.embedded import start_embedded_postgres
 
-    settings = database.DatabaseSettings.from_env(env)
+    settings = DatabaseSettings.from_env(env)
     if settings.embedded:
         pgdata = settings.embedded_pgdata
         if not (pgdata / "PG_VERSION").exists() and not start_embedded:
             return None
-        url = database.start_embedded_postgres(pgdata)  # attach, or start until this process exits
+        url = start_embedded_postgres(pgdata)  # attach, or start until this process exits
     else:
-        url = asyncio.run(database.resolve_database_url(settings))
+        url = asyncio.run(resolve_database_url(settings))
     bare, password = split_password(url)
     return Target(bare, password, settings.describe())
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "describe":
         _repo_modules()
-        from services.runtime.database import DatabaseSettings
+        from services.runtime.database_settings import DatabaseSettings
 
         print(DatabaseSettings.from_env().describe())
         return 0

@@ -25,7 +25,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
-from services.runtime.database import _pgserver, ensure_embedded_running, start_embedded_postgres
+from services.runtime.embedded import _pgserver, ensure_embedded_running, start_embedded_postgres
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,16 @@ from services.data.models import (
     Timeframe,
     UpsertResult,
 )
-from services.runtime.pagination import decode_token, encode_token, resolve_page_size
 from services.data.querylog import QueryLogRecorder
 from services.data.samples import SampleImporter
 from services.data.settings import DataSettings
 from services.data.stats import summarize
 from services.data.storage import Repository, SymbolFilter, init_connection, migrate
 from services.data.sync import SyncManager
-from services.runtime.database import DatabasePool, is_connection_error, resolve_database_url, revive_hook
+from services.runtime.database import DatabasePool, is_connection_error
+from services.runtime.database_settings import resolve_database_url, revive_hook
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.runtime.pagination import decode_token, encode_token, resolve_page_size
 
 logger = logging.getLogger(__name__)
 

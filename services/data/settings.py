@@ -2,7 +2,7 @@
 
 | env | field | default |
 |---|---|---|
-| (see services/runtime/database.py) | `database` | embedded PostgreSQL |
+| (see services/runtime/database_settings.py) | `database` | embedded PostgreSQL |
 | `EASYINSIGHT_API_URL` | `easyinsight_api_url` | unset: sync disabled |
 | `KITRADING_DATA_SYNC_TIMEFRAME` | `sync_default_timeframe` | H1 |
 | `KITRADING_DATA_SYNC_PAGE_LIMIT` | `sync_page_limit` (candles per request) | 1000 |
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from services.data.models import Timeframe
 from services.runtime.config import ConfigError, env_bool, env_float, env_int, env_str
-from services.runtime.database import DatabaseSettings
+from services.runtime.database_settings import DatabaseSettings
 
 _P = "KITRADING_DATA_"  # prefix of this service's own variables
 

@@ -7,7 +7,6 @@ except where noted; the domain layer decides what a missing row means.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ from services.data.models import (
     SyncSymbolResult,
     Timeframe,
 )
+from services.runtime.database import apply_migrations
 
 logger = logging.getLogger(__name__)
 
@@ -40,43 +40,9 @@ UPSERT_CHUNK = 5000  # rows per INSERT statement
 # Migrations
 
 
-def _yoyo_url(url: str) -> str:
-    """`url` in the form yoyo wants: psycopg 3 driver, bookkeeping tables in our schema."""
-    scheme, rest = url.split("://", 1)
-    if scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"not a PostgreSQL URL (scheme {scheme!r})")
-    separator = "&" if "?" in rest else "?"
-    return f"postgresql+psycopg://{rest}{separator}schema={SCHEMA}"
-
-
-def _apply_migrations(url: str) -> list[str]:
-    from yoyo import get_backend, read_migrations
-
-    backend = get_backend(_yoyo_url(url))
-    try:
-        migrations = read_migrations(str(MIGRATIONS_DIR))
-        with backend.lock():
-            pending = backend.to_apply(migrations)
-            backend.apply_migrations(pending)
-        return [m.id for m in pending]
-    finally:
-        backend.connection.close()
-
-
 async def migrate(url: str) -> list[str]:
-    """Apply pending migrations of schema `data` (yoyo, in a thread); returns the ids applied.
-
-    The schema is created first so that yoyo keeps its bookkeeping tables in it, apart from other
-    services' migrations in the same database.
-    """
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    except asyncpg.UniqueViolationError:
-        pass  # created concurrently by another process
-    finally:
-        await conn.close()
-    applied = await asyncio.to_thread(_apply_migrations, url)
+    """Apply pending migrations of schema `data` (`services/data/migrations/`); returns the ids applied."""
+    applied = await apply_migrations(url, MIGRATIONS_DIR, schema=SCHEMA)
     if applied:
         logger.info("applied migrations %s", ", ".join(applied))
     return applied

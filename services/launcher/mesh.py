@@ -44,22 +44,22 @@ async def prepare_database(env: dict[str, str]) -> Path | None:
 
     Returns the embedded server's data directory (which the launcher then keeps running), or None.
     """
-    from services.runtime import database
+    from services.runtime import database_settings
 
-    settings = database.DatabaseSettings.from_env(env)
-    env["KITRADING_DATABASE_URL"] = await database.resolve_database_url(settings)
+    settings = database_settings.DatabaseSettings.from_env(env)
+    env["KITRADING_DATABASE_URL"] = await database_settings.resolve_database_url(settings)
     print(f"database: {settings.describe()}", flush=True)
     return settings.embedded_pgdata if settings.embedded else None
 
 
 async def keep_database_running(pgdata: Path, period_s: float = 2.0) -> None:
     """Supervise the embedded PostgreSQL: start it again if its postmaster died."""
-    from services.runtime import database
+    from services.runtime import embedded
 
     while True:
         await asyncio.sleep(period_s)
         try:
-            await asyncio.to_thread(database.ensure_embedded_running, pgdata)
+            await asyncio.to_thread(embedded.ensure_embedded_running, pgdata)
         except Exception as exc:  # keep supervising; services report NOT_SERVING meanwhile
             log.warning("embedded PostgreSQL could not be restarted: %s", exc)
 

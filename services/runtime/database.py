@@ -1,46 +1,31 @@
-"""PostgreSQL for every service: where the database is, and a pool that survives it going away.
-
-Resolution (`DatabaseSettings.from_env` then `resolve_database_url`):
-
-1. `KITRADING_DATABASE_URL` (a `postgresql://` URL) wins;
-2. else `TIMESCALE_HOST` (+ `TIMESCALE_PORT` 5432, `TIMESCALE_DB` kitrading, `TIMESCALE_USER` postgres,
-   `TIMESCALE_PASSWORD` or `TIMESCALE_PASSWORD_FILE`) names an external server;
-3. else an embedded PostgreSQL (package `pgserver`) is started under `$KITRADING_HOME/postgres`
-   (`KITRADING_HOME` defaults to `./.kitrading`). Several processes may share it: the first one
-   initialises and starts it, later ones attach to the running server, and the last process to exit
-   stops it. Handles of processes that died without exiting cleanly are pruned on attach and exit.
+"""PostgreSQL for every service: a pool that survives the database going away, and migrations.
 
 `DatabasePool` wraps an asyncpg pool with a health monitor: it probes the server every few seconds and
 after every connection error, flips `healthy` (and calls the health listeners) when the database goes
 away or comes back, reconnects on its own with exponential backoff, and keeps LISTEN subscriptions
 alive across reconnects. While unhealthy every `acquire()` fails fast with `Unavailable`.
 
-Passwords never appear in logs or reprs: use `redact_url` for anything printed.
+`apply_migrations` is the one migration runner of every service that owns tables (yoyo SQL files,
+one schema per service). Where the database is: `services/runtime/database_settings.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import json
 import logging
-import os
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from services.runtime.database_settings import redact_url
 from services.runtime.errors import Unavailable
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_HOME = Path(".kitrading")
-EMBEDDED_DIRNAME = "postgres"
 
 HealthListener = Callable[[bool], None]
 NotifyCallback = Callable[[str], None]
@@ -49,156 +34,104 @@ ConnectionInit = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Settings and resolution
+# Migrations
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseSettings:
-    """Where the database is. Built from the environment by `from_env`; `password` never printed."""
-
-    url: str | None = field(default=None, repr=False)
-    host: str | None = None
-    port: int = 5432
-    database: str = "kitrading"
-    user: str = "postgres"
-    password: str | None = field(default=None, repr=False)
-    home: Path = DEFAULT_HOME
-    pool_min_size: int = 1
-    pool_max_size: int = 10
-
-    @property
-    def embedded(self) -> bool:
-        """True when neither a URL nor a host is configured: an embedded PostgreSQL is used."""
-        return not self.url and not self.host
-
-    @property
-    def embedded_pgdata(self) -> Path:
-        return (self.home / EMBEDDED_DIRNAME).absolute()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseSettings:
-        """Read the settings from `env` (default `os.environ`); see the module docstring for names."""
-        env = os.environ if env is None else env
-        password = env.get("TIMESCALE_PASSWORD") or None
-        password_file = env.get("TIMESCALE_PASSWORD_FILE")
-        if password_file:
-            password = Path(password_file).read_text(encoding="utf-8").strip()
-        return cls(
-            url=env.get("KITRADING_DATABASE_URL") or None,
-            host=env.get("TIMESCALE_HOST") or None,
-            port=int(env.get("TIMESCALE_PORT") or 5432),
-            database=env.get("TIMESCALE_DB") or "kitrading",
-            user=env.get("TIMESCALE_USER") or "postgres",
-            password=password,
-            home=Path(env.get("KITRADING_HOME") or DEFAULT_HOME),
-            pool_min_size=int(env.get("KITRADING_DATABASE_POOL_MIN") or 1),
-            pool_max_size=int(env.get("KITRADING_DATABASE_POOL_MAX") or 10),
-        )
-
-    def describe(self) -> str:
-        """Where the database is, safe to log."""
-        if self.url:
-            return redact_url(self.url)
-        if self.host:
-            return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
-        return f"embedded PostgreSQL in {self.embedded_pgdata}"
+MIGRATION_LOCK_WAIT_S = 60.0
+_CONNECT_TIMEOUT_S = 10
 
 
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+async def apply_migrations(
+    url: str,
+    directory: Path,
+    *,
+    schema: str,
+    legacy_table: str | None = None,
+    timeout_s: float | None = None,
+) -> list[str]:
+    """Apply the pending migrations in `directory` to `schema`; returns the ids applied now.
 
+    Migrations are yoyo SQL files, applied in file-name order (and `-- depends:`), each in its own
+    transaction. `schema` is created first and holds yoyo's bookkeeping tables, apart from those of the
+    other services in the same database. One migrator per schema at a time: a PostgreSQL advisory lock
+    serialises them and, unlike yoyo's own lock row, goes away with a migrator that dies, so a lock row
+    left behind by one is cleared under it. `legacy_table`: a table `version text` of the runner used
+    before yoyo; migrations it lists are marked applied instead of being run again.
 
-async def resolve_database_url(settings: DatabaseSettings) -> str:
-    """The URL to connect to; starts (or attaches to) the embedded server when none is configured."""
-    if settings.url:
-        return settings.url
-    if settings.host:
-        auth = quote(settings.user, safe="")
-        if settings.password:
-            auth += ":" + quote(settings.password, safe="")
-        return f"postgresql://{auth}@{settings.host}:{settings.port}/{quote(settings.database, safe='')}"
-    return await asyncio.to_thread(start_embedded_postgres, settings.embedded_pgdata)
-
-
-def revive_hook(settings: DatabaseSettings) -> Callable[[], Awaitable[None]] | None:
-    """For an embedded server: a coroutine function that restarts it if it died; else None."""
-    if not settings.embedded:
-        return None
-    pgdata = settings.embedded_pgdata
-
-    async def revive() -> None:
-        await asyncio.to_thread(ensure_embedded_running, pgdata)
-
-    return revive
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Embedded PostgreSQL (pgserver)
-
-
-def _pgserver() -> Any:
-    with warnings.catch_warnings():
-        # platformdirs warns at import when XDG_RUNTIME_DIR is unset; harmless for us.
-        warnings.simplefilter("ignore")
-        import pgserver
-    return pgserver
-
-
-def _prune_dead_handles(pgdata: Path) -> None:
-    """Drop pids of processes that no longer exist from pgserver's handle list (caller holds the lock).
-
-    pgserver stops the server when the last registered process exits; a process killed with SIGKILL
-    never unregisters, which would otherwise keep the server running after everyone is gone.
+    Raises `Unavailable` when the database cannot be reached, and `TimeoutError` after `timeout_s` (the
+    migration's thread then finishes or rolls back on its own; the next call waits for it).
     """
-    import psutil
+    wait_s = MIGRATION_LOCK_WAIT_S if timeout_s is None else min(timeout_s, MIGRATION_LOCK_WAIT_S)
+    work = asyncio.to_thread(_apply_migrations, url, Path(directory), schema, legacy_table, wait_s)
+    if timeout_s is None:
+        return await work
+    async with asyncio.timeout(timeout_s):
+        return await work
 
-    path = pgdata / ".handle_pids.json"
-    if not path.exists():
-        return
+
+def _yoyo_url(url: str, schema: str) -> str:
+    """`url` as yoyo wants it: the psycopg 3 driver, bookkeeping tables in `schema`."""
+    scheme, rest = url.split("://", 1)
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"not a PostgreSQL URL (scheme {scheme!r})")
+    separator = "&" if "?" in rest else "?"
+    return f"postgresql+psycopg://{rest}{separator}connect_timeout={_CONNECT_TIMEOUT_S}&schema={schema}"
+
+
+def _apply_migrations(
+    url: str, directory: Path, schema: str, legacy_table: str | None, wait_s: float
+) -> list[str]:
+    import psycopg
+    from psycopg import sql
+
     try:
-        pids = [int(p) for p in json.loads(path.read_text())]
-    except (ValueError, TypeError):
-        pids = []
-    alive = [p for p in pids if psutil.pid_exists(p)]
-    if alive != pids:
-        path.write_text(json.dumps(alive))
+        # This connection holds the advisory lock until the end; a dead migrator's goes with it.
+        with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S) as lock_conn:
+            _advisory_lock(lock_conn, f"{schema}.migrations", wait_s)
+            lock_conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            legacy: set[str] = set()
+            if legacy_table is not None:
+                table = sql.Identifier(schema, legacy_table)
+                found = lock_conn.execute("SELECT to_regclass(%s)", [f"{schema}.{legacy_table}"]).fetchone()
+                if found is not None and found[0] is not None:
+                    rows = lock_conn.execute(sql.SQL("SELECT version FROM {}").format(table)).fetchall()
+                    legacy = {str(row[0]) for row in rows}
+            return _apply_with_yoyo(_yoyo_url(url, schema), directory, legacy, wait_s)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(
+            f"database unreachable while migrating schema {schema}: {type(exc).__name__}",
+            reason="DATABASE_UNAVAILABLE",
+        ) from exc
 
 
-def start_embedded_postgres(pgdata: Path, *, cleanup_mode: str | None = "stop") -> str:
-    """Start (or attach to) the embedded server in `pgdata`; returns its URL (unix socket, no password).
-
-    Safe to call from several processes at once: pgserver serialises initdb and start with an
-    inter-process file lock. Blocking (seconds on first start): call it in a thread.
-    """
-    pgserver = _pgserver()
-    pgdata = pgdata.expanduser().absolute()
-    # Create the directory ourselves: pgserver's own mkdir(exist_ok=False) races between processes.
-    pgdata.mkdir(parents=True, exist_ok=True)
-    with pgserver.PostgresServer._lock:
-        _prune_dead_handles(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
-
-    def prune_at_exit() -> None:  # runs before pgserver's own exit hook (atexit is LIFO)
-        with pgserver.PostgresServer._lock:
-            _prune_dead_handles(pgdata)
-
-    atexit.register(prune_at_exit)
-    logger.info("embedded PostgreSQL ready in %s", pgdata)
-    return str(server.get_uri())
+def _advisory_lock(conn: Any, key: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
+        if row is not None and row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another process has been migrating ({key}) for over {wait_s:g} s")
+        time.sleep(0.2)
 
 
-def ensure_embedded_running(pgdata: Path) -> None:
-    """Restart the embedded server in `pgdata` if its postmaster is gone. Blocking."""
-    pgserver = _pgserver()
-    server = pgserver.get_server(pgdata.expanduser().absolute())
-    with pgserver.PostgresServer._lock:
-        server.ensure_postgres_running()
+def _apply_with_yoyo(url: str, directory: Path, legacy: set[str], wait_s: float) -> list[str]:
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(url)
+    try:
+        migrations = read_migrations(str(directory))
+        backend.break_lock()  # we hold the advisory lock: any lock row is a dead migrator's
+        with backend.lock(timeout=wait_s):
+            pending = backend.to_apply(migrations)
+            adopted = [m for m in pending if m.id in legacy]
+            if adopted:
+                backend.mark_migrations(adopted)
+                pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return [m.id for m in pending]
+    finally:
+        backend.connection.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,6 +204,11 @@ class DatabasePool:
 
     def __repr__(self) -> str:
         return f"DatabasePool({redact_url(self._url)!r}, healthy={self._healthy})"
+
+    @property
+    def url(self) -> str:
+        """The URL the pool connects to (with any password: print `redact_url(pool.url)`)."""
+        return self._url
 
     # -- life cycle -------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Targets (built once, at construction):
   `KITRADING_<NAME>_HOST` (127.0.0.1) : `KITRADING_<NAME>_PORT` (registry port);
 - the gateway at `WATCHDOG_GATEWAY_HEALTH_URL` (`kitrading up` sets it to its own gateway's
   `/gateway/health`; unset: not checked);
-- the database (`services.runtime.database`: `KITRADING_DATABASE_URL`, `TIMESCALE_*`, else the
+- the database (`services.runtime.database_settings`: `KITRADING_DATABASE_URL`, `TIMESCALE_*`, else the
   embedded PostgreSQL), which also keeps the alert history; disk and GPU.
 
 `start()` opens the pool (waiting a few seconds at most: an unreachable database is a target to
@@ -26,7 +26,8 @@ import grpc
 from kitrading import mesh
 from kitrading.watchdog.v1 import service_pb2_grpc
 from services.runtime.config import ConfigError, env_list
-from services.runtime.database import DatabasePool, DatabaseSettings, resolve_database_url, revive_hook
+from services.runtime.database import DatabasePool
+from services.runtime.database_settings import DatabaseSettings, resolve_database_url, revive_hook
 from services.runtime.errors import Unavailable
 from services.runtime.interceptor import Observer
 from services.watchdog.probes import GrpcTarget

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.runtime.database import apply_migrations
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.watchdog.models import (
     AlertKind,
@@ -34,6 +35,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "watchdog"
+LEGACY_MIGRATIONS_TABLE = "schema_migrations"  # bookkeeping of the runner used before yoyo
 _BAD_TOKEN = "is not a token returned by this API"
 
 
@@ -147,9 +149,14 @@ class MemoryAlertStore:
 
 
 class Pool(Protocol):
-    """What the store needs of a connection pool (an `asyncpg.Pool` fits)."""
+    """What the store needs of a connection pool (a `DatabasePool` fits)."""
 
     def acquire(self) -> AbstractAsyncContextManager[Any]: ...
+
+    @property
+    def url(self) -> str:
+        """Where the migrations connect."""
+        ...
 
 
 _COLUMNS = (
@@ -159,29 +166,12 @@ _COLUMNS = (
 
 
 async def migrate(pool: Pool, *, limit_seconds: float = 60.0) -> list[str]:
-    """Apply the pending migrations of schema `watchdog` (under an advisory lock); returns their names."""
-
-    async def run() -> list[str]:
-        applied_now: list[str] = []
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('watchdog.migrations'))")
-            await conn.execute(
-                f"CREATE SCHEMA IF NOT EXISTS {SCHEMA};"
-                f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            rows = await conn.fetch(f"SELECT version FROM {SCHEMA}.schema_migrations")
-            applied = {row["version"] for row in rows}
-            for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-                if path.stem in applied:
-                    continue
-                await conn.execute(path.read_text(encoding="utf-8"))
-                await conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES ($1)", path.stem)
-                applied_now.append(path.stem)
-        return applied_now
-
-    async with asyncio.timeout(limit_seconds):
-        return await run()
+    """Apply the pending migrations of schema `watchdog` (./migrations/*.sql, in name order); returns
+    their names. A database migrated by the hand-written runner used before (its versions are in
+    `watchdog.schema_migrations`) is recognised: those migrations are marked applied, not run again."""
+    return await apply_migrations(
+        pool.url, MIGRATIONS_DIR, schema=SCHEMA, legacy_table=LEGACY_MIGRATIONS_TABLE, timeout_s=limit_seconds
+    )
 
 
 class PostgresAlertStore:

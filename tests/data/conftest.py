@@ -13,7 +13,7 @@ from services.data.models import AssetClass, Candle, Symbol
 from services.data.samples import SAMPLES, load_candles
 from services.data.service import DataDomain
 from services.data.settings import DataSettings
-from services.runtime.database import DatabaseSettings
+from services.runtime.database_settings import DatabaseSettings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -18,7 +18,8 @@ import pytest
 
 from services.data.models import Event, EventType
 from services.data.service import DataDomain
-from services.runtime.database import DatabasePool, ensure_embedded_running
+from services.runtime.database import DatabasePool
+from services.runtime.embedded import ensure_embedded_running
 from services.runtime.errors import Unavailable
 from tests.conftest import PostgresForTests
 from tests.data.conftest import add_symbol
@@ -99,7 +100,7 @@ _CHILD = """
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from services.runtime.database import start_embedded_postgres
+from services.runtime.embedded import start_embedded_postgres
 print(start_embedded_postgres(Path(sys.argv[1])), flush=True)
 sys.stdin.readline()
 """

@@ -8,7 +8,7 @@ import pytest
 
 from services.data.models import Timeframe
 from services.data.settings import DataSettings
-from services.runtime.database import DatabaseSettings, redact_url, resolve_database_url
+from services.runtime.database_settings import DatabaseSettings, redact_url, resolve_database_url
 
 
 def test_defaults_use_embedded_database() -> None:

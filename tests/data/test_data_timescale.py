@@ -20,7 +20,7 @@ import pytest
 from services.data.models import Candle, EventType, Timeframe
 from services.data.samples import SAMPLES
 from services.data.service import DataDomain
-from services.runtime.database import DatabaseSettings
+from services.runtime.database_settings import DatabaseSettings
 from services.runtime.errors import NotFound
 from tests.data.conftest import add_symbol, make_settings
 from tests.data.timescale import ROOT, TimescaleServer, remove_timescale, start_timescale

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._mesh import free_port
-from services.runtime.database import _pgserver
+from services.runtime.embedded import _pgserver
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "deploy" / "timescaledb.sh"

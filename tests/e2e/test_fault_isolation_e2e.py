@@ -40,7 +40,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kitrading import mesh
-from services.runtime.database import _pgserver
+from services.runtime.embedded import _pgserver
 from tests.e2e.mesh import RunningMesh, start_mesh
 from tests.watchdog.fake_telegram import Call, FakeTelegram
 

@@ -21,7 +21,7 @@ from kitrading.watchdog.v1 import request_response_pb2 as rr
 from kitrading.watchdog.v1 import resources_pb2 as pb
 from kitrading.watchdog.v1 import service_pb2_grpc
 from services.runtime.config import ConfigError, RuntimeSettings
-from services.runtime.database import DatabaseSettings
+from services.runtime.database_settings import DatabaseSettings
 from services.runtime.server import RunningServer, create_server
 from services.watchdog import convert as cv
 from services.watchdog.app import WatchdogApp, mesh_targets

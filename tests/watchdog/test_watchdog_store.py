@@ -1,4 +1,5 @@
-"""Alert history: keyset pagination (memory and PostgreSQL), migrations, persistence, DB outages."""
+"""Alert history: keyset pagination (memory and PostgreSQL), migrations (also of a database migrated
+before yoyo), persistence, DB outages."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from services.runtime.database import DatabasePool
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.watchdog.models import AlertKind, AlertRecord, DeliveryStatus, HealthStatus, TargetKind
 from services.watchdog.service import PostgresHistory, WatchdogDomain
-from services.watchdog.store import MemoryAlertStore, PostgresAlertStore, migrate
+from services.watchdog.store import MIGRATIONS_DIR, MemoryAlertStore, PostgresAlertStore, migrate
 
 from .fake_telegram import FakeTelegram
 from .helpers import HealthServer, make_settings, wait_until
@@ -109,6 +110,29 @@ async def test_postgres_store_migrates_and_pages(pool: DatabasePool) -> None:
         assert await conn.fetchval("SELECT count(*) FROM watchdog.alerts") == 10
 
 
+async def test_a_database_migrated_by_the_old_hand_written_runner_is_recognised(pool: DatabasePool) -> None:
+    """Before yoyo, the watchdog ran each file itself and recorded it in `watchdog.schema_migrations`."""
+    async with pool.acquire() as conn, conn.transaction():  # what that runner did, step by step
+        await conn.execute(
+            "CREATE SCHEMA IF NOT EXISTS watchdog;"
+            "CREATE TABLE IF NOT EXISTS watchdog.schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute((MIGRATIONS_DIR / "0001_alerts.sql").read_text(encoding="utf-8"))
+        await conn.execute("INSERT INTO watchdog.schema_migrations (version) VALUES ('0001_alerts')")
+    old = PostgresAlertStore(pool)
+    await old.save(record(1))
+
+    assert await migrate(pool) == []  # recognised: nothing run again, nothing fails
+    assert await migrate(pool) == []
+    async with pool.acquire() as conn:
+        applied = await conn.fetch("SELECT migration_id FROM watchdog._yoyo_migration")
+    assert [row["migration_id"] for row in applied] == ["0001_alerts"]
+    assert [a.message for a in (await old.list()).alerts] == ["alert 1"]
+    await old.save(record(2))
+    assert [a.message for a in (await PostgresAlertStore(pool).list()).alerts] == ["alert 2", "alert 1"]
+
+
 async def test_history_survives_a_restart_of_the_watchdog(
     tmp_path: Path, pool: DatabasePool, health_server: HealthServer, fake_telegram: FakeTelegram
 ) -> None:
@@ -175,6 +199,8 @@ async def test_database_outage_is_alerted_and_history_catches_up(
 
 def test_postgres_history_is_the_default_with_a_pool(tmp_path: Path) -> None:
     class NoPool:
+        url = "postgresql://never-used"
+
         def acquire(self):  # pragma: no cover - never called
             raise AssertionError
 
