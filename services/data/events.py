@@ -32,7 +32,6 @@ from services.data.models import (
     EventDetails,
     EventPage,
     EventType,
-    JobState,
     MarketEvent,
     NewEvent,
     SyncFinished,
@@ -40,6 +39,7 @@ from services.data.models import (
 )
 from services.runtime.database import DatabasePool
 from services.runtime.errors import Unavailable
+from services.runtime.jobs import JobState
 
 logger = logging.getLogger(__name__)
 

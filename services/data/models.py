@@ -2,7 +2,8 @@
 
 Enums mirror the proto enums by name without their prefix (`Timeframe.H1` is `TIMEFRAME_H1`,
 `AssetClass.FX` is `ASSET_CLASS_FX`, `EventType.MARKET_EVENT` is `EVENT_TYPE_MARKET_EVENT`); the
-`*_UNSPECIFIED` zero values are `None` here. Their `.value` is what the database stores.
+`*_UNSPECIFIED` zero values are `None` here. Their `.value` is what the database stores. Job states
+are the runtime's `JobState` (`services/runtime/jobs.py`), shared with the training jobs.
 All datetimes are timezone-aware UTC.
 """
 
@@ -12,6 +13,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
+
+from services.runtime.jobs import JobState
 
 T = TypeVar("T")
 
@@ -54,21 +57,6 @@ class AssetClass(enum.Enum):
     INDEX = "INDEX"
     CRYPTO = "CRYPTO"
     COMMODITY = "COMMODITY"
-
-
-class JobState(enum.Enum):
-    """Life cycle of a job or of one item of it (proto `kitrading.common.v1.JobState`)."""
-
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    SKIPPED = "SKIPPED"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED)
 
 
 class EventType(enum.Enum):

@@ -21,7 +21,6 @@ from services.data.models import (
     AssetClass,
     Candle,
     CandleSeries,
-    JobState,
     Strategy,
     Symbol,
     SyncJob,
@@ -29,6 +28,7 @@ from services.data.models import (
     Timeframe,
 )
 from services.runtime.database import apply_migrations
+from services.runtime.jobs import JobState
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.data.models import AssetClass, Candle, EventType, JobState, SyncFinished, Timeframe
+from services.data.models import AssetClass, Candle, EventType, SyncFinished, Timeframe
 from services.data.service import DataDomain
 from services.runtime.errors import FailedPrecondition, NotFound
+from services.runtime.jobs import JobState
 from tests.data.conftest import DomainFactory, add_symbol
 from tests.data.fake_easyinsight import FakeEasyInsight
 
@@ -43,6 +44,7 @@ async def test_incremental_sync_with_retries(
     assert job.state is JobState.QUEUED and job.timeframe is H1
     job = await domain.wait_sync_job(job.job_id)
     assert job.state is JobState.SUCCEEDED, job.error
+    assert job.state.terminal and not JobState.RUNNING.terminal
     assert (job.candles_upserted, job.symbols_done, job.symbols_failed) == (3000, 1, 0)
     assert job.results[0].state is JobState.SUCCEEDED and job.results[0].candles_upserted == 3000
     assert job.start_time and job.end_time and job.end_time >= job.start_time
