@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.data.models import Page, QueryLog
-from services.runtime.pagination import decode_token, encode_token, resolve_page_size
 from services.runtime.database import DatabasePool
 from services.runtime.errors import DomainError
+from services.runtime.pagination import decode_token, encode_token, resolve_page_size
 
 logger = logging.getLogger(__name__)
 
