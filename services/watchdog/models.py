@@ -1,4 +1,5 @@
-"""Plain value types of the watchdog: target states, status events, alerts, pages.
+"""Plain value types of the watchdog (target states, status events, alerts, pages) and the `Probe`
+interface every check implements (`probes.py` holds the implementations; this module imports no gRPC).
 
 Everything here is immutable and free of I/O, so the servicer can map it to protobuf field by field.
 Timestamps are timezone-aware UTC `datetime`s; latencies are milliseconds.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 
 def utcnow() -> datetime:
@@ -61,6 +63,21 @@ class ProbeResult:
     error: str | None = None
     detail: str = ""
     latency_ms: float | None = None
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """One target's check (`services.watchdog.probes`); it never raises for a failed target."""
+
+    name: str
+    kind: TargetKind
+    address: str
+
+    async def check(self, time_limit: float) -> ProbeResult:
+        """Check once, answering within about `time_limit` seconds."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from services.runtime.logging import redact
-from services.watchdog.models import HealthStatus, ProbeResult, TargetState, utcnow
-from services.watchdog.probes import Probe
+from services.watchdog.models import HealthStatus, Probe, ProbeResult, TargetState, utcnow
 
 log = logging.getLogger(__name__)
 

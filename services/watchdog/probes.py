@@ -13,7 +13,7 @@ import contextlib
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -31,19 +31,6 @@ class GrpcTarget(NamedTuple):
     name: str
     address: str
     service: str = ""
-
-
-@runtime_checkable
-class Probe(Protocol):
-    name: str
-    kind: TargetKind
-    address: str
-
-    async def check(self, time_limit: float) -> ProbeResult:
-        """Check once, answering within about `time_limit` seconds."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class _OneThreadAtATime:

@@ -35,6 +35,7 @@ from services.watchdog.models import (
     AlertRecord,
     ChangeEvent,
     HealthStatus,
+    Probe,
     SnapshotEvent,
     TargetState,
     TelegramStatus,
@@ -50,7 +51,6 @@ from services.watchdog.probes import (
     GrpcHealthProbe,
     GrpcTarget,
     HttpProbe,
-    Probe,
 )
 from services.watchdog.settings import WatchdogSettings
 from services.watchdog.store import AlertStore, MemoryAlertStore, Pool, PostgresAlertStore, migrate
