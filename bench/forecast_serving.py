@@ -57,13 +57,13 @@ from kitrading.forecast.v1 import request_response_pb2 as rr  # noqa: E402
 from kitrading.forecast.v1 import service_pb2_grpc as forecast_grpc  # noqa: E402
 from services.data import convert as data_cv  # noqa: E402
 from services.data.samples import SAMPLES, load_candles  # noqa: E402
-from services.forecast.data_source import DataServiceSource  # noqa: E402
 from services.forecast.forecasting import Forecaster  # noqa: E402
 from services.forecast.model import NHITSForecaster, quiet_lightning  # noqa: E402
-from services.forecast.registry import ModelRegistry  # noqa: E402
 from services.forecast.settings import ForecastSettings  # noqa: E402
-from services.forecast.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv  # noqa: E402
 from services.runtime.embedded import start_embedded_postgres  # noqa: E402
+from services.training.data_client import DataServiceSource  # noqa: E402
+from services.training.registry import ModelRegistry  # noqa: E402
+from services.training.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv  # noqa: E402
 
 H1 = market_pb2.TIMEFRAME_H1
 TARGET_A, TARGET_B, TARGET_C = 1.10, 5.0, 1.5

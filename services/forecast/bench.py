@@ -28,7 +28,7 @@ import pandas as pd
 
 from services.forecast.service import ForecastDomain
 from services.forecast.settings import ForecastSettings
-from services.forecast.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
+from services.training.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
 
 
 class SlowSource(InMemoryCandleSource):
@@ -115,8 +115,7 @@ async def run(n_symbols: int, latency_ms: float, rounds: int) -> None:
             return out
 
         idle = await latencies(200)
-        settings_long = domain.jobs.settings.with_nhits(max_steps=400)
-        domain.jobs.settings = settings_long
+        domain.trainer.settings = domain.trainer.settings.with_nhits(max_steps=400)
         job = await domain.jobs.train([symbols[0]])
         async for event in domain.jobs.watch(job.job_id):
             if event.detail == "step":

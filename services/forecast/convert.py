@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-import pandas as pd
-from google.protobuf import timestamp_pb2
-
-from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
+from kitrading.forecast.v1 import request_response_pb2 as rr
 from kitrading.forecast.v1 import resources_pb2 as pb
-from services.forecast import forecasting, jobs, metrics, registry, retraining, service
-from services.forecast.data_source import timeframe_name
-from services.runtime.errors import DomainError, InvalidArgument
+from services.forecast import forecasting, metrics, service
+from services.runtime.errors import DomainError
+from services.runtime.protos import timestamp
+from services.training import registry, retraining
+from services.training.convert import job_out, timeframe_out
+from services.training.data_client import timeframe_name
 
-T = TypeVar("T")
-
-#: Domain trigger names -> the contract's enum.
-TRIGGERS: dict[str, training_pb2.TrainingTrigger.ValueType] = {
-    "manual": training_pb2.TRAINING_TRIGGER_MANUAL,
-    "scheduled": training_pb2.TRAINING_TRIGGER_SCHEDULE,
-    "event": training_pb2.TRAINING_TRIGGER_MARKET_EVENT,
-}
 #: Domain model names in the stored evaluation -> the contract's enum, in the order served.
 METHODS: dict[str, pb.ForecastMethod.ValueType] = {
     "NHITS": pb.FORECAST_METHOD_NHITS,
@@ -30,33 +23,12 @@ METHODS: dict[str, pb.ForecastMethod.ValueType] = {
     "SeasonalNaive": pb.FORECAST_METHOD_SEASONAL_NAIVE,
 }
 LEVELS = (80, 95)
+#: Converted forecasts kept for reuse (keyed by symbol, version, last candle, computation, horizon).
+_REMEMBERED_MESSAGES = 2048
+_messages: OrderedDict[tuple[Any, ...], pb.Forecast] = OrderedDict()
 
 
 # -- scalars --------------------------------------------------------------------------------------
-
-
-def timestamp(value: datetime | pd.Timestamp | str | None) -> timestamp_pb2.Timestamp | None:
-    """An aware datetime (or ISO string) as a Timestamp; None stays None (the field stays unset)."""
-    if value is None or (isinstance(value, str) and not value):
-        return None
-    ts = timestamp_pb2.Timestamp()
-    if isinstance(value, datetime) and value.tzinfo is not None:  # the hot path (forecast points)
-        ts.FromDatetime(value)
-        return ts
-    moment = pd.Timestamp(value)
-    if moment.tzinfo is None:
-        moment = moment.tz_localize(UTC)
-    ts.FromDatetime(moment.to_pydatetime().astimezone(UTC))
-    return ts
-
-
-def timeframe_out(name: str | None) -> market_pb2.Timeframe.ValueType:
-    if not name:
-        return market_pb2.TIMEFRAME_UNSPECIFIED
-    try:
-        return market_pb2.Timeframe.Value(f"TIMEFRAME_{name.upper()}")
-    except ValueError:
-        return market_pb2.TIMEFRAME_UNSPECIFIED
 
 
 def timeframe_in(value: int) -> str | None:
@@ -64,119 +36,24 @@ def timeframe_in(value: int) -> str | None:
     return timeframe_name(value)
 
 
-def job_state_out(state: jobs.JobState) -> job_pb2.JobState.ValueType:
-    return job_pb2.JobState.Value(f"JOB_STATE_{state.value}")
-
-
-def job_state_in(value: int) -> jobs.JobState | None:
-    if value == job_pb2.JOB_STATE_UNSPECIFIED:
-        return None
-    return jobs.JobState(job_pb2.JobState.Name(value).removeprefix("JOB_STATE_"))  # type: ignore[arg-type]
-
-
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-# -- pagination -----------------------------------------------------------------------------------
+# -- retraining -----------------------------------------------------------------------------------
 
 
-def page(items: Sequence[T], page_size: int, page_token: str, *, default: int = 100) -> tuple[list[T], str]:
-    """One page of `items` and the next token ("" at the end). Tokens are offsets."""
-    size = min(page_size or default, 1000)
-    try:
-        offset = int(page_token or "0")
-    except ValueError:
-        raise InvalidArgument("page_token", "invalid page token") from None
-    if offset < 0:
-        raise InvalidArgument("page_token", "invalid page token")
-    chunk = list(items[offset : offset + size])
-    return chunk, str(offset + size) if offset + size < len(items) else ""
-
-
-# -- training jobs --------------------------------------------------------------------------------
-
-
-def symbol_state_out(sp: jobs.SymbolProgress) -> training_pb2.SymbolTrainingState:
-    return training_pb2.SymbolTrainingState(
-        symbol=sp.symbol,
-        state=job_state_out(sp.state),
-        step=sp.step,
-        max_steps=sp.max_steps,
-        train_loss=_float(sp.train_loss),
-        val_loss=_float(sp.valid_loss),
-        error="" if sp.state in (jobs.JobState.SUCCEEDED, jobs.JobState.RUNNING) else sp.message,
-        model_version=sp.version or "",
-        start_time=timestamp(sp.start_time),
-        end_time=timestamp(sp.end_time),
+def training_progress_out(
+    progress: service.TrainingProgress, interval_days: float
+) -> rr.GetTrainingProgressResponse:
+    return rr.GetTrainingProgressResponse(
+        training=bool(progress.active),
+        active_jobs=[job_out(j) for j in progress.active],
+        latest_job=job_out(progress.latest_ended) if progress.latest_ended else None,
+        schedule=schedule_out(
+            progress.scheduler, enabled=progress.schedule_enabled, interval_days=interval_days
+        ),
     )
-
-
-def job_out(
-    job: jobs.TrainingJob, *, background: bool = False, timeframe: str | None = None
-) -> training_pb2.TrainingJob:
-    """A domain job as the contract's TrainingJob. `background` and `timeframe` are what the
-    request that created it asked (the domain does not keep them)."""
-    return training_pb2.TrainingJob(
-        job_id=job.job_id,
-        state=job_state_out(job.state),
-        trigger=TRIGGERS.get(job.trigger, training_pb2.TRAINING_TRIGGER_UNSPECIFIED),
-        timeframe=timeframe_out(timeframe),
-        symbols=[symbol_state_out(s) for s in job.symbols],
-        current_symbol=job.current_symbol or "",
-        step=job.step,
-        max_steps=job.max_steps,
-        train_loss=_float(job.train_loss),
-        val_loss=_float(job.valid_loss),
-        eta_seconds=_float(job.eta_seconds),
-        create_time=timestamp(job.create_time),
-        start_time=timestamp(job.start_time),
-        end_time=timestamp(job.end_time),
-        error=job.error if job.state is not jobs.JobState.SUCCEEDED else "",
-        force=job.force,
-        background=background,
-    )
-
-
-def job_event_out(
-    event: jobs.JobEvent, sequence: int, *, background: bool = False, timeframe: str | None = None
-) -> training_pb2.TrainingJobEvent | None:
-    """One watch event as the contract's TrainingJobEvent, or None for events the contract has no
-    message for (phase changes inside a symbol, the QUEUED -> RUNNING transition of the job)."""
-    job = event.job
-    now = timestamp(datetime.now(UTC))
-    if event.type is jobs.JobEventType.SNAPSHOT:
-        return training_pb2.TrainingJobEvent(
-            sequence=sequence, time=now, snapshot=job_out(job, background=background, timeframe=timeframe)
-        )
-    if event.type is jobs.JobEventType.JOB:
-        if not job.state.terminal:
-            return None
-        return training_pb2.TrainingJobEvent(
-            sequence=sequence, time=now, result=job_out(job, background=background, timeframe=timeframe)
-        )
-    if event.symbol is None:
-        return None
-    sp = next((s for s in job.symbols if s.symbol == event.symbol), None)
-    if sp is None:
-        return None
-    if event.type is jobs.JobEventType.SYMBOL:
-        return training_pb2.TrainingJobEvent(
-            sequence=sequence, time=now, symbol_transition=symbol_state_out(sp)
-        )
-    if event.detail not in ("step", "validation"):
-        return None
-    step = training_pb2.TrainingStep(
-        symbol=sp.symbol,
-        step=sp.step,
-        max_steps=sp.max_steps,
-        train_loss=sp.train_loss or 0.0,
-        val_loss=_float(sp.valid_loss) if event.detail == "validation" else None,
-        job_step=job.step,
-        job_max_steps=job.max_steps,
-        eta_seconds=_float(job.eta_seconds),
-    )
-    return training_pb2.TrainingJobEvent(sequence=sequence, time=now, step=step)
 
 
 def schedule_out(
@@ -201,8 +78,8 @@ def schedule_out(
 
 
 def forecast_out(f: forecasting.Forecast) -> pb.Forecast:
-    """The forecast as the contract's message. Built field by field (`add()`): ~3x faster than nested
-    constructors, and it runs once per symbol of every batch."""
+    """The forecast as the contract's message, built field by field (`add()`, faster than nested
+    constructors): it runs once per symbol of every batch."""
     out = pb.Forecast(
         symbol=f.symbol,
         timeframe=timeframe_out(f.timeframe),
@@ -230,11 +107,54 @@ def forecast_out(f: forecasting.Forecast) -> pb.Forecast:
     return out
 
 
+def forecast_into(forecast: forecasting.Forecast, into: pb.Forecast) -> None:
+    """Write `forecast` into `into`, reusing the message of an identical earlier answer, so a
+    forecast-cache hit converts nothing (a copy instead of building every point)."""
+    key = (
+        forecast.symbol,
+        forecast.model_version,
+        forecast.last_candle_time,
+        forecast.generated_at,
+        forecast.horizon,
+    )
+    message = _messages.get(key)
+    if message is None:
+        message = _messages[key] = forecast_out(forecast)
+        while len(_messages) > _REMEMBERED_MESSAGES:
+            _messages.popitem(last=False)
+    else:
+        _messages.move_to_end(key)
+    into.CopyFrom(message)
+    into.cached = forecast.cached
+
+
 def batch_error_out(symbol: str, error: DomainError) -> pb.BatchForecastError:
     return pb.BatchForecastError(symbol=symbol, code=error.code, message=error.message)
 
 
+def batch_out(
+    symbols: Sequence[str], results: Sequence[forecasting.Forecast | DomainError]
+) -> rr.BatchGetForecastsResponse:
+    response = rr.BatchGetForecastsResponse()
+    for symbol, result in zip(symbols, results, strict=True):
+        if isinstance(result, DomainError):
+            response.errors.append(batch_error_out(symbol, result))
+        else:
+            forecast_into(result, response.forecasts.add())
+    return response
+
+
 # -- models ---------------------------------------------------------------------------------------
+
+
+def version_order(version: registry.ModelVersion) -> list[int]:
+    """The page key of a symbol's versions (served newest first)."""
+    return [int(version.version[1:])]
+
+
+def performance_order(perf: service.ModelPerformance) -> list[Any]:
+    """The page key of performance rows (by symbol, newest version first)."""
+    return [perf.symbol, -int(perf.version[1:])]
 
 
 def _size(version: registry.ModelVersion) -> int:
@@ -249,7 +169,7 @@ def version_out(version: registry.ModelVersion) -> pb.ModelVersion:
     training = meta.get("training", {})
     hyper = meta.get("hyperparameters", {})
     return pb.ModelVersion(
-        symbol=version.symbol,
+        symbol=version.key,
         timeframe=timeframe_out(meta.get("timeframe")),
         version=version.version,
         active=version.current,

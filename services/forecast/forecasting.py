@@ -24,11 +24,12 @@ import pandas as pd
 from services.forecast.calendar import calendar_for, timeframe_delta
 from services.forecast.evaluation import VOL_LOOKBACK, interval_scale
 from services.forecast.model import NHITSConfig, NHITSForecaster, StackedNHITS
-from services.forecast.registry import ModelRegistry, PointerStamp, check_symbol, no_model_message
+from services.forecast.registry import check_symbol, no_model_message
 from services.forecast.settings import ForecastSettings
-from services.forecast.sources import CandleSource
 from services.forecast.training import prepare_series
 from services.runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from services.training.registry import ModelRegistry, PointerStamp
+from services.training.sources import CandleSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ class Forecaster:
         """Import the libraries and load every current model now (instead of on the first
         forecast, which would pay seconds of imports); returns how many models were loaded."""
         await asyncio.to_thread(self.models.prepare)
-        models = await asyncio.gather(*(self.models.get(s) for s in self.registry.symbols()))
+        models = await asyncio.gather(*(self.models.get(s) for s in self.registry.trained_keys()))
         return sum(m is not None for m in models)
 
     async def forecast(self, symbol: str, horizon: int) -> Forecast:

@@ -110,14 +110,18 @@ class FitResult:
 class NHITSForecaster:
     """Univariate NHITS on the bar index of one price series.
 
-    Parameters are those of `NHITSConfig` plus `accelerator` ("cpu" or "gpu").
+    Parameters are those of `NHITSConfig` plus `accelerator` ("cpu" or "gpu") and, on a GPU, the
+    `device` index chosen by services.runtime.gpu (passed through, never assumed to be 0).
     Fitted attributes: `model_` (the neuralforecast NHITS module), `fit_` (FitResult),
     `n_train_` (bars seen in training).
     """
 
-    def __init__(self, config: NHITSConfig | None = None, *, accelerator: str = "cpu") -> None:
+    def __init__(
+        self, config: NHITSConfig | None = None, *, accelerator: str = "cpu", device: int | None = None
+    ) -> None:
         self.config = config or NHITSConfig()
         self.accelerator = accelerator
+        self.device = device
 
     # ---- training -------------------------------------------------------------------------------
 
@@ -133,7 +137,7 @@ class NHITSForecaster:
         if trainer:
             kwargs = {
                 "accelerator": self.accelerator,
-                "devices": 1,
+                "devices": [self.device] if self.accelerator == "gpu" and self.device is not None else 1,
                 "callbacks": list(callbacks),
                 "enable_progress_bar": False,
                 "enable_model_summary": False,

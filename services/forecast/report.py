@@ -20,7 +20,7 @@ from typing import Any
 
 from services.forecast.service import ForecastDomain, ModelPerformance
 from services.forecast.settings import ForecastSettings
-from services.forecast.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
+from services.training.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
 
 MODELS = ("NHITS", "Naive", "SeasonalNaive")
 

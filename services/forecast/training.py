@@ -1,13 +1,13 @@
 """Train, evaluate and publish one symbol's model. Runs inside the training worker process.
 
-`train_symbol` is plain synchronous Python: the worker calls it once per symbol and forwards the
-events it emits (real Lightning training steps, validation losses) to the serving process.
+`setup` and `run` are the forecast trainer's worker side (services.forecast.trainer names them in
+its `WorkerSpec`); `train_symbol` is plain synchronous Python that emits typed progress events from
+real Lightning training steps and validation losses.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +18,10 @@ import pandas as pd
 from services.forecast.calendar import SEASON_LENGTH, calendar_for
 from services.forecast.evaluation import LEVELS, VOL_LOOKBACK, evaluate, make_split
 from services.forecast.model import NHITSConfig, NHITSForecaster, library_versions
-from services.forecast.registry import ModelRegistry, ModelVersion
-
-Emit = Callable[[str, dict[str, Any]], None]
+from services.forecast.registry import forecast_registry
+from services.training.events import Emit, Phase, Step, Validation
+from services.training.registry import ModelRegistry, ModelVersion
+from services.training.trainer import TrainResult, WorkerContext
 
 CANDLE_COLUMNS = ("time", "open", "high", "low", "close", "volume")
 
@@ -41,6 +42,7 @@ class TrainTask:
     min_train_windows: int = 200
     keep_versions: int = 5
     accelerator: str = "cpu"
+    device_index: int | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,8 +64,8 @@ def prepare_series(candles: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]
 
 
 def make_progress_callback(emit: Emit, max_steps: int, min_interval_s: float = 0.1) -> Any:
-    """A Lightning callback that emits `step` events from real optimizer steps (throttled to one
-    every `min_interval_s`, the first and the last always) and `validation` events."""
+    """A Lightning callback that emits `Step` events from real optimizer steps (throttled to one
+    every `min_interval_s`, the first and the last always) and `Validation` events."""
     import pytorch_lightning as pl
 
     class ProgressCallback(pl.Callback):
@@ -82,25 +84,14 @@ def make_progress_callback(emit: Emit, max_steps: int, min_interval_s: float = 0
             now = time.monotonic()
             if step == 1 or step >= max_steps or now - self.last_emit >= min_interval_s:
                 self.last_emit = now
-                emit(
-                    "step",
-                    {
-                        "step": step,
-                        "max_steps": max_steps,
-                        "train_loss": self.train_loss,
-                        "valid_loss": self.valid_loss,
-                    },
-                )
+                emit(Step(step, max_steps, self.train_loss, self.valid_loss))
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             value = trainer.callback_metrics.get("ptl/val_loss")
             if value is None or trainer.sanity_checking:
                 return
             self.valid_loss = float(value)
-            emit(
-                "validation",
-                {"step": int(trainer.global_step), "max_steps": max_steps, "valid_loss": self.valid_loss},
-            )
+            emit(Validation(int(trainer.global_step), max_steps, self.valid_loss))
 
     return ProgressCallback()
 
@@ -120,21 +111,21 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
         calibration=task.calibration_windows,
         min_train=task.min_train_windows,
     )
-    emit("phase", {"phase": "training", "bars": len(y)})
-    model = NHITSForecaster(cfg, accelerator=task.accelerator)
+    emit(Phase("training"))
+    model = NHITSForecaster(cfg, accelerator=task.accelerator, device=task.device_index)
     callback = make_progress_callback(emit, cfg.max_steps)
     model.fit(
         y[: split.train_end + split.calibration_len], val_size=split.calibration_len, callbacks=[callback]
     )
     trained_s = time.monotonic() - started
 
-    emit("phase", {"phase": "evaluating"})
+    emit(Phase("evaluating"))
     season = SEASON_LENGTH.get(task.timeframe, 1)
     result = evaluate(y, split, model.predict_windows, season_length=season)
 
     staged = registry.stage(task.symbol)
     try:
-        emit("phase", {"phase": "publishing", "staging": staged.path.name})
+        emit(Phase("publishing"))
         model.save(staged.path)
         fit = model.fit_
         metadata = {
@@ -182,10 +173,40 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
             "libraries": library_versions(),
             **task.extra_metadata,
         }
-        emit("phase", {"phase": "committing"})
+        emit(Phase("committing"))
         version = registry.publish(staged, metadata)
     except BaseException:
         registry.discard(staged)
         raise
     registry.prune(task.symbol, task.keep_versions)
     return version
+
+
+# ---- the worker side of services.forecast.trainer ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerState:
+    registry: ModelRegistry
+    context: WorkerContext
+
+
+def setup(context: WorkerContext) -> _WorkerState:
+    """Pay neuralforecast's import once, before the worker reports ready."""
+    from services.forecast.model import quiet_lightning
+
+    with quiet_lightning():
+        import neuralforecast  # noqa: F401
+    return _WorkerState(forecast_registry(context.models_dir), context)
+
+
+def run(task: TrainTask, state: _WorkerState, emit: Emit) -> TrainResult:
+    """Train one symbol on the device the worker chose."""
+    from dataclasses import replace
+
+    from services.forecast.model import quiet_lightning
+
+    task = replace(task, accelerator=state.context.accelerator, device_index=state.context.device_index)
+    with quiet_lightning():
+        version = train_symbol(task, state.registry, emit)
+    return TrainResult(version.version, int(version.metadata["training"]["steps"]), version.metadata)

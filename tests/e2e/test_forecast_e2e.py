@@ -78,13 +78,13 @@ def post(mesh: RunningMesh, path: str, **params: Any) -> dict[str, Any]:
 
 
 def worker_pids(mesh: RunningMesh) -> list[int]:
-    """The training worker: a child of the forecast service process (`python -m services.forecast.worker`)."""
+    """The training worker: a child of the forecast service process (`python -m services.training.worker`)."""
     pid = mesh.pid("forecast")
     assert pid is not None
     return [
         p.pid
         for p in psutil.Process(pid).children(recursive=True)
-        if "services.forecast.worker" in " ".join(p.cmdline())
+        if "services.training.worker" in " ".join(p.cmdline())
     ]
 
 

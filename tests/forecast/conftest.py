@@ -12,7 +12,7 @@ from backtesting.test import EURUSD, GOOG
 
 from services.forecast.service import ForecastDomain
 from services.forecast.settings import ForecastSettings
-from services.forecast.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
+from services.training.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
 
 # Small enough that one training + walk-forward evaluation takes a second or two on one core.
 TINY_NHITS = {

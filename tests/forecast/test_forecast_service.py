@@ -14,10 +14,10 @@ import pytest
 
 from services.forecast.calendar import FX
 from services.forecast.forecasting import Forecast
-from services.forecast.jobs import JobEvent, JobEventType, JobState, TrainingJob
 from services.forecast.model import NHITSForecaster
 from services.forecast.service import ForecastDomain
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.training.jobs import JobEvent, JobEventType, JobState, TrainingJob
 
 from .conftest import TINY_NHITS, WEEKEND_CUTOFF
 
@@ -53,7 +53,7 @@ async def test_training_publishes_a_version_with_metrics_for_nhits_and_baselines
 ) -> None:
     job, _ = first_job
     assert job.state is JobState.SUCCEEDED, job.error
-    assert [(s.symbol, s.state, s.version) for s in job.symbols] == [
+    assert [(s.key, s.state, s.version) for s in job.items] == [
         ("EURUSD.WK", JobState.SUCCEEDED, "v000001"),
         ("GOOG", JobState.SUCCEEDED, "v000001"),
     ]
@@ -87,20 +87,18 @@ async def test_progress_events_come_from_real_training_steps(
     assert [e.sequence for e in events[1:]] == sorted(e.sequence for e in events[1:])
     for symbol in ("EURUSD.WK", "GOOG"):
         steps = [
-            e for e in events if e.type is JobEventType.PROGRESS and e.symbol == symbol and e.detail == "step"
+            e for e in events if e.type is JobEventType.PROGRESS and e.key == symbol and e.detail == "step"
         ]
-        numbers = [e.job.symbol(symbol).step for e in steps]
+        numbers = [e.job.item(symbol).step for e in steps]
         assert numbers[0] == 1 and numbers[-1] == MAX_STEPS and numbers == sorted(numbers), numbers
-        losses = [e.job.symbol(symbol).train_loss for e in steps]
+        losses = [e.job.item(symbol).train_loss for e in steps]
         assert all(isinstance(x, float) and math.isfinite(x) for x in losses) and len(set(losses)) > 1
         assert any(
-            e.detail == "validation" and e.job.symbol(symbol).valid_loss for e in events if e.symbol == symbol
+            e.detail == "validation" and e.job.item(symbol).valid_loss for e in events if e.key == symbol
         )
-        phases = [e.job.symbol(symbol).phase for e in events if e.detail == "phase" and e.symbol == symbol]
+        phases = [e.job.item(symbol).phase for e in events if e.detail == "phase" and e.key == symbol]
         assert phases == ["training", "evaluating", "publishing", "committing"]
-        states = [
-            e.job.symbol(symbol).state for e in events if e.type is JobEventType.SYMBOL and e.symbol == symbol
-        ]
+        states = [e.job.item(symbol).state for e in events if e.type is JobEventType.ITEM and e.key == symbol]
         assert states == [JobState.RUNNING, JobState.SUCCEEDED]
     eta = [e.job.eta_seconds for e in events if e.detail == "step"]
     assert all(x is not None and x >= 0 for x in eta)
@@ -178,20 +176,20 @@ async def test_train_all_skips_fresh_models_and_trains_new_ones(
     domain: ForecastDomain, all_trained: TrainingJob
 ) -> None:
     job = all_trained
-    states = {s.symbol: s.state for s in job.symbols}
+    states = {s.key: s.state for s in job.items}
     # Inactive symbols (NOMODEL, OLD) are not part of train_all.
     assert states == {"EURUSD": JobState.SUCCEEDED, "EURUSD.WK": JobState.SKIPPED, "GOOG": JobState.SKIPPED}
-    assert "no newer candles" in job.symbol("GOOG").message
+    assert "no newer candles" in job.item("GOOG").message
     assert job.state is JobState.SUCCEEDED and job.max_steps == job.step == MAX_STEPS
     # Newer candles, or an old model, make a symbol due again.
-    assert domain.jobs.freshness("GOOG", pd.Timestamp("2013-03-04", tz="UTC")) == ""
-    settings = domain.jobs.settings
-    domain.jobs.settings = replace(settings, auto_retrain_days=0)
+    assert domain.trainer.freshness("GOOG", pd.Timestamp("2013-03-04", tz="UTC")) == ""
+    settings = domain.trainer.settings
+    domain.trainer.settings = replace(settings, auto_retrain_days=0)
     try:
-        assert domain.jobs.freshness("GOOG", None) == ""
-        assert set(await domain.jobs.stale_symbols()) == {"EURUSD", "EURUSD.WK", "GOOG"}
+        assert domain.trainer.freshness("GOOG", None) == ""
+        assert set(await domain.trainer.stale_keys()) == {"EURUSD", "EURUSD.WK", "GOOG"}
     finally:
-        domain.jobs.settings = settings
+        domain.trainer.settings = settings
 
 
 async def test_new_version_is_served_without_restart_and_rollback(
@@ -199,7 +197,7 @@ async def test_new_version_is_served_without_restart_and_rollback(
 ) -> None:
     before = await domain.forecaster.forecast("GOOG", 5)
     job = await domain.jobs.train(["GOOG"], background=False)
-    assert job.state is JobState.SUCCEEDED and job.symbols[0].version == "v000002"
+    assert job.state is JobState.SUCCEEDED and job.items[0].version == "v000002"
     after = await domain.forecaster.forecast("GOOG", 5)
     assert (before.model_version, after.model_version) == ("v000001", "v000002")
     rolled = await domain.rollback("GOOG")
@@ -235,7 +233,7 @@ async def test_sigkill_of_the_worker_mid_training_keeps_the_previous_version(
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     last = await until(watch, lambda e: e.type is JobEventType.JOB and e.job.state.terminal)
-    assert last.job.state is JobState.FAILED and "exited" in last.job.symbols[0].message
+    assert last.job.state is JobState.FAILED and "exited" in last.job.items[0].message
     assert (await until(late, lambda e: e.type is JobEventType.JOB)).job.state is JobState.FAILED
     assert registry.current_version("EURUSD") == before
     assert [v.version for v in registry.list_versions("EURUSD")] == [before]
@@ -256,7 +254,7 @@ async def test_sigkill_of_the_worker_while_publishing_leaves_a_complete_current_
         before = registry.current_version("EURUSD.WK")
         job = await domain.jobs.train(["EURUSD.WK"])
         watch = domain.jobs.watch(job.job_id)
-        await until(watch, lambda e: e.detail == "phase" and e.job.symbols[0].phase == "publishing")
+        await until(watch, lambda e: e.detail == "phase" and e.job.items[0].phase == "publishing")
         pid = domain.jobs.worker_pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -267,7 +265,7 @@ async def test_sigkill_of_the_worker_while_publishing_leaves_a_complete_current_
             assert final.state is JobState.FAILED and current == before
             landed_mid_write = True
         else:  # the publish won the race: then the new version is complete and current
-            assert current in (before, final.symbols[0].version)
+            assert current in (before, final.items[0].version)
         for version in registry.list_versions("EURUSD.WK"):  # every visible version is whole
             assert NHITSForecaster.load(version.path).config.h == 24
             assert "evaluation" in version.metadata
@@ -285,12 +283,11 @@ async def test_cancel_running_and_queued_jobs(domain: ForecastDomain, all_traine
     await until(domain.jobs.watch(running.job_id), lambda e: e.detail == "step")
     cancelled_queued = await domain.jobs.cancel(queued.job_id)
     assert (
-        cancelled_queued.state is JobState.CANCELLED
-        and cancelled_queued.symbols[0].state is JobState.CANCELLED
+        cancelled_queued.state is JobState.CANCELLED and cancelled_queued.items[0].state is JobState.CANCELLED
     )
     versions = [v.version for v in domain.registry.list_versions("GOOG")]
     cancelled = await domain.jobs.cancel(running.job_id)
-    assert cancelled.state is JobState.CANCELLED and cancelled.symbols[0].state is JobState.CANCELLED
+    assert cancelled.state is JobState.CANCELLED and cancelled.items[0].state is JobState.CANCELLED
     assert [v.version for v in domain.registry.list_versions("GOOG")] == versions
     assert (await domain.jobs.cancel(running.job_id)).state is JobState.CANCELLED  # idempotent
     assert domain.jobs.active_count() == 0

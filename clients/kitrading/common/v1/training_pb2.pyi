@@ -37,8 +37,10 @@ class _TrainingTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Train
     """A market event seen by the event monitor."""
 
 class TrainingTrigger(_TrainingTrigger, metaclass=_TrainingTriggerEnumTypeWrapper):
-    """Training jobs are shared by every domain that trains models per symbol (forecast NHITS, pattern TCN), so one
-    job runner, one watch stream and one dashboard view serve them all.
+    """Training jobs are shared by every domain that trains models (forecast NHITS, regime HMM + LightGBM, pattern
+    TCN, embedders), so one job runner, one watch stream and one dashboard view serve them all. A job trains items
+    one after another; an item's `key` is a symbol for a per-symbol model (NHITS, HMM) or, for a model trained as
+    a whole (the pattern TCN), the model's name; `symbol` is set only in the first case.
 
     TrainingTrigger says what started a training job.
     """
@@ -75,6 +77,8 @@ class TrainingJob(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     BACKGROUND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CURRENT_KEY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Letters, digits, '_' and '-' only (never ':', so `jobs/{job_id}:watch` is unambiguous)."""
     state: _job_pb2.JobState.ValueType
@@ -98,6 +102,10 @@ class TrainingJob(_message.Message):
     """Retrain even where a model is fresh enough."""
     background: _builtins.bool
     """The request returned as soon as the job was queued."""
+    model: _builtins.str
+    """The model family trained, e.g. "nhits", "hmm", "tcn"."""
+    current_key: _builtins.str
+    """The key of the item being trained now (a symbol or the model's name); empty when none."""
     @_builtins.property
     def symbols(self) -> _containers.RepeatedCompositeFieldContainer[Global___SymbolTrainingState]:
         """Per-symbol progress, in training order."""
@@ -128,10 +136,12 @@ class TrainingJob(_message.Message):
         error: _builtins.str = ...,
         force: _builtins.bool = ...,
         background: _builtins.bool = ...,
+        model: _builtins.str = ...,
+        current_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_train_loss", b"_train_loss", "_val_loss", b"_val_loss", "create_time", b"create_time", "end_time", b"end_time", "eta_seconds", b"eta_seconds", "start_time", b"start_time", "train_loss", b"train_loss", "val_loss", b"val_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_train_loss", b"_train_loss", "_val_loss", b"_val_loss", "background", b"background", "create_time", b"create_time", "current_symbol", b"current_symbol", "end_time", b"end_time", "error", b"error", "eta_seconds", b"eta_seconds", "force", b"force", "job_id", b"job_id", "max_steps", b"max_steps", "start_time", b"start_time", "state", b"state", "step", b"step", "symbols", b"symbols", "timeframe", b"timeframe", "train_loss", b"train_loss", "trigger", b"trigger", "val_loss", b"val_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_train_loss", b"_train_loss", "_val_loss", b"_val_loss", "background", b"background", "create_time", b"create_time", "current_key", b"current_key", "current_symbol", b"current_symbol", "end_time", b"end_time", "error", b"error", "eta_seconds", b"eta_seconds", "force", b"force", "job_id", b"job_id", "max_steps", b"max_steps", "model", b"model", "start_time", b"start_time", "state", b"state", "step", b"step", "symbols", b"symbols", "timeframe", b"timeframe", "train_loss", b"train_loss", "trigger", b"trigger", "val_loss", b"val_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eta_seconds: _TypeAlias = _typing.Literal["eta_seconds"]  # noqa: Y015
     _WhichOneofArgType__eta_seconds: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds"]  # noqa: Y015
@@ -150,7 +160,9 @@ Global___TrainingJob: _TypeAlias = TrainingJob  # noqa: Y015
 
 @_typing.final
 class SymbolTrainingState(_message.Message):
-    """SymbolTrainingState is the progress of one symbol inside a training job. Output only."""
+    """SymbolTrainingState is the progress of one item (a symbol, or a model trained as a whole) inside a training
+    job. Output only.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -164,7 +176,10 @@ class SymbolTrainingState(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
+    """Set when the item is a symbol."""
     state: _job_pb2.JobState.ValueType
     """SKIPPED: the model was fresh enough and `force` was false."""
     step: _builtins.int
@@ -175,6 +190,10 @@ class SymbolTrainingState(_message.Message):
     """Why this symbol failed or was skipped."""
     model_version: _builtins.str
     """The model version this symbol's training produced (set once SUCCEEDED)."""
+    key: _builtins.str
+    """The item's registry key: the symbol, or the model's name."""
+    phase: _builtins.str
+    """What the running item is doing: "preparing", "training", "evaluating", "publishing"...; empty otherwise."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -192,10 +211,12 @@ class SymbolTrainingState(_message.Message):
         model_version: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        key: _builtins.str = ...,
+        phase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss", "_val_loss", b"_val_loss", "end_time", b"end_time", "start_time", b"start_time", "train_loss", b"train_loss", "val_loss", b"val_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss", "_val_loss", b"_val_loss", "end_time", b"end_time", "error", b"error", "max_steps", b"max_steps", "model_version", b"model_version", "start_time", b"start_time", "state", b"state", "step", b"step", "symbol", b"symbol", "train_loss", b"train_loss", "val_loss", b"val_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss", "_val_loss", b"_val_loss", "end_time", b"end_time", "error", b"error", "key", b"key", "max_steps", b"max_steps", "model_version", b"model_version", "phase", b"phase", "start_time", b"start_time", "state", b"state", "step", b"step", "symbol", b"symbol", "train_loss", b"train_loss", "val_loss", b"val_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__train_loss: _TypeAlias = _typing.Literal["train_loss"]  # noqa: Y015
     _WhichOneofArgType__train_loss: _TypeAlias = _typing.Literal["_train_loss", b"_train_loss"]  # noqa: Y015
@@ -210,7 +231,9 @@ Global___SymbolTrainingState: _TypeAlias = SymbolTrainingState  # noqa: Y015
 
 @_typing.final
 class TrainingStep(_message.Message):
-    """TrainingStep reports one real optimiser step of a training job."""
+    """TrainingStep reports one real training step of a training job (an optimiser step, an HMM restart, a boosting
+    round).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -222,7 +245,9 @@ class TrainingStep(_message.Message):
     JOB_STEP_FIELD_NUMBER: _builtins.int
     JOB_MAX_STEPS_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
+    """Set when the item is a symbol."""
     step: _builtins.int
     """Step of this symbol."""
     max_steps: _builtins.int
@@ -234,6 +259,8 @@ class TrainingStep(_message.Message):
     job_max_steps: _builtins.int
     eta_seconds: _builtins.float
     """Estimated seconds until the job ends; unset when unknown."""
+    key: _builtins.str
+    """The item's registry key: the symbol, or the model's name."""
     def __init__(
         self,
         *,
@@ -245,10 +272,11 @@ class TrainingStep(_message.Message):
         job_step: _builtins.int = ...,
         job_max_steps: _builtins.int = ...,
         eta_seconds: _builtins.float | None = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_val_loss", b"_val_loss", "eta_seconds", b"eta_seconds", "val_loss", b"val_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_val_loss", b"_val_loss", "eta_seconds", b"eta_seconds", "job_max_steps", b"job_max_steps", "job_step", b"job_step", "max_steps", b"max_steps", "step", b"step", "symbol", b"symbol", "train_loss", b"train_loss", "val_loss", b"val_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_val_loss", b"_val_loss", "eta_seconds", b"eta_seconds", "job_max_steps", b"job_max_steps", "job_step", b"job_step", "key", b"key", "max_steps", b"max_steps", "step", b"step", "symbol", b"symbol", "train_loss", b"train_loss", "val_loss", b"val_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eta_seconds: _TypeAlias = _typing.Literal["eta_seconds"]  # noqa: Y015
     _WhichOneofArgType__eta_seconds: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds"]  # noqa: Y015
@@ -287,7 +315,7 @@ class TrainingJobEvent(_message.Message):
 
     @_builtins.property
     def symbol_transition(self) -> Global___SymbolTrainingState:
-        """A symbol changed state (started, succeeded, failed, skipped, cancelled)."""
+        """An item changed state (started, succeeded, failed, skipped, cancelled)."""
 
     @_builtins.property
     def result(self) -> Global___TrainingJob:

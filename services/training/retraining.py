@@ -1,14 +1,14 @@
-"""Automatic retraining: on a schedule (stale models) and on data events (debounced).
+"""Automatic retraining of any trainer's models: on a schedule (stale models) and on data events.
 
-`RetrainScheduler` checks every `retrain_check_interval_s` for active symbols whose model is older
-than NHITS_AUTO_RETRAIN_DAYS (or missing) and trains them in one job.
+`RetrainScheduler` checks every `interval_s` for the keys the trainer calls stale (`stale_keys`: no
+model, or one older than the service's retrain age) and trains them in one job.
 
 `EventMonitor` consumes the Data service's event stream, collects the symbols of relevant events
 (CANDLES_INGESTED, MARKET_EVENT by default) and, once no new relevant event arrived for
 `event_debounce_s` (or `event_max_delay_s` after the first one, so a steady stream cannot starve
 it), trains them in one job. It persists the id of the last event whose retraining has *finished*
-(`$KITRADING_HOME/forecast/event_monitor.json`) and resumes the stream after it on restart, so a
-restart re-triggers at most the retraining that was in flight (at-least-once).
+(`state_path`, e.g. `$KITRADING_HOME/forecast/event_monitor.json`) and resumes the stream after
+it on restart, so a restart re-triggers at most the retraining that was in flight (at-least-once).
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.forecast.jobs import JobManager, JobState
-from services.forecast.registry import atomic_write_text
-from services.forecast.sources import DataEvent, EventStream
+from services.runtime.jobs import JobState
+from services.training.jobs import JobRunner
+from services.training.registry import atomic_write_text
+from services.training.sources import DataEvent, EventStream
 
 log = logging.getLogger(__name__)
 
 
 class RetrainScheduler:
-    """Periodically trains active symbols whose model is missing or stale."""
+    """Periodically trains the keys whose model is missing or stale."""
 
-    def __init__(self, jobs: JobManager, *, interval_s: float) -> None:
+    def __init__(self, jobs: JobRunner, *, interval_s: float) -> None:
         self.jobs = jobs
         self.interval_s = interval_s
         self.last_check: datetime | None = None
@@ -47,7 +48,9 @@ class RetrainScheduler:
 
     async def start(self) -> None:
         if not self.running:
-            self._task = asyncio.create_task(self._loop(), name="forecast-retrain-scheduler")
+            self._task = asyncio.create_task(
+                self._loop(), name=f"{self.jobs.trainer.model}-retrain-scheduler"
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -59,7 +62,7 @@ class RetrainScheduler:
     async def check_now(self) -> str | None:
         """Submit one job for the stale symbols now; returns its id (None when none is stale)."""
         self.last_check = datetime.now(UTC)
-        stale = await self.jobs.stale_symbols()
+        stale = await self.jobs.trainer.stale_keys()
         if not stale:
             return None
         job = await self.jobs.train(stale, force=True, background=True, trigger="scheduled")
@@ -113,7 +116,7 @@ class EventMonitor:
     def __init__(
         self,
         stream: EventStream,
-        jobs: JobManager,
+        jobs: JobRunner,
         state_path: Path,
         *,
         debounce_s: float = 60.0,
@@ -265,7 +268,7 @@ class EventMonitor:
         symbols = sorted(st.pending)
         max_id = st.seen  # every event up to `seen` is covered by this batch or irrelevant
         st.pending = {}
-        known = {s.symbol for s in await self.jobs.source.list_symbols() if s.active}
+        known = set(await self.jobs.trainer.all_keys())
         wanted = [s for s in symbols if s in known]
         if not wanted:
             if not st.in_flight:
@@ -280,7 +283,7 @@ class EventMonitor:
         st.triggered += 1
         self._last_job = job.job_id
         st.in_flight.append(_Batch(job.job_id, max_id))
-        task = asyncio.create_task(self._await_batch(job.job_id), name=f"forecast-event-job-{job.job_id}")
+        task = asyncio.create_task(self._await_batch(job.job_id), name=f"event-job-{job.job_id}")
         self._batch_tasks.add(task)
         task.add_done_callback(self._batch_tasks.discard)
 

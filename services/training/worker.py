@@ -1,16 +1,15 @@
-"""The training worker: a separate OS process, so training never blocks or crashes the server.
+"""The training worker: a separate OS process, so training never blocks or crashes a server.
 
-The serving process starts `python -m services.forecast.worker` as a subprocess with:
-- its own thread budget (OMP/MKL/OpenBLAS threads in its environment, `torch.set_num_threads`),
-- a lower CPU priority (`os.nice`), so forecasts in the server keep their latency,
-- `NHITS_USE_GPU` honoured only when CUDA exists, with `torch.cuda.set_per_process_memory_fraction`
-  capping its share of GPU memory (the LLM shares the card).
+A serving process starts `python -m services.training.worker` as a subprocess with its own thread
+budget (math-library variables, `torch.set_num_threads`), a lower CPU priority (`os.nice`) and, for
+torch trainers, the device of `services.runtime.gpu` with its per-process memory fraction. Which
+domain code it runs comes from the trainer's `WorkerSpec`, imported only here.
 
 Protocol: length-prefixed pickle frames (4-byte big-endian length). Server -> worker on the
-worker's stdin: ("train", TrainTask) | ("stop", None). Worker -> server on a dedicated pipe (stdout
+worker's stdin: ("train", task) | ("stop", None). Worker -> server on a dedicated pipe (stdout
 stays free for library chatter, which goes to stderr): ("ready", info) once, then per task any
-number of ("event", (kind, payload)) and one ("done", result) or ("failed", error). Cancelling a
-job kills the worker (SIGKILL); the registry's atomic publish makes that safe at any instant.
+number of ("event", ProgressEvent) and one ("done", TrainResult) or ("failed", error). Cancelling
+a job kills the worker (SIGKILL); the registry's atomic publish makes that safe at any instant.
 """
 
 from __future__ import annotations
@@ -29,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from services.training.events import Emit, ProgressEvent
+from services.training.trainer import TrainResult, WorkerContext, WorkerSpec
+
 _HEADER = struct.Struct(">I")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _THREAD_VARS = (
@@ -45,7 +47,7 @@ class WorkerCrashed(RuntimeError):
 
 
 class TaskFailed(RuntimeError):
-    """The worker reported that training a symbol raised."""
+    """The worker reported that training one key raised."""
 
     def __init__(self, message: str, error_type: str) -> None:
         super().__init__(message)
@@ -54,12 +56,14 @@ class TaskFailed(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    """How the worker process is isolated."""
+    """What the worker runs (`spec`) and how its process is isolated."""
 
+    spec: WorkerSpec
     models_dir: Path
     nice: int = 10
     threads: int = 1
     use_gpu: bool = True
+    gpu_device: int = 0
     gpu_memory_fraction: float = 0.5
     startup_timeout_s: float = 180.0
 
@@ -71,7 +75,7 @@ def encode(message: Any) -> bytes:
 
 # ---- server side -------------------------------------------------------------------------------
 
-EventHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+EventHandler = Callable[[ProgressEvent], Awaitable[None] | None]
 
 
 class TrainingWorker:
@@ -107,15 +111,20 @@ class TrainingWorker:
         read_fd, write_fd = os.pipe()
         opts = self.options
         args = [
-            sys.executable, "-m", "services.forecast.worker",
+            sys.executable, "-m", "services.training.worker",
+            "--setup", opts.spec.setup,
+            "--run", opts.spec.run,
             "--models-dir", str(opts.models_dir),
             "--out-fd", str(write_fd),
             "--nice", str(opts.nice),
             "--threads", str(opts.threads),
+            "--gpu-device", str(opts.gpu_device),
             "--gpu-memory-fraction", str(opts.gpu_memory_fraction),
         ]  # fmt: skip
         if opts.use_gpu:
             args.append("--use-gpu")
+        if opts.spec.torch:
+            args.append("--torch")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *args,
@@ -170,8 +179,8 @@ class TrainingWorker:
         except (BrokenPipeError, ConnectionResetError):
             raise WorkerCrashed("training worker is gone") from None
 
-    async def run(self, task: Any, on_event: EventHandler) -> dict[str, Any]:
-        """Send one task; call `on_event(kind, payload)` for each progress event; return the result.
+    async def run(self, task: Any, on_event: EventHandler) -> TrainResult:
+        """Send one task; call `on_event(event)` for each progress event; return the result.
 
         Raises TaskFailed when training raised in the worker, WorkerCrashed when the worker died.
         """
@@ -182,11 +191,11 @@ class TrainingWorker:
             while True:
                 kind, payload = await self._recv()
                 if kind == "event":
-                    result = on_event(*payload)
+                    result = on_event(payload)
                     if asyncio.iscoroutine(result):
                         await result
                 elif kind == "done":
-                    return dict(payload)
+                    return payload
                 elif kind == "failed":
                     raise TaskFailed(payload["error"], payload["type"])
 
@@ -230,34 +239,48 @@ def _has_fileno(stream: IO[str]) -> bool:
 # ---- worker side -------------------------------------------------------------------------------
 
 
-def _isolate(nice: int, threads: int, use_gpu: bool, gpu_fraction: float) -> dict[str, Any]:
-    """Lower priority, pin the thread budget, choose the accelerator. Runs before torch work."""
+def _isolate(nice: int, threads: int) -> dict[str, Any]:
+    """Lower priority and pin the thread budget; runs before any math library is imported."""
     for name in _THREAD_VARS:
         os.environ[name] = str(threads)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    return {"pid": os.getpid(), "nice": os.nice(0), "threads": threads}
+
+
+def _torch_device(threads: int, use_gpu: bool, device: int, fraction: float) -> dict[str, Any]:
+    """Pin torch's threads and choose its device (services.runtime.gpu): the worker's `info`."""
     import torch
+
+    from services.runtime.gpu import select_torch_device
 
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    info: dict[str, Any] = {"pid": os.getpid(), "nice": os.nice(0), "threads": torch.get_num_threads()}
-    if use_gpu and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(gpu_fraction, 0)
-        info.update(accelerator="gpu", gpu=torch.cuda.get_device_name(0), gpu_memory_fraction=gpu_fraction)
-    else:
-        info["accelerator"] = "cpu"
-    return info
+    choice = select_torch_device(use_gpu=use_gpu, device=device, memory_fraction=fraction)
+    return {"threads": torch.get_num_threads(), **choice.info()}
+
+
+def _load(name: str) -> Callable[..., Any]:
+    """`module:function` -> the function."""
+    import importlib
+
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Forecast training worker (started by the forecast service)")
+    parser = argparse.ArgumentParser(description="Training worker (started by a model service)")
+    parser.add_argument("--setup", required=True, help="module:function called once before ready")
+    parser.add_argument("--run", required=True, help="module:function called per task")
     parser.add_argument("--models-dir", required=True)
     parser.add_argument("--out-fd", type=int, required=True)
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--torch", action="store_true")
     parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--gpu-device", type=int, default=0)
     parser.add_argument("--gpu-memory-fraction", type=float, default=0.5)
     ns = parser.parse_args(argv)
 
@@ -268,38 +291,40 @@ def main(argv: list[str] | None = None) -> int:
     def send(kind: str, payload: Any) -> None:
         out.write(encode((kind, payload)))
 
-    info = _isolate(ns.nice, ns.threads, ns.use_gpu, ns.gpu_memory_fraction)
-    from dataclasses import replace
-
-    from services.forecast.model import quiet_lightning
-    from services.forecast.registry import ModelRegistry
-    from services.forecast.training import TrainTask, train_symbol
-
-    with quiet_lightning():
-        import neuralforecast  # noqa: F401  (pay the import once, before "ready")
-    registry = ModelRegistry(Path(ns.models_dir))
+    info = _isolate(ns.nice, ns.threads)
+    if ns.torch:
+        info.update(_torch_device(ns.threads, ns.use_gpu, ns.gpu_device, ns.gpu_memory_fraction))
+    else:
+        info.update(accelerator="cpu", reason="this model does not use torch")
+    context = WorkerContext(
+        models_dir=Path(ns.models_dir),
+        accelerator=str(info.get("accelerator", "cpu")),
+        device_index=info.get("device") if info.get("accelerator") == "gpu" else None,
+        info=dict(info),
+    )
+    state = _load(ns.setup)(context)
+    run = _load(ns.run)
     send("ready", info)
 
-    def emit(kind: str, payload: dict[str, Any]) -> None:
-        send("event", (kind, payload))
+    def emit(event: ProgressEvent) -> None:
+        send("event", event)
 
+    emitter: Emit = emit
     while True:
         header = source.read(_HEADER.size)
         if len(header) < _HEADER.size:
             return 0  # server closed our stdin
         body = source.read(_HEADER.unpack(header)[0])
-        kind, payload = pickle.loads(body)
+        kind, task = pickle.loads(body)
         if kind == "stop":
             return 0
-        task: TrainTask = replace(payload, accelerator=info["accelerator"])
         try:
-            with quiet_lightning():
-                version = train_symbol(task, registry, emit)
+            result = run(task, state, emitter)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             send("failed", {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__})
         else:
-            send("done", {"version": version.version, "metadata": version.metadata})
+            send("done", result)
 
 
 if __name__ == "__main__":

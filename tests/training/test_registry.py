@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.forecast.registry import ModelRegistry, atomic_write_text
+from services.forecast.registry import forecast_registry
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.training.registry import MODEL_KEY, ModelRegistry, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def publish(registry: ModelRegistry, symbol: str, tag: str) -> str:
 
 
 def test_publish_list_get(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path)
+    registry = forecast_registry(tmp_path)  # the service's own "how to train it" message
     with pytest.raises(FailedPrecondition, match=r"POST /api/v1/forecast/EURUSD/train"):
         registry.get("EURUSD")
     assert publish(registry, "EURUSD", "a") == "v000001"
@@ -38,7 +39,7 @@ def test_publish_list_get(tmp_path: Path) -> None:
     ]
     current = registry.get("EURUSD")
     assert current.metadata["symbol"] == "EURUSD" and current.created_at.tzinfo is not None
-    assert registry.symbols() == ["EURUSD"]
+    assert registry.trained_keys() == ["EURUSD"]
     with pytest.raises(NotFound):
         registry.get("EURUSD", "v000009")
 
@@ -72,7 +73,7 @@ def test_symbols_are_validated_against_path_tricks(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
     for bad in ("../etc", "eurusd", "", "A/B"):
         with pytest.raises(InvalidArgument):
-            registry.symbol_dir(bad)
+            registry.key_dir(bad)
 
 
 def test_atomic_write_text_replaces(tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ def test_atomic_write_text_replaces(tmp_path: Path) -> None:
 _PUBLISHER = """
 import sys, os
 from pathlib import Path
-from services.forecast.registry import ModelRegistry
+from services.training.registry import ModelRegistry
 registry = ModelRegistry(Path(sys.argv[1]))
 payload = os.urandom(4 << 20)
 i = 0
@@ -135,3 +136,15 @@ def test_sigkill_while_publishing_never_exposes_a_partial_version(tmp_path: Path
         assert not [p for p in (tmp_path / "EURUSD").iterdir() if p.name.startswith(".")]
     # The kills did land mid-publish at least once (a staging directory was left behind).
     assert seen_staging >= 1
+
+
+def test_models_not_per_symbol_use_their_name_as_key(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path, key=MODEL_KEY, no_model=lambda key: f"train {key} first")
+    with pytest.raises(FailedPrecondition, match="train tcn first") as info:
+        registry.get("tcn")
+    assert info.value.metadata == {"model": "tcn"}
+    assert publish(registry, "tcn", "a") == "v000001"
+    assert registry.trained_keys() == ["tcn"] and registry.get("tcn").metadata["model"] == "tcn"
+    with pytest.raises(InvalidArgument) as bad:
+        registry.get("EURUSD")  # upper case is a symbol, not a model name
+    assert bad.value.violations[0].field == "model"

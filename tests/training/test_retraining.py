@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from services.forecast.jobs import JobState
-from services.forecast.retraining import EventMonitor, RetrainScheduler
-from services.forecast.sources import DataEvent, InMemoryCandleSource, SymbolInfo
+from services.runtime.jobs import JobState
+from services.training.retraining import EventMonitor, RetrainScheduler
+from services.training.sources import DataEvent, InMemoryCandleSource, SymbolInfo
 
 
 @dataclass
@@ -26,8 +26,23 @@ class FakeJob:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class FakeTrainer:
+    """The part of a Trainer that the automation uses: the active symbols and the stale ones."""
+
+    model = "fake"
+
+    def __init__(self, jobs: FakeJobs) -> None:
+        self._jobs = jobs
+
+    async def all_keys(self) -> list[str]:
+        return [s.symbol for s in await self._jobs.source.list_symbols() if s.active]
+
+    async def stale_keys(self) -> list[str]:
+        return list(self._jobs.stale)
+
+
 class FakeJobs:
-    """The part of JobManager that the automation uses; jobs finish when the test says so."""
+    """The part of JobRunner that the automation uses; jobs finish when the test says so."""
 
     def __init__(self, symbols: list[str]) -> None:
         self.source = InMemoryCandleSource()
@@ -35,6 +50,7 @@ class FakeJobs:
             self.source._symbols[symbol] = SymbolInfo(symbol)
         self.jobs: list[FakeJob] = []
         self.stale: list[str] = []
+        self.trainer = FakeTrainer(self)
 
     async def train(self, symbols: list[str], *, force: bool, background: bool, trigger: str) -> FakeJob:
         assert force and background
@@ -53,9 +69,6 @@ class FakeJobs:
     def finish(self, job: FakeJob) -> None:
         job.state = JobState.SUCCEEDED
         job.done.set()
-
-    async def stale_symbols(self) -> list[str]:
-        return list(self.stale)
 
 
 class FakeStream:

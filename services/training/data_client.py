@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,16 +46,14 @@ import grpc.aio
 import numpy as np
 import pandas as pd
 
-from kitrading import mesh
 from kitrading.client.errors import error_from_rpc
 from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
 from kitrading.data.v1 import resources_pb2 as data_pb
 from kitrading.data.v1 import service_pb2_grpc as data_grpc
-from services.forecast.sources import CANDLE_COLUMNS, DataEvent, SymbolInfo
-from services.runtime.config import env_int, env_str
 from services.runtime.deadline import remaining
 from services.runtime.errors import DeadlineExceeded, DomainError, NotFound, Unavailable
+from services.training.sources import CANDLE_COLUMNS, DataEvent, SymbolInfo
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,66 @@
+"""The training RPCs every model service has (Get, List, Cancel, Watch a training job), once.
+
+Each service's servicer delegates in one line, naming its own generated response type:
+
+    async def GetTrainingJob(self, request, context):
+        return await self.training.get(request, rr.GetTrainingJobResponse)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, Protocol, TypeVar
+
+from services.training.convert import job_event_out, job_out, job_state_in
+from services.training.jobs import JobRunner
+
+R = TypeVar("R")
+
+
+class _JobRequest(Protocol):
+    job_id: str
+
+
+class TrainingRpcs:
+    """Get / List / Cancel / WatchTrainingJob over one `JobRunner`. Responses are built by keyword
+    (`job=`, `jobs=`/`next_page_token=`, `event=`), the same in every service's contract."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
+
+    async def get(self, request: _JobRequest, response: type[R]) -> R:
+        return response(job=job_out(self.runner.get(request.job_id)))  # type: ignore[call-arg]
+
+    async def list(self, request: Any, response: type[R]) -> R:
+        """`state`, and `symbol` where the request has it, filter; newest first."""
+        state = job_state_in(request.state)
+        key = request.symbol if _has(request, "symbol") else None
+        jobs, token = self.runner.list_jobs(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            states=(state,) if state else (),
+            key=key,
+        )
+        return response(jobs=[job_out(j) for j in jobs], next_page_token=token)  # type: ignore[call-arg]
+
+    async def cancel(self, request: _JobRequest, response: type[R]) -> R:
+        return response(job=job_out(await self.runner.cancel(request.job_id)))  # type: ignore[call-arg]
+
+    async def watch(self, request: _JobRequest, response: type[R]) -> AsyncIterator[R]:
+        """The job's events: its snapshot, every step and item transition, then its result."""
+        sequence = 0
+        async with aclosing(self.runner.watch(request.job_id)) as events:  # type: ignore[type-var]
+            async for event in events:
+                message = job_event_out(event, sequence + 1)
+                if message is None:
+                    continue
+                sequence += 1
+                yield response(event=message)  # type: ignore[call-arg]
+
+
+def _has(request: Any, name: str) -> bool:
+    try:
+        return bool(request.HasField(name))
+    except ValueError:  # no such (optional) field in this service's request
+        return False
