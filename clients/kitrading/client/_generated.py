@@ -51,6 +51,8 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     ("kitrading.pattern.v1.PatternService", "GetTrainingJob"),
     ("kitrading.pattern.v1.PatternService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegime"),
+    ("kitrading.regime.v1.RegimeService", "GetTrainingJob"),
+    ("kitrading.regime.v1.RegimeService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegimeModel"),
     ("kitrading.embedder.v1.EmbedderService", "GetEmbedderInfo"),
     ("kitrading.rag.v1.RagService", "QueryKnowledgeBase"),
@@ -2038,7 +2040,7 @@ class RegimeServiceClient(SyncServiceClient):
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> regime_v1_request_response_pb2.TrainRegimeModelsResponse:
-        """TrainRegimeModels fits the HMM of each symbol and then the signal scorer (synchronous).
+        """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer.
 
         HTTP: `POST /api/v1/regime/train`.
         """
@@ -2046,6 +2048,88 @@ class RegimeServiceClient(SyncServiceClient):
             "/kitrading.regime.v1.RegimeService/TrainRegimeModels",
             regime_v1_request_response_pb2.TrainRegimeModelsRequest() if request is None else request,
             regime_v1_request_response_pb2.TrainRegimeModelsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def get_training_job(
+        self,
+        request: regime_v1_request_response_pb2.GetTrainingJobRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.GetTrainingJobResponse:
+        """GetTrainingJob returns one training job.
+
+        HTTP: `GET /api/v1/regime/training/jobs/{job_id}`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/GetTrainingJob",
+            regime_v1_request_response_pb2.GetTrainingJobRequest() if request is None else request,
+            regime_v1_request_response_pb2.GetTrainingJobResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def list_training_jobs(
+        self,
+        request: regime_v1_request_response_pb2.ListTrainingJobsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.ListTrainingJobsResponse:
+        """ListTrainingJobs pages through training jobs, newest first.
+
+        HTTP: `GET /api/v1/regime/training/jobs`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/ListTrainingJobs",
+            regime_v1_request_response_pb2.ListTrainingJobsRequest() if request is None else request,
+            regime_v1_request_response_pb2.ListTrainingJobsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def cancel_training_job(
+        self,
+        request: regime_v1_request_response_pb2.CancelTrainingJobRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.CancelTrainingJobResponse:
+        """CancelTrainingJob stops a queued or running job.
+
+        HTTP: `POST /api/v1/regime/training/jobs/{job_id}:cancel`.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/CancelTrainingJob",
+            regime_v1_request_response_pb2.CancelTrainingJobRequest() if request is None else request,
+            regime_v1_request_response_pb2.CancelTrainingJobResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def watch_training_job(
+        self,
+        request: regime_v1_request_response_pb2.WatchTrainingJobRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> ServerStream[regime_v1_request_response_pb2.WatchTrainingJobResponse]:
+        """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its
+        result.
+
+        HTTP: `GET /api/v1/regime/training/jobs/{job_id}:watch`.
+        Server stream: no deadline unless `timeout` is given; `cancel()` ends it.
+        """
+        return self._server_stream(
+            "/kitrading.regime.v1.RegimeService/WatchTrainingJob",
+            regime_v1_request_response_pb2.WatchTrainingJobRequest() if request is None else request,
+            regime_v1_request_response_pb2.WatchTrainingJobResponse,
             timeout=timeout,
             metadata=metadata,
         )
@@ -2128,7 +2212,7 @@ class AsyncRegimeServiceClient(AsyncServiceClient):
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> regime_v1_request_response_pb2.TrainRegimeModelsResponse:
-        """TrainRegimeModels fits the HMM of each symbol and then the signal scorer (synchronous).
+        """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer.
 
         HTTP: `POST /api/v1/regime/train`.
         """
@@ -2136,6 +2220,88 @@ class AsyncRegimeServiceClient(AsyncServiceClient):
             "/kitrading.regime.v1.RegimeService/TrainRegimeModels",
             regime_v1_request_response_pb2.TrainRegimeModelsRequest() if request is None else request,
             regime_v1_request_response_pb2.TrainRegimeModelsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def get_training_job(
+        self,
+        request: regime_v1_request_response_pb2.GetTrainingJobRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.GetTrainingJobResponse:
+        """GetTrainingJob returns one training job.
+
+        HTTP: `GET /api/v1/regime/training/jobs/{job_id}`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/GetTrainingJob",
+            regime_v1_request_response_pb2.GetTrainingJobRequest() if request is None else request,
+            regime_v1_request_response_pb2.GetTrainingJobResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def list_training_jobs(
+        self,
+        request: regime_v1_request_response_pb2.ListTrainingJobsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.ListTrainingJobsResponse:
+        """ListTrainingJobs pages through training jobs, newest first.
+
+        HTTP: `GET /api/v1/regime/training/jobs`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/ListTrainingJobs",
+            regime_v1_request_response_pb2.ListTrainingJobsRequest() if request is None else request,
+            regime_v1_request_response_pb2.ListTrainingJobsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def cancel_training_job(
+        self,
+        request: regime_v1_request_response_pb2.CancelTrainingJobRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.CancelTrainingJobResponse:
+        """CancelTrainingJob stops a queued or running job.
+
+        HTTP: `POST /api/v1/regime/training/jobs/{job_id}:cancel`.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/CancelTrainingJob",
+            regime_v1_request_response_pb2.CancelTrainingJobRequest() if request is None else request,
+            regime_v1_request_response_pb2.CancelTrainingJobResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def watch_training_job(
+        self,
+        request: regime_v1_request_response_pb2.WatchTrainingJobRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> AsyncServerStream[regime_v1_request_response_pb2.WatchTrainingJobResponse]:
+        """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its
+        result.
+
+        HTTP: `GET /api/v1/regime/training/jobs/{job_id}:watch`.
+        Server stream: no deadline unless `timeout` is given; `cancel()` ends it.
+        """
+        return self._server_stream(
+            "/kitrading.regime.v1.RegimeService/WatchTrainingJob",
+            regime_v1_request_response_pb2.WatchTrainingJobRequest() if request is None else request,
+            regime_v1_request_response_pb2.WatchTrainingJobResponse,
             timeout=timeout,
             metadata=metadata,
         )

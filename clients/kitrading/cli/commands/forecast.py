@@ -9,6 +9,7 @@ kitrading forecast EURUSD --horizon 24 --plot eurusd.png
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -109,7 +110,7 @@ class ProgressBar:
         val = f"  val {step.val_loss:.4g}" if step.HasField("val_loss") else ""
         text = (
             f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {100 * done / total:3.0f}%  "
-            f"{step.symbol} step {step.step}/{step.max_steps}  loss {step.train_loss:.4g}{val}  "
+            f"{step.key or step.symbol} step {step.step}/{step.max_steps}  loss {step.train_loss:.4g}{val}  "
             f"job {done}/{total}{eta}"
         )
         if self.tty:
@@ -134,7 +135,7 @@ class ProgressBar:
 
 def symbol_line(s: training_pb2.SymbolTrainingState) -> str:
     state = _state(s.state)
-    parts = [f"{s.symbol:<10} {state}"]
+    parts = [f"{s.key or s.symbol:<10} {state}"]
     if s.model_version:
         parts.append(f"model {s.model_version}")
     if s.state == job_pb2.JOB_STATE_SUCCEEDED:
@@ -156,12 +157,22 @@ def job_line(job: training_pb2.TrainingJob) -> str:
     return text + (f": {job.error}" if job.error else "")
 
 
-def follow(client: Client, job_id: str, *, as_json: bool, out: TextIO, timeout: float | None) -> int:
-    """Stream the job until it ends; 0 when it SUCCEEDED, 1 otherwise."""
+def follow(
+    client: Client,
+    job_id: str,
+    *,
+    as_json: bool,
+    out: TextIO,
+    timeout: float | None,
+    service: str = "forecast",
+) -> int:
+    """Stream a training job of any model service (`forecast`, `regime`, `pattern`...) until it
+    ends; 0 when it SUCCEEDED, 1 otherwise."""
     bar = ProgressBar(out, tty=out.isatty())
     final: training_pb2.TrainingJob | None = None
-    request = forecast_rr.WatchTrainingJobRequest(job_id=job_id)
-    with client.forecast.watch_training_job(request, timeout=timeout) as stream:
+    messages = importlib.import_module(f"kitrading.{service}.v1.request_response_pb2")
+    request = messages.WatchTrainingJobRequest(job_id=job_id)
+    with getattr(client, service).watch_training_job(request, timeout=timeout) as stream:
         try:
             for message in stream:
                 event = message.event
@@ -171,7 +182,7 @@ def follow(client: Client, job_id: str, *, as_json: bool, out: TextIO, timeout: 
                 if kind == "snapshot":
                     job = event.snapshot
                     if not as_json:
-                        names = ", ".join(s.symbol for s in job.symbols) or "no symbols"
+                        names = ", ".join(s.key or s.symbol for s in job.symbols) or "nothing to train"
                         bar.line(f"job {job.job_id} {_state(job.state)}: {names}")
                     if job.state in _ENDED:
                         final = job

@@ -24,11 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from kitrading.common.v1 import job_pb2 as kitrading_dot_common_dot_v1_dot_job__pb2
 from kitrading.common.v1 import market_pb2 as kitrading_dot_common_dot_v1_dot_market__pb2
+from kitrading.common.v1 import training_pb2 as kitrading_dot_common_dot_v1_dot_training__pb2
 from kitrading.regime.v1 import resources_pb2 as kitrading_dot_regime_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kitrading/regime/v1/request_response.proto\x12\x13kitrading.regime.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\x1a#kitrading/regime/v1/resources.proto\"\xa0\x01\n\x10GetRegimeRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x00\"D\n\x11GetRegimeResponse\x12/\n\x05state\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeState\"\xbf\x01\n\x12ScoreSignalRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x39\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSideB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"\xc5\x02\n\x13ScoreSignalResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12-\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSide\x12\x31\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\r\n\x05score\x18\x04 \x01(\x01\x12+\n\x06regime\x18\x05 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x33\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32!.kitrading.regime.v1.ScoreFeature\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x34\n\x10last_candle_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcf\x01\n\x18TrainRegimeModelsRequest\x12:\n\x07symbols\x18\x01 \x03(\tB)\xbaH&\x92\x01#\x10\xf4\x03\"\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1b\n\x08n_states\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x08(\x00\x12\x1d\n\x08lookback\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x84=(\x00\"\xb9\x01\n\x19TrainRegimeModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .kitrading.regime.v1.RegimeModel\x12\x30\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModel\x12\x38\n\x06\x65rrors\x18\x03 \x03(\x0b\x32(.kitrading.regime.v1.RegimeTrainingError\"\x87\x01\n\x15GetRegimeModelRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"{\n\x16GetRegimeModelResponse\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeModel\x12\x30\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kitrading/regime/v1/request_response.proto\x12\x13kitrading.regime.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkitrading/common/v1/job.proto\x1a kitrading/common/v1/market.proto\x1a\"kitrading/common/v1/training.proto\x1a#kitrading/regime/v1/resources.proto\"\xa0\x01\n\x10GetRegimeRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x00\"D\n\x11GetRegimeResponse\x12/\n\x05state\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeState\"\xbf\x01\n\x12ScoreSignalRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x39\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSideB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"\xc5\x02\n\x13ScoreSignalResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12-\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSide\x12\x31\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\r\n\x05score\x18\x04 \x01(\x01\x12+\n\x06regime\x18\x05 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x33\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32!.kitrading.regime.v1.ScoreFeature\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x34\n\x10last_candle_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x01\n\x18TrainRegimeModelsRequest\x12:\n\x07symbols\x18\x01 \x03(\tB)\xbaH&\x92\x01#\x10\xf4\x03\"\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1b\n\x08n_states\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x08(\x00\x12\x1d\n\x08lookback\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x84=(\x00\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x12\n\nbackground\x18\x06 \x01(\x08\"\xf4\x01\n\x19TrainRegimeModelsResponse\x12\x34\n\x06models\x18\x01 \x03(\x0b\x32 .kitrading.regime.v1.RegimeModelB\x02\x18\x01\x12\x34\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModelB\x02\x18\x01\x12<\n\x06\x65rrors\x18\x03 \x03(\x0b\x32(.kitrading.regime.v1.RegimeTrainingErrorB\x02\x18\x01\x12-\n\x03job\x18\x04 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\x87\x01\n\x15GetRegimeModelRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"{\n\x16GetRegimeModelResponse\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeModel\x12\x30\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModel\"O\n\x15GetTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"G\n\x16GetTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\xd1\x01\n\x17ListTrainingJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\x1d.kitrading.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x36\n\x06symbol\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x42\t\n\x07_symbol\"c\n\x18ListTrainingJobsResponse\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .kitrading.common.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18\x43\x61ncelTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"J\n\x19\x43\x61ncelTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"Q\n\x17WatchTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"P\n\x18WatchTrainingJobResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32%.kitrading.common.v1.TrainingJobEventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,24 +57,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINREGIMEMODELSREQUEST'].fields_by_name['n_states']._serialized_options = b'\272H\006\032\004\030\010(\000'
   _globals['_TRAINREGIMEMODELSREQUEST'].fields_by_name['lookback']._loaded_options = None
   _globals['_TRAINREGIMEMODELSREQUEST'].fields_by_name['lookback']._serialized_options = b'\272H\010\032\006\030\300\204=(\000'
+  _globals['_TRAINREGIMEMODELSRESPONSE'].fields_by_name['models']._loaded_options = None
+  _globals['_TRAINREGIMEMODELSRESPONSE'].fields_by_name['models']._serialized_options = b'\030\001'
+  _globals['_TRAINREGIMEMODELSRESPONSE'].fields_by_name['scorer']._loaded_options = None
+  _globals['_TRAINREGIMEMODELSRESPONSE'].fields_by_name['scorer']._serialized_options = b'\030\001'
+  _globals['_TRAINREGIMEMODELSRESPONSE'].fields_by_name['errors']._loaded_options = None
+  _globals['_TRAINREGIMEMODELSRESPONSE'].fields_by_name['errors']._serialized_options = b'\030\001'
   _globals['_GETREGIMEMODELREQUEST'].fields_by_name['symbol']._loaded_options = None
   _globals['_GETREGIMEMODELREQUEST'].fields_by_name['symbol']._serialized_options = b'\272H\036r\034\020\001\030 2\026^[A-Z0-9][A-Z0-9._-]*$'
   _globals['_GETREGIMEMODELREQUEST'].fields_by_name['timeframe']._loaded_options = None
   _globals['_GETREGIMEMODELREQUEST'].fields_by_name['timeframe']._serialized_options = b'\272H\005\202\001\002\020\001'
-  _globals['_GETREGIMEREQUEST']._serialized_start=201
-  _globals['_GETREGIMEREQUEST']._serialized_end=361
-  _globals['_GETREGIMERESPONSE']._serialized_start=363
-  _globals['_GETREGIMERESPONSE']._serialized_end=431
-  _globals['_SCORESIGNALREQUEST']._serialized_start=434
-  _globals['_SCORESIGNALREQUEST']._serialized_end=625
-  _globals['_SCORESIGNALRESPONSE']._serialized_start=628
-  _globals['_SCORESIGNALRESPONSE']._serialized_end=953
-  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_start=956
-  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_end=1163
-  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_start=1166
-  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_end=1351
-  _globals['_GETREGIMEMODELREQUEST']._serialized_start=1354
-  _globals['_GETREGIMEMODELREQUEST']._serialized_end=1489
-  _globals['_GETREGIMEMODELRESPONSE']._serialized_start=1491
-  _globals['_GETREGIMEMODELRESPONSE']._serialized_end=1614
+  _globals['_GETTRAININGJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
+  _globals['_GETTRAININGJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\272H#r!\020\001\030@2\033^[A-Za-z0-9][A-Za-z0-9_-]*$'
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['state']._loaded_options = None
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['state']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['symbol']._loaded_options = None
+  _globals['_LISTTRAININGJOBSREQUEST'].fields_by_name['symbol']._serialized_options = b'\272H\036r\034\020\001\030 2\026^[A-Z0-9][A-Z0-9._-]*$'
+  _globals['_CANCELTRAININGJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
+  _globals['_CANCELTRAININGJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\272H#r!\020\001\030@2\033^[A-Za-z0-9][A-Za-z0-9_-]*$'
+  _globals['_WATCHTRAININGJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
+  _globals['_WATCHTRAININGJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\272H#r!\020\001\030@2\033^[A-Za-z0-9][A-Za-z0-9_-]*$'
+  _globals['_GETREGIMEREQUEST']._serialized_start=268
+  _globals['_GETREGIMEREQUEST']._serialized_end=428
+  _globals['_GETREGIMERESPONSE']._serialized_start=430
+  _globals['_GETREGIMERESPONSE']._serialized_end=498
+  _globals['_SCORESIGNALREQUEST']._serialized_start=501
+  _globals['_SCORESIGNALREQUEST']._serialized_end=692
+  _globals['_SCORESIGNALRESPONSE']._serialized_start=695
+  _globals['_SCORESIGNALRESPONSE']._serialized_end=1020
+  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_start=1023
+  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_end=1265
+  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_start=1268
+  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_end=1512
+  _globals['_GETREGIMEMODELREQUEST']._serialized_start=1515
+  _globals['_GETREGIMEMODELREQUEST']._serialized_end=1650
+  _globals['_GETREGIMEMODELRESPONSE']._serialized_start=1652
+  _globals['_GETREGIMEMODELRESPONSE']._serialized_end=1775
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1777
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1856
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1858
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1929
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1932
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=2141
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=2143
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=2242
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=2244
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=2326
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=2328
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=2402
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=2404
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=2485
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=2487
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=2567
 # @@protoc_insertion_point(module_scope)

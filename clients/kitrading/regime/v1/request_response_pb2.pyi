@@ -8,7 +8,9 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from kitrading.common.v1 import job_pb2 as _job_pb2
 from kitrading.common.v1 import market_pb2 as _market_pb2
+from kitrading.common.v1 import training_pb2 as _training_pb2
 from kitrading.regime.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +20,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -153,7 +160,7 @@ Global___ScoreSignalResponse: _TypeAlias = ScoreSignalResponse  # noqa: Y015
 
 @_typing.final
 class TrainRegimeModelsRequest(_message.Message):
-    """TrainRegimeModelsRequest fits the HMM per symbol and then the signal scorer."""
+    """TrainRegimeModelsRequest starts a training job: the HMM per symbol, then the signal scorer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -161,12 +168,18 @@ class TrainRegimeModelsRequest(_message.Message):
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     N_STATES_FIELD_NUMBER: _builtins.int
     LOOKBACK_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
     timeframe: _market_pb2.Timeframe.ValueType
     """Unset: H1."""
     n_states: _builtins.int
     """Hidden states of the HMM; 0 means the default (4)."""
     lookback: _builtins.int
     """Bars to fit on; 0 means every stored bar."""
+    force: _builtins.bool
+    """Retrain even when a model is fresh enough."""
+    background: _builtins.bool
+    """Return as soon as the job is queued instead of when it ends."""
     @_builtins.property
     def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Empty: all active symbols."""
@@ -178,10 +191,12 @@ class TrainRegimeModelsRequest(_message.Message):
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         n_states: _builtins.int = ...,
         lookback: _builtins.int = ...,
+        force: _builtins.bool = ...,
+        background: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback", "n_states", b"n_states", "symbols", b"symbols", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "force", b"force", "lookback", b"lookback", "n_states", b"n_states", "symbols", b"symbols", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -189,29 +204,38 @@ Global___TrainRegimeModelsRequest: _TypeAlias = TrainRegimeModelsRequest  # noqa
 
 @_typing.final
 class TrainRegimeModelsResponse(_message.Message):
-    """TrainRegimeModelsResponse carries the fitted models and the symbols that failed."""
+    """TrainRegimeModelsResponse carries the training job (the shared kitrading.common.v1 job: follow it with
+    WatchTrainingJob). Training no longer runs inside the call; fields 1-3 are never set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
     SCORER_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def models(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RegimeModel]: ...
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def scorer(self) -> _resources_pb2.ScorerModel: ...
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RegimeTrainingError]: ...
+    @_builtins.property
+    def job(self) -> _training_pb2.TrainingJob: ...
     def __init__(
         self,
         *,
         models: _abc.Iterable[_resources_pb2.RegimeModel] | None = ...,
         scorer: _resources_pb2.ScorerModel | None = ...,
         errors: _abc.Iterable[_resources_pb2.RegimeTrainingError] | None = ...,
+        job: _training_pb2.TrainingJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["scorer", b"scorer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "scorer", b"scorer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "models", b"models", "scorer", b"scorer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "job", b"job", "models", b"models", "scorer", b"scorer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -269,3 +293,192 @@ class GetRegimeModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRegimeModelResponse: _TypeAlias = GetRegimeModelResponse  # noqa: Y015
+
+@_typing.final
+class GetTrainingJobRequest(_message.Message):
+    """GetTrainingJobRequest names one training job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingJobRequest: _TypeAlias = GetTrainingJobRequest  # noqa: Y015
+
+@_typing.final
+class GetTrainingJobResponse(_message.Message):
+    """GetTrainingJobResponse carries the job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _training_pb2.TrainingJob: ...
+    def __init__(
+        self,
+        *,
+        job: _training_pb2.TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingJobResponse: _TypeAlias = GetTrainingJobResponse  # noqa: Y015
+
+@_typing.final
+class ListTrainingJobsRequest(_message.Message):
+    """ListTrainingJobsRequest pages through training jobs, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most 1000; 0 means the default (50)."""
+    page_token: _builtins.str
+    state: _job_pb2.JobState.ValueType
+    """Only jobs in this state (unset: all)."""
+    symbol: _builtins.str
+    """Only jobs that train this symbol."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        state: _job_pb2.JobState.ValueType = ...,
+        symbol: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "symbol", b"symbol"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__symbol: _TypeAlias = _typing.Literal["symbol"]  # noqa: Y015
+    _WhichOneofArgType__symbol: _TypeAlias = _typing.Literal["_symbol", b"_symbol"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__symbol) -> _WhichOneofReturnType__symbol | None: ...
+
+Global___ListTrainingJobsRequest: _TypeAlias = ListTrainingJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListTrainingJobsResponse(_message.Message):
+    """ListTrainingJobsResponse is one page of training jobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_training_pb2.TrainingJob]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_training_pb2.TrainingJob] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrainingJobsResponse: _TypeAlias = ListTrainingJobsResponse  # noqa: Y015
+
+@_typing.final
+class CancelTrainingJobRequest(_message.Message):
+    """CancelTrainingJobRequest names the job to cancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTrainingJobRequest: _TypeAlias = CancelTrainingJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelTrainingJobResponse(_message.Message):
+    """CancelTrainingJobResponse carries the job; cancelling an ended job returns it unchanged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _training_pb2.TrainingJob: ...
+    def __init__(
+        self,
+        *,
+        job: _training_pb2.TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTrainingJobResponse: _TypeAlias = CancelTrainingJobResponse  # noqa: Y015
+
+@_typing.final
+class WatchTrainingJobRequest(_message.Message):
+    """WatchTrainingJobRequest subscribes to one job's progress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTrainingJobRequest: _TypeAlias = WatchTrainingJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchTrainingJobResponse(_message.Message):
+    """WatchTrainingJobResponse carries one event: the snapshot first, the result last."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _training_pb2.TrainingJobEvent: ...
+    def __init__(
+        self,
+        *,
+        event: _training_pb2.TrainingJobEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTrainingJobResponse: _TypeAlias = WatchTrainingJobResponse  # noqa: Y015

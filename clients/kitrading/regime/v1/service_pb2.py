@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from kitrading.regime.v1 import request_response_pb2 as kitrading_dot_regime_dot_v1_dot_request__response__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kitrading/regime/v1/service.proto\x12\x13kitrading.regime.v1\x1a\x1cgoogle/api/annotations.proto\x1a*kitrading/regime/v1/request_response.proto2\xb9\x04\n\rRegimeService\x12{\n\tGetRegime\x12%.kitrading.regime.v1.GetRegimeRequest\x1a&.kitrading.regime.v1.GetRegimeResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/regime/{symbol}\x12\x81\x01\n\x0bScoreSignal\x12\'.kitrading.regime.v1.ScoreSignalRequest\x1a(.kitrading.regime.v1.ScoreSignalResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/regime/score:\x01*\x12\x93\x01\n\x11TrainRegimeModels\x12-.kitrading.regime.v1.TrainRegimeModelsRequest\x1a..kitrading.regime.v1.TrainRegimeModelsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/regime/train:\x01*\x12\x90\x01\n\x0eGetRegimeModel\x12*.kitrading.regime.v1.GetRegimeModelRequest\x1a+.kitrading.regime.v1.GetRegimeModelResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/regime/{symbol}/modelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kitrading/regime/v1/service.proto\x12\x13kitrading.regime.v1\x1a\x1cgoogle/api/annotations.proto\x1a*kitrading/regime/v1/request_response.proto2\xc3\t\n\rRegimeService\x12{\n\tGetRegime\x12%.kitrading.regime.v1.GetRegimeRequest\x1a&.kitrading.regime.v1.GetRegimeResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/regime/{symbol}\x12\x81\x01\n\x0bScoreSignal\x12\'.kitrading.regime.v1.ScoreSignalRequest\x1a(.kitrading.regime.v1.ScoreSignalResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/regime/score:\x01*\x12\x93\x01\n\x11TrainRegimeModels\x12-.kitrading.regime.v1.TrainRegimeModelsRequest\x1a..kitrading.regime.v1.TrainRegimeModelsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/regime/train:\x01*\x12\x98\x01\n\x0eGetTrainingJob\x12*.kitrading.regime.v1.GetTrainingJobRequest\x1a+.kitrading.regime.v1.GetTrainingJobResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/v1/regime/training/jobs/{job_id}\x12\x95\x01\n\x10ListTrainingJobs\x12,.kitrading.regime.v1.ListTrainingJobsRequest\x1a-.kitrading.regime.v1.ListTrainingJobsResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/regime/training/jobs\x12\xab\x01\n\x11\x43\x61ncelTrainingJob\x12-.kitrading.regime.v1.CancelTrainingJobRequest\x1a..kitrading.regime.v1.CancelTrainingJobResponse\"7\x82\xd3\xe4\x93\x02\x31\",/api/v1/regime/training/jobs/{job_id}:cancel:\x01*\x12\xa6\x01\n\x10WatchTrainingJob\x12,.kitrading.regime.v1.WatchTrainingJobRequest\x1a-.kitrading.regime.v1.WatchTrainingJobResponse\"3\x82\xd3\xe4\x93\x02-\x12+/api/v1/regime/training/jobs/{job_id}:watch0\x01\x12\x90\x01\n\x0eGetRegimeModel\x12*.kitrading.regime.v1.GetRegimeModelRequest\x1a+.kitrading.regime.v1.GetRegimeModelResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/api/v1/regime/{symbol}/modelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGIMESERVICE'].methods_by_name['ScoreSignal']._serialized_options = b'\202\323\344\223\002\031\"\024/api/v1/regime/score:\001*'
   _globals['_REGIMESERVICE'].methods_by_name['TrainRegimeModels']._loaded_options = None
   _globals['_REGIMESERVICE'].methods_by_name['TrainRegimeModels']._serialized_options = b'\202\323\344\223\002\031\"\024/api/v1/regime/train:\001*'
+  _globals['_REGIMESERVICE'].methods_by_name['GetTrainingJob']._loaded_options = None
+  _globals['_REGIMESERVICE'].methods_by_name['GetTrainingJob']._serialized_options = b'\202\323\344\223\002\'\022%/api/v1/regime/training/jobs/{job_id}'
+  _globals['_REGIMESERVICE'].methods_by_name['ListTrainingJobs']._loaded_options = None
+  _globals['_REGIMESERVICE'].methods_by_name['ListTrainingJobs']._serialized_options = b'\202\323\344\223\002\036\022\034/api/v1/regime/training/jobs'
+  _globals['_REGIMESERVICE'].methods_by_name['CancelTrainingJob']._loaded_options = None
+  _globals['_REGIMESERVICE'].methods_by_name['CancelTrainingJob']._serialized_options = b'\202\323\344\223\0021\",/api/v1/regime/training/jobs/{job_id}:cancel:\001*'
+  _globals['_REGIMESERVICE'].methods_by_name['WatchTrainingJob']._loaded_options = None
+  _globals['_REGIMESERVICE'].methods_by_name['WatchTrainingJob']._serialized_options = b'\202\323\344\223\002-\022+/api/v1/regime/training/jobs/{job_id}:watch'
   _globals['_REGIMESERVICE'].methods_by_name['GetRegimeModel']._loaded_options = None
   _globals['_REGIMESERVICE'].methods_by_name['GetRegimeModel']._serialized_options = b'\202\323\344\223\002\037\022\035/api/v1/regime/{symbol}/model'
   _globals['_REGIMESERVICE']._serialized_start=133
-  _globals['_REGIMESERVICE']._serialized_end=702
+  _globals['_REGIMESERVICE']._serialized_end=1352
 # @@protoc_insertion_point(module_scope)

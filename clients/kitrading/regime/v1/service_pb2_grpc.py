@@ -50,6 +50,26 @@ class RegimeServiceStub:
                 request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsRequest.SerializeToString,
                 response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsResponse.FromString,
                 _registered_method=True)
+        self.GetTrainingJob = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/GetTrainingJob',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetTrainingJobRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetTrainingJobResponse.FromString,
+                _registered_method=True)
+        self.ListTrainingJobs = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/ListTrainingJobs',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListTrainingJobsRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListTrainingJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelTrainingJob = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/CancelTrainingJob',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.CancelTrainingJobRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.CancelTrainingJobResponse.FromString,
+                _registered_method=True)
+        self.WatchTrainingJob = channel.unary_stream(
+                '/kitrading.regime.v1.RegimeService/WatchTrainingJob',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.WatchTrainingJobRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.WatchTrainingJobResponse.FromString,
+                _registered_method=True)
         self.GetRegimeModel = channel.unary_unary(
                 '/kitrading.regime.v1.RegimeService/GetRegimeModel',
                 request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelRequest.SerializeToString,
@@ -76,7 +96,35 @@ class RegimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrainRegimeModels(self, request, context):
-        """TrainRegimeModels fits the HMM of each symbol and then the signal scorer (synchronous).
+        """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrainingJob(self, request, context):
+        """GetTrainingJob returns one training job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrainingJobs(self, request, context):
+        """ListTrainingJobs pages through training jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTrainingJob(self, request, context):
+        """CancelTrainingJob stops a queued or running job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTrainingJob(self, request, context):
+        """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +154,26 @@ def add_RegimeServiceServicer_to_server(servicer, server):
                     servicer.TrainRegimeModels,
                     request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsRequest.FromString,
                     response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsResponse.SerializeToString,
+            ),
+            'GetTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingJob,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetTrainingJobRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetTrainingJobResponse.SerializeToString,
+            ),
+            'ListTrainingJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingJobs,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListTrainingJobsRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListTrainingJobsResponse.SerializeToString,
+            ),
+            'CancelTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTrainingJob,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.CancelTrainingJobRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.CancelTrainingJobResponse.SerializeToString,
+            ),
+            'WatchTrainingJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTrainingJob,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.WatchTrainingJobRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.WatchTrainingJobResponse.SerializeToString,
             ),
             'GetRegimeModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRegimeModel,
@@ -195,6 +263,114 @@ class RegimeService:
             '/kitrading.regime.v1.RegimeService/TrainRegimeModels',
             kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsRequest.SerializeToString,
             kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/GetTrainingJob',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetTrainingJobRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/ListTrainingJobs',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListTrainingJobsRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListTrainingJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/CancelTrainingJob',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.CancelTrainingJobRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.CancelTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/WatchTrainingJob',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.WatchTrainingJobRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.WatchTrainingJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

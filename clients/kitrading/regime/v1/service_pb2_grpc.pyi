@@ -38,7 +38,15 @@ class RegimeServiceStub:
     ScoreSignal: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ScoreSignalRequest, _request_response_pb2.ScoreSignalResponse]
     """ScoreSignal scores a buy or sell signal in the current conditions."""
     TrainRegimeModels: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.TrainRegimeModelsRequest, _request_response_pb2.TrainRegimeModelsResponse]
-    """TrainRegimeModels fits the HMM of each symbol and then the signal scorer (synchronous)."""
+    """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer."""
+    GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]
+    """GetTrainingJob returns one training job."""
+    ListTrainingJobs: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListTrainingJobsRequest, _request_response_pb2.ListTrainingJobsResponse]
+    """ListTrainingJobs pages through training jobs, newest first."""
+    CancelTrainingJob: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.CancelTrainingJobRequest, _request_response_pb2.CancelTrainingJobResponse]
+    """CancelTrainingJob stops a queued or running job."""
+    WatchTrainingJob: _grpc.UnaryStreamMultiCallable[_request_response_pb2.WatchTrainingJobRequest, _request_response_pb2.WatchTrainingJobResponse]
+    """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its result."""
     GetRegimeModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetRegimeModelRequest, _request_response_pb2.GetRegimeModelResponse]
     """GetRegimeModel describes a symbol's HMM and the signal scorer."""
 
@@ -52,7 +60,15 @@ class RegimeServiceAsyncStub(RegimeServiceStub):
     ScoreSignal: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ScoreSignalRequest, _request_response_pb2.ScoreSignalResponse]  # type: ignore[assignment]
     """ScoreSignal scores a buy or sell signal in the current conditions."""
     TrainRegimeModels: _aio.UnaryUnaryMultiCallable[_request_response_pb2.TrainRegimeModelsRequest, _request_response_pb2.TrainRegimeModelsResponse]  # type: ignore[assignment]
-    """TrainRegimeModels fits the HMM of each symbol and then the signal scorer (synchronous)."""
+    """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer."""
+    GetTrainingJob: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
+    """GetTrainingJob returns one training job."""
+    ListTrainingJobs: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListTrainingJobsRequest, _request_response_pb2.ListTrainingJobsResponse]  # type: ignore[assignment]
+    """ListTrainingJobs pages through training jobs, newest first."""
+    CancelTrainingJob: _aio.UnaryUnaryMultiCallable[_request_response_pb2.CancelTrainingJobRequest, _request_response_pb2.CancelTrainingJobResponse]  # type: ignore[assignment]
+    """CancelTrainingJob stops a queued or running job."""
+    WatchTrainingJob: _aio.UnaryStreamMultiCallable[_request_response_pb2.WatchTrainingJobRequest, _request_response_pb2.WatchTrainingJobResponse]  # type: ignore[assignment]
+    """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its result."""
     GetRegimeModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetRegimeModelRequest, _request_response_pb2.GetRegimeModelResponse]  # type: ignore[assignment]
     """GetRegimeModel describes a symbol's HMM and the signal scorer."""
 
@@ -81,7 +97,39 @@ class RegimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _request_response_pb2.TrainRegimeModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.TrainRegimeModelsResponse, _abc.Awaitable[_request_response_pb2.TrainRegimeModelsResponse]]:
-        """TrainRegimeModels fits the HMM of each symbol and then the signal scorer (synchronous)."""
+        """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer."""
+
+    @_abc_1.abstractmethod
+    def GetTrainingJob(
+        self,
+        request: _request_response_pb2.GetTrainingJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.GetTrainingJobResponse, _abc.Awaitable[_request_response_pb2.GetTrainingJobResponse]]:
+        """GetTrainingJob returns one training job."""
+
+    @_abc_1.abstractmethod
+    def ListTrainingJobs(
+        self,
+        request: _request_response_pb2.ListTrainingJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.ListTrainingJobsResponse, _abc.Awaitable[_request_response_pb2.ListTrainingJobsResponse]]:
+        """ListTrainingJobs pages through training jobs, newest first."""
+
+    @_abc_1.abstractmethod
+    def CancelTrainingJob(
+        self,
+        request: _request_response_pb2.CancelTrainingJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.CancelTrainingJobResponse, _abc.Awaitable[_request_response_pb2.CancelTrainingJobResponse]]:
+        """CancelTrainingJob stops a queued or running job."""
+
+    @_abc_1.abstractmethod
+    def WatchTrainingJob(
+        self,
+        request: _request_response_pb2.WatchTrainingJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_request_response_pb2.WatchTrainingJobResponse], _abc.AsyncIterator[_request_response_pb2.WatchTrainingJobResponse]]:
+        """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its result."""
 
     @_abc_1.abstractmethod
     def GetRegimeModel(
