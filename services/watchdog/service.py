@@ -16,7 +16,6 @@ Plain Python: no servicer types here; errors are `services.runtime.errors` domai
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -24,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from kitrading import mesh
+from services.runtime.addresses import host_port, service_port, service_target
 from services.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.watchdog.alerts import AlertManager
 from services.watchdog.events import EventHub
@@ -63,26 +64,24 @@ _SEVERITY = (HealthStatus.UNREACHABLE, HealthStatus.NOT_SERVING, HealthStatus.UN
 
 
 def registry_targets(
-    services: Iterable[Any],
+    services: Iterable[mesh.ServiceInfo],
     *,
     host: str | Callable[[str], str] | None = None,
     env: Mapping[str, str] | None = None,
     exclude: Iterable[str] = ("watchdog",),
 ) -> list[GrpcTarget]:
-    """Targets for services of the mesh registry (`kitrading.mesh.ServiceInfo`-like: `name`,
-    `grpc_service`, `port(env)`). The host is `host` (one host, or a function of the service name),
-    else `KITRADING_<NAME>_HOST`, else 127.0.0.1."""
-    source = os.environ if env is None else env
+    """Targets for services of the mesh registry, each at `services.runtime.addresses.service_target`,
+    or on `host` (one host, or a function of the service name) at the service's configured port."""
     skip = set(exclude)
     targets = []
     for info in services:
         if info.name in skip:
             continue
-        if callable(host):
-            address_host = host(info.name)
+        if not host:
+            address = service_target(info.name, env)
         else:
-            address_host = host or source.get(f"KITRADING_{info.name.upper()}_HOST") or "127.0.0.1"
-        targets.append(GrpcTarget(info.name, f"{address_host}:{info.port(source)}", info.grpc_service))
+            address = host_port(host(info.name) if callable(host) else host, service_port(info.name, env))
+        targets.append(GrpcTarget(info.name, address, info.grpc_service))
     return targets
 
 

@@ -256,6 +256,17 @@ async def test_registry_targets_from_the_environment() -> None:
         mesh_targets({"WATCHDOG_SERVICES": "data,bogus"})
 
 
+def test_targets_honour_the_mesh_wide_service_host() -> None:
+    env = {
+        "WATCHDOG_SERVICES": "data,llm",
+        "KITRADING_SERVICE_HOST": "mesh.internal",
+        "KITRADING_LLM_HOST": "gpu1",
+    }
+    assert [t.address for t in mesh_targets(env)] == ["mesh.internal:3001", "gpu1:3009"]
+    with pytest.raises(ConfigError, match="KITRADING_DATA_PORT"):
+        mesh_targets({"WATCHDOG_SERVICES": "data", "KITRADING_DATA_PORT": "data"})
+
+
 def test_values_without_a_twin_in_the_contract() -> None:
     now = datetime.now(UTC)
     gpu = TargetState(
