@@ -13,19 +13,12 @@ from google.protobuf.message import Message
 from kitrading.common.v1 import job_pb2, market_pb2
 from kitrading.data.v1 import resources_pb2 as pb
 from services.data import models
+from services.runtime.protos import timestamp
 
 E = TypeVar("E", bound=Enum)
 
 
 # -- scalars --------------------------------------------------------------------------------------
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
 
 
 def to_datetime(message: Message, field: str) -> datetime | None:

@@ -12,12 +12,10 @@ Two domain values have no twin in the contract:
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
-
-from google.protobuf import timestamp_pb2
 
 from kitrading.watchdog.v1 import request_response_pb2 as rr
 from kitrading.watchdog.v1 import resources_pb2 as pb
+from services.runtime.protos import timestamp
 from services.watchdog.models import (
     AlertEvent,
     AlertKind,
@@ -69,14 +67,6 @@ DELIVERY: dict[DeliveryStatus, pb.DeliveryState.ValueType] = {
     DeliveryStatus.SUPPRESSED_COOLDOWN: pb.DELIVERY_STATE_SUPPRESSED_COOLDOWN,
     DeliveryStatus.TELEGRAM_DISABLED: pb.DELIVERY_STATE_TELEGRAM_DISABLED,
 }
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
 
 
 def alert_kind_in(value: int) -> AlertKind | None:
