@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
-
 from kitrading.data.v1 import service_pb2_grpc
 from services.data import convert
 from services.data.service import DataDomain
 from services.data.servicer import DataServicer
 from services.data.settings import DataSettings
+from services.runtime.app import ServiceAppBase, load_settings
 from services.runtime.interceptor import Observer, RpcRecord
 
 #: Repeated fields whose length is the "rows" of a query log entry.
@@ -26,23 +25,24 @@ def _rows(record: RpcRecord) -> int:
     return 1 if record.code == "OK" else 0
 
 
-class DataApp:
-    def __init__(self, settings: DataSettings | None = None, *, import_samples: bool | None = None) -> None:
-        self.settings = settings or DataSettings.from_env()
+class DataApp(ServiceAppBase):
+    def __init__(self, settings: DataSettings | None = None) -> None:
+        super().__init__("data", service_pb2_grpc.add_DataServiceServicer_to_server)
+        self.settings = load_settings(settings, DataSettings.from_env)
         self.domain = DataDomain.create(self.settings)
         self.servicer = DataServicer(self.domain)
 
-    def register(self, server: grpc.aio.Server) -> None:
-        service_pb2_grpc.add_DataServiceServicer_to_server(self.servicer, server)
-
-    async def start(self) -> None:
+    async def on_start(self) -> None:
         await self.domain.start()
 
-    async def stop(self) -> None:
+    async def on_stop(self) -> None:
         await self.domain.close()
 
-    def is_ready(self) -> bool:
+    def healthy(self) -> bool:
         return self.domain.healthy
+
+    def rpc_observers(self) -> Sequence[Observer]:
+        return [self._record_query]
 
     def _record_query(self, record: RpcRecord) -> None:
         if record.short_method == "ListQueryLogs":
@@ -54,7 +54,3 @@ class DataApp:
             _rows(record),
             record.code,
         )
-
-    @property
-    def observers(self) -> Sequence[Observer]:
-        return [self._record_query]

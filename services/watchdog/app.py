@@ -3,8 +3,8 @@
 Targets (built once, at construction):
 
 - every other mesh service from the registry: the implemented ones, or the names in
-  `WATCHDOG_SERVICES` (comma list; `kitrading up` sets it to the services it starts), each at
-  `KITRADING_<NAME>_HOST` (127.0.0.1) : `KITRADING_<NAME>_PORT` (registry port);
+  `WATCHDOG_SERVICES` (comma list; `kitrading up` sets it to the services it starts), each where
+  `services.runtime.addresses` says it is;
 - the gateway at `WATCHDOG_GATEWAY_HEALTH_URL` (`kitrading up` sets it to its own gateway's
   `/gateway/health`; unset: not checked);
 - the database (`services.runtime.database_settings`: `KITRADING_DATABASE_URL`, `TIMESCALE_*`, else the
@@ -21,15 +21,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-import grpc
-
 from kitrading import mesh
 from kitrading.watchdog.v1 import service_pb2_grpc
+from services.runtime.app import ServiceAppBase, load_settings
 from services.runtime.config import ConfigError, env_list
 from services.runtime.database import DatabasePool
 from services.runtime.database_settings import DatabaseSettings, resolve_database_url, revive_hook
 from services.runtime.errors import Unavailable
-from services.runtime.interceptor import Observer
 from services.watchdog.probes import GrpcTarget
 from services.watchdog.service import WatchdogDomain, registry_targets
 from services.watchdog.servicer import WatchdogServicer
@@ -57,7 +55,7 @@ def mesh_targets(env: Mapping[str, str] | None = None) -> list[GrpcTarget]:
     return registry_targets(services, env=source, exclude=("watchdog",))
 
 
-class WatchdogApp:
+class WatchdogApp(ServiceAppBase):
     def __init__(
         self,
         settings: WatchdogSettings | None = None,
@@ -70,19 +68,16 @@ class WatchdogApp:
     ) -> None:
         """settings/targets/database: default from the environment. use_database=False keeps the
         history in memory and does not check a database (tests)."""
-        self.settings = settings or WatchdogSettings.from_env()
+        super().__init__("watchdog", service_pb2_grpc.add_WatchdogServiceServicer_to_server)
+        self.settings = load_settings(settings, WatchdogSettings.from_env)
         self.targets = list(targets) if targets is not None else mesh_targets()
-        self.database = database or DatabaseSettings.from_env()
+        self.database = load_settings(database, DatabaseSettings.from_env)
         self.use_database = use_database
         self.check_disk = check_disk
         self.check_gpu = check_gpu
         self.servicer = WatchdogServicer()
         self.domain: WatchdogDomain | None = None
         self.pool: DatabasePool | None = None
-        self._started = False
-
-    def register(self, server: grpc.aio.Server) -> None:
-        service_pb2_grpc.add_WatchdogServiceServicer_to_server(self.servicer, server)
 
     async def _open_pool(self) -> DatabasePool | None:
         db = self.database
@@ -104,7 +99,7 @@ class WatchdogApp:
             log.warning("database not reachable yet; alerts are kept in memory until it is")
         return pool
 
-    async def start(self) -> None:
+    async def on_start(self) -> None:
         self.pool = await self._open_pool() if self.use_database else None
         self.domain = WatchdogDomain(
             self.settings,
@@ -116,23 +111,14 @@ class WatchdogApp:
         )
         await self.domain.start()
         self.servicer.attach(self.domain)
-        self._started = True
         log.info(
             "watching %s; Telegram %s",
             ", ".join(t.name for t in self.domain.status().targets),
             "on" if self.settings.telegram.enabled else f"off ({self.settings.telegram.disabled_reason})",
         )
 
-    async def stop(self) -> None:
-        self._started = False
+    async def on_stop(self) -> None:
         if self.domain is not None:
             await self.domain.stop()
         if self.pool is not None:
             await self.pool.close()
-
-    def is_ready(self) -> bool:
-        return self._started
-
-    @property
-    def observers(self) -> Sequence[Observer]:
-        return []
