@@ -38,7 +38,8 @@ LIVENESS = "liveness"
 
 
 class ServiceApp(Protocol):
-    """What a service gives the runtime. Domain code stays behind it, free of gRPC."""
+    """What a service gives the runtime (a `services.runtime.app.ServiceAppBase` subclass fills it in).
+    Domain code stays behind it, free of gRPC."""
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer(s) to the server."""
