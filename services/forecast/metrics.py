@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
 
+from services.runtime.gpu import GpuInfo, read_gpus
+
 psutil.cpu_percent(interval=None)  # prime: the first non-blocking reading is meaningless
-
-
-@dataclass(frozen=True, slots=True)
-class GpuMetrics:
-    index: int
-    name: str
-    utilization_percent: float
-    memory_used_bytes: int
-    memory_total_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +30,7 @@ class SystemMetrics:
     server: ProcessMetrics
     worker: ProcessMetrics | None
     gpu_available: bool
-    gpus: list[GpuMetrics] = field(default_factory=list)
+    gpus: list[GpuInfo] = field(default_factory=list)
     gpu_error: str = ""
 
 
@@ -59,43 +50,10 @@ def _process(pid: int) -> ProcessMetrics | None:
         return None
 
 
-def gpu_metrics() -> tuple[bool, list[GpuMetrics], str]:
-    """(available, per-GPU metrics, error). NVML via pynvml when installed; otherwise unavailable."""
-    try:
-        import pynvml  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return False, [], "pynvml is not installed"
-    nvml: Any = pynvml
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:  # no driver / no GPU
-        return False, [], f"NVML unavailable: {exc}"
-    try:
-        gpus = []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            name = nvml.nvmlDeviceGetName(handle)
-            util = nvml.nvmlDeviceGetUtilizationRates(handle)
-            mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(
-                GpuMetrics(
-                    index,
-                    name.decode() if isinstance(name, bytes) else str(name),
-                    float(util.gpu),
-                    int(mem.used),
-                    int(mem.total),
-                )
-            )
-        return bool(gpus), gpus, ""
-    finally:
-        with contextlib.suppress(Exception):
-            nvml.nvmlShutdown()
-
-
 def system_metrics(*, active_training_jobs: int = 0, worker_pid: int | None = None) -> SystemMetrics:
     """A snapshot; CPU percentages are since the previous call (non-blocking)."""
     mem = psutil.virtual_memory()
-    available, gpus, error = gpu_metrics()
+    gpu = read_gpus()
     server = _process(os.getpid())
     assert server is not None
     return SystemMetrics(
@@ -106,7 +64,7 @@ def system_metrics(*, active_training_jobs: int = 0, worker_pid: int | None = No
         active_training_jobs=active_training_jobs,
         server=server,
         worker=_process(worker_pid) if worker_pid else None,
-        gpu_available=available,
-        gpus=gpus,
-        gpu_error=error,
+        gpu_available=gpu.available,
+        gpus=list(gpu.gpus),
+        gpu_error=gpu.unavailable,
     )

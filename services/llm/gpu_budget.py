@@ -3,7 +3,7 @@
 Neither Ollama nor llama.cpp takes a memory fraction. Both take the number of layers to put on the
 GPU (Ollama's `num_gpu` option, llama.cpp's `n_gpu_layers`); the rest runs on the CPU. So the budget
 `KITRADING_LLM_GPU_MEMORY_FRACTION` x the GPU's memory (`KITRADING_LLM_GPU_MEMORY_TOTAL`, or what
-`nvidia-smi` reports for `KITRADING_LLM_MAIN_GPU`) becomes a layer count, from the model's shape:
+NVML or `nvidia-smi` reports for `KITRADING_LLM_MAIN_GPU`) becomes a layer count, from the model's shape:
 
     per layer = weights (model bytes / (blocks + 1))        the output layer counts as one more
               + KV cache (context x (key + value width) x KV heads x 2 bytes, f16)
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.runtime.config import ConfigError
+from services.runtime.gpu import gpu_memory_total
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class GpuSettings:
     """What the operator asked for. `fraction` None: no budget, the engine places layers itself."""
 
     fraction: float | None = None
-    #: The GPU's memory in bytes; None: ask `nvidia-smi` for GPU `device`.
+    #: The GPU's memory in bytes; None: ask NVML (or `nvidia-smi`) for GPU `device`.
     total_bytes: int | None = None
     reserve_bytes: int = GIB
     device: int = 0
@@ -111,25 +110,6 @@ def plan_layers(shape: ModelShape, *, budget_bytes: int, reserve_bytes: int, con
     return max(0, min(shape.offloadable_layers, room // shape.layer_bytes(context_tokens)))
 
 
-def detect_gpu_memory(device: int = 0, *, timeout: float = 10.0) -> int | None:
-    """Total memory of GPU `device` in bytes as `nvidia-smi` reports it; None without a usable one."""
-    binary = shutil.which("nvidia-smi")
-    if binary is None:
-        return None
-    try:
-        out = subprocess.run(
-            [binary, "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", str(device)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-        return int(float(out.strip().splitlines()[0])) * MIB
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
-        log.warning("nvidia-smi could not report GPU %d's memory: %s", device, exc)
-        return None
-
-
 @dataclass(slots=True)
 class GpuBudget:
     """The budget in force and what was planned and observed against it (mutable, one per engine)."""
@@ -158,12 +138,12 @@ class GpuBudget:
         """The budget for `settings`; ConfigError when a fraction is set but the GPU's size is unknown."""
         if settings.fraction is None:
             return None
-        total = settings.total_bytes or detect_gpu_memory(settings.device)
+        total = settings.total_bytes or gpu_memory_total(settings.device)
         if not total:
             raise ConfigError(
                 f"{variable}={settings.fraction} needs the GPU's memory size: set "
                 "KITRADING_LLM_GPU_MEMORY_TOTAL (e.g. 80GiB, the GPU Ollama runs on) or run where "
-                "nvidia-smi sees that GPU"
+                "NVML or nvidia-smi sees that GPU"
             )
         return cls(
             budget_bytes=int(total * settings.fraction),

@@ -9,7 +9,6 @@ timeout around every call, so a probe that hangs cannot stall anything else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.runtime.gpu import read_gpus
 from services.runtime.logging import redact
 from services.watchdog.models import HealthStatus, ProbeResult, TargetKind
 
@@ -247,7 +247,8 @@ class DiskProbe:
 
 
 class GpuProbe:
-    """Free memory on every NVIDIA GPU through pynvml; NOT_APPLICABLE without pynvml, driver or GPU."""
+    """Free memory on every NVIDIA GPU (`services.runtime.gpu`); NOT_APPLICABLE without pynvml,
+    driver or GPU, UNKNOWN when NVML is there but its read failed."""
 
     kind = TargetKind.GPU
 
@@ -258,30 +259,19 @@ class GpuProbe:
         self._thread = _OneThreadAtATime()
 
     def _read(self) -> ProbeResult:
-        try:
-            import pynvml  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            return ProbeResult(HealthStatus.NOT_APPLICABLE, detail="pynvml is not installed")
-        try:
-            pynvml.nvmlInit()
-        except Exception as exc:
-            return ProbeResult(HealthStatus.NOT_APPLICABLE, detail=f"no NVIDIA driver ({type(exc).__name__})")
-        try:
-            count = pynvml.nvmlDeviceGetCount()
-            if count == 0:
-                return ProbeResult(HealthStatus.NOT_APPLICABLE, detail="no GPU")
-            parts: list[str] = []
-            low: list[str] = []
-            for index in range(count):
-                memory = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
-                percent = 100.0 * memory.free / memory.total if memory.total else 0.0
-                part = f"gpu{index}: free {_gib(memory.free)} of {_gib(memory.total)} ({percent:.0f}%)"
-                parts.append(part)
-                if percent < self.min_free_percent:
-                    low.append(part)
-        finally:
-            with contextlib.suppress(Exception):
-                pynvml.nvmlShutdown()
+        reading = read_gpus()
+        if reading.failed:
+            return ProbeResult(HealthStatus.UNKNOWN, error=redact(reading.unavailable))
+        if not reading.available:
+            return ProbeResult(HealthStatus.NOT_APPLICABLE, detail=reading.unavailable)
+        parts: list[str] = []
+        low: list[str] = []
+        for gpu in reading.gpus:
+            free = f"free {_gib(gpu.memory_free_bytes)} of {_gib(gpu.memory_total_bytes)}"
+            part = f"gpu{gpu.index}: {free} ({gpu.memory_free_percent:.0f}%)"
+            parts.append(part)
+            if gpu.memory_free_percent < self.min_free_percent:
+                low.append(part)
         detail = "; ".join(parts)
         if low:
             return ProbeResult(

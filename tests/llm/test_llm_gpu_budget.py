@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import sys
 import time
 from collections.abc import Callable
 from contextlib import redirect_stdout
@@ -27,13 +28,13 @@ from services.llm.gpu_budget import (
     GpuBudget,
     GpuSettings,
     ModelShape,
-    detect_gpu_memory,
     plan_layers,
 )
 from services.llm.grounding import GroundingSettings
 from services.llm.ollama_engine import OllamaEngine
 from services.llm.settings import EmbeddedSettings, LlmSettings, OllamaSettings
 from services.runtime.config import ConfigError, env_bytes, parse_bytes
+from services.runtime.gpu import gpu_memory_total
 from tests.grpc_helpers import start_server
 
 MESSAGES: list[ChatMessage] = [{"role": "user", "content": "Buy or sell EURUSD?"}]
@@ -125,8 +126,10 @@ def fake_nvidia_smi(tmp_path: Path, output: str) -> Path:
 def test_gpu_size_comes_from_the_setting_or_nvidia_smi(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No pynvml (importing it fails), so services.runtime.gpu falls back to nvidia-smi on PATH.
+    monkeypatch.setitem(sys.modules, "pynvml", None)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert detect_gpu_memory() is None  # no nvidia-smi
+    assert gpu_memory_total() is None  # no nvidia-smi
     with pytest.raises(ConfigError, match="KITRADING_LLM_GPU_MEMORY_TOTAL"):
         GpuBudget.resolve(GpuSettings(fraction=0.5))
     assert GpuBudget.resolve(GpuSettings()) is None  # no fraction: no budget, nothing to size
@@ -144,7 +147,7 @@ def test_gpu_size_comes_from_the_setting_or_nvidia_smi(
     explicit = GpuBudget.resolve(GpuSettings(fraction=0.5, total_bytes=24 * GIB))
     assert explicit is not None and explicit.total_bytes == 24 * GIB  # the setting wins
     fake_nvidia_smi(tmp_path, "No devices were found")
-    assert detect_gpu_memory() is None
+    assert gpu_memory_total() is None
 
 
 def test_settings_from_env() -> None:

@@ -11,9 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from services.watchdog.models import HealthStatus
 from services.watchdog.monitor import Monitor
 from services.watchdog.probes import DatabaseProbe, DiskProbe, GpuProbe, GrpcHealthProbe, HttpProbe
+from tests.runtime.fake_pynvml import GIB, FakeGpu, FakeNvml, NVMLError, NVMLError_DriverNotLoaded, install
 
 from .helpers import HangingProbe, HealthServer, wait_until
 
@@ -166,3 +169,37 @@ async def test_gpu_probe_without_pynvml_is_not_applicable() -> None:
     else:  # pragma: no cover - machines with pynvml
         result = await GpuProbe().check(5.0)
         assert result.status is not HealthStatus.UNREACHABLE
+
+
+async def test_gpu_probe_threshold_on_every_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakeNvml([FakeGpu(), FakeGpu(total=16 * GIB, used=int(15.5 * GIB))]))
+    detail = "gpu0: free 60.0 GiB of 80.0 GiB (75%); gpu1: free 0.5 GiB of 16.0 GiB (3%)"
+    ok = await GpuProbe(min_free_percent=2.0).check(1.0)
+    assert ok.status is HealthStatus.SERVING and ok.error is None and ok.detail == detail
+    low = await GpuProbe(min_free_percent=5.0).check(1.0)
+    assert low.status is HealthStatus.NOT_SERVING and low.detail == detail
+    assert low.error == "low GPU memory (minimum 5% free): gpu1: free 0.5 GiB of 16.0 GiB (3%)"
+
+
+@pytest.mark.parametrize(
+    ("nvml", "detail"),
+    [
+        (None, "pynvml is not installed"),
+        (FakeNvml(init_error=NVMLError_DriverNotLoaded()), "no NVIDIA driver"),
+        (FakeNvml([]), "no GPU"),
+    ],
+)
+async def test_gpu_probe_not_applicable_says_why(
+    monkeypatch: pytest.MonkeyPatch, nvml: FakeNvml | None, detail: str
+) -> None:
+    install(monkeypatch, nvml)
+    result = await GpuProbe().check(1.0)
+    assert result.status is HealthStatus.NOT_APPLICABLE and result.error is None
+    assert result.detail.startswith(detail)
+
+
+async def test_gpu_probe_failed_read_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, FakeNvml([FakeGpu()], read_error=NVMLError("Unknown Error")))
+    result = await GpuProbe().check(1.0)
+    assert result.status is HealthStatus.UNKNOWN and result.status.is_bad
+    assert result.error == "NVML read failed (NVMLError: Unknown Error)"
