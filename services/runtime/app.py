@@ -2,7 +2,7 @@
 
 A subclass builds its settings (`load_settings`), domain and servicer in `__init__` and fills in
 `on_start` / `on_stop` / `healthy`; the base registers the servicer, runs the periodic tasks between
-start and stop, and, for a service that trains (`active_training_jobs` returns a number), keeps the
+start and stop, and, for a service that trains (it overrides `active_training_jobs`), keeps the
 `kitrading_training_jobs_active` gauge current every second and after every RPC.
 """
 
