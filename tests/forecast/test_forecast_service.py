@@ -248,7 +248,7 @@ async def test_sigkill_of_the_worker_while_publishing_leaves_a_complete_current_
     phase once its staging directory exists). Whatever instant the kill lands, the current version
     stays complete and no partial version is visible; retried until one kill lands mid-write."""
     registry = domain.registry
-    folder = registry.symbol_dir("EURUSD.WK")
+    folder = registry.key_dir("EURUSD.WK")
     landed_mid_write = False
     for _attempt in range(3):
         before = registry.current_version("EURUSD.WK")
