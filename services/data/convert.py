@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from kitrading.common.v1 import job_pb2, market_pb2
+from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import resources_pb2 as pb
 from services.data import models
-from services.runtime.protos import timestamp
+from services.runtime.protos import job_state_out, timestamp
 
 E = TypeVar("E", bound=Enum)
 
@@ -55,10 +55,6 @@ def asset_class_in(value: int) -> models.AssetClass | None:
 
 def asset_class_out(value: models.AssetClass | None) -> market_pb2.AssetClass.ValueType:
     return market_pb2.AssetClass.ValueType(enum_to_proto(value, "ASSET_CLASS_", market_pb2.AssetClass))
-
-
-def job_state_out(value: models.JobState | None) -> job_pb2.JobState.ValueType:
-    return job_pb2.JobState.ValueType(enum_to_proto(value, "JOB_STATE_", job_pb2.JobState))
 
 
 def event_type_in(value: int) -> models.EventType | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
+from kitrading.common.v1 import market_pb2, training_pb2
 from services.runtime.jobs import JobState
-from services.runtime.protos import timestamp
+from services.runtime.protos import job_state_out, timestamp
 from services.training.jobs import ItemProgress, JobEvent, JobEventType, TrainingJob
 
 #: Domain trigger names -> the contract's enum.
@@ -15,16 +15,6 @@ TRIGGERS: dict[str, training_pb2.TrainingTrigger.ValueType] = {
     "scheduled": training_pb2.TRAINING_TRIGGER_SCHEDULE,
     "event": training_pb2.TRAINING_TRIGGER_MARKET_EVENT,
 }
-
-
-def job_state_out(state: JobState) -> job_pb2.JobState.ValueType:
-    return job_pb2.JobState.Value(f"JOB_STATE_{state.value}")
-
-
-def job_state_in(value: int) -> JobState | None:
-    if value == job_pb2.JOB_STATE_UNSPECIFIED:
-        return None
-    return JobState(job_pb2.JobState.Name(value).removeprefix("JOB_STATE_"))  # type: ignore[arg-type]
 
 
 def timeframe_out(name: str | None) -> market_pb2.Timeframe.ValueType:

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
 
-from services.training.convert import job_event_out, job_out, job_state_in
+from services.runtime.protos import job_state_in
+from services.training.convert import job_event_out, job_out
 from services.training.jobs import JobRunner
 
 R = TypeVar("R")
