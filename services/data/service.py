@@ -95,7 +95,7 @@ class DataDomain:
         background tasks, and import the bundled samples once (first start only, if enabled).
 
         Waits up to `wait_db_s` for the database, then raises `Unavailable`. The sample import
-        (~1 s, first start only) runs before this returns; a failing import is logged, not raised.
+        (first start only) runs before this returns; a failing import is logged, not raised.
         """
         settings = self.settings
         logger.info("Data domain using %s", settings.database.describe())

@@ -4,7 +4,8 @@
 fitted state in attributes ending in `_`. Training uses neuralforecast end to end; inference calls
 the fitted torch module directly on a batch of input windows (the same per-window scaler, forward
 and inverse scaling neuralforecast's predict step applies, checked equal by a test), because
-building a Lightning Trainer per forecast costs ~100x the forward pass.
+building a Lightning Trainer per forecast costs far more than the forward pass
+(docs/benchmarks.md).
 
 torch and neuralforecast are imported lazily so that importing this module (settings, registry,
 the serving process before its first model load) stays cheap.
@@ -256,7 +257,7 @@ class StackedNHITS:
     """Many fitted NHITS models of one architecture evaluated in one vectorised pass.
 
     Each symbol has its own weights; `torch.func.stack_module_state` stacks them and `vmap` runs
-    the forward of all models at once (~3x faster than a loop for 50 models on one CPU thread).
+    the forward of all models at once, faster than a loop (docs/benchmarks.md).
     """
 
     def __init__(self, forecasters: Sequence[NHITSForecaster]) -> None:
