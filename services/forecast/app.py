@@ -1,17 +1,9 @@
-"""The forecast service as a `ServiceApp` for the shared runtime.
+"""The forecast service as a `ServiceApp` on the shared base (services.runtime.app).
 
-`start()` opens the channel to the Data service (the domain's `CandleSource` and `EventStream`,
-`services.training.data_client`), then starts the domain: the training-job runner, the retrain
-scheduler (unless disabled, below) and the warm-up that imports torch and loads every current model,
-so the first forecast does not pay seconds of imports. Ready (SERVING) once that returned.
-
-Candles come from the Data service; with `KITRADING_FORECAST_CANDLE_CACHE` true (default) the newest
-bars of each series are kept in memory and dropped on Data's CANDLES_INGESTED event for that series
-(`services/training/data_client.py`), so a forecast does not call Data while its series is unchanged.
-
-The scheduler runs when `NHITS_AUTO_RETRAIN_DAYS` > 0 and `KITRADING_FORECAST_SCHEDULE` is true
-(default): at start and every `KITRADING_FORECAST_RETRAIN_CHECK_SECONDS` it trains the active symbols
-whose model is missing or older than NHITS_AUTO_RETRAIN_DAYS.
+`on_start` opens the channel to the Data service (candles and events, services.training.data_client,
+optionally cached), then starts the domain: the training-job runner, the retrain scheduler (its
+switches are in docs/configuration.md) and the warm-up that imports torch and loads every current
+model, so the first forecast pays no imports. Ready (SERVING) once that returned.
 """
 
 from __future__ import annotations
