@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from services.runtime.errors import InvalidArgument
 
 T = TypeVar("T")
+#: The ErrorInfo reason of every bad page token.
+BAD_TOKEN = "INVALID_PAGE_TOKEN"
 
 
 def _fingerprint(kind: str, filters: Any) -> str:
@@ -40,9 +42,11 @@ def decode_token(token: str, kind: str, filters: Any) -> list[Any] | None:
         valid = body["k"] == kind and body["f"] == _fingerprint(kind, filters)
         key = body["after"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument("page_token", "not a token issued by this list") from exc
+        raise InvalidArgument("page_token", "not a token issued by this list", reason=BAD_TOKEN) from exc
     if not valid or not isinstance(key, list):
-        raise InvalidArgument("page_token", "issued for a different list or different filters")
+        raise InvalidArgument(
+            "page_token", "issued for a different list or different filters", reason=BAD_TOKEN
+        )
     return key
 
 

@@ -9,9 +9,6 @@ delivery outcome is known.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -22,6 +19,7 @@ from typing import Any, Protocol
 
 from services.runtime.database import apply_migrations
 from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.pagination import BAD_TOKEN, decode_token, encode_token, resolve_page_size
 from services.watchdog.models import (
     AlertKind,
     AlertPage,
@@ -36,7 +34,6 @@ MAX_PAGE_SIZE = 1000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SCHEMA = "watchdog"
 LEGACY_MIGRATIONS_TABLE = "schema_migrations"  # bookkeeping of the runner used before yoyo
-_BAD_TOKEN = "is not a token returned by this API"
 
 
 class AlertStore(Protocol):
@@ -59,6 +56,8 @@ class AlertStore(Protocol):
 
 # ---- page tokens ----
 
+_TOKEN_KIND = "watchdog-alerts"
+
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
@@ -66,40 +65,30 @@ class Cursor:
     id: str
 
 
-def _filter_key(target: str, kind: AlertKind | None) -> str:
-    return f"{target}|{kind.value if kind else ''}"
+def _filters(target: str, kind: AlertKind | None) -> list[str]:
+    return [target, kind.value if kind else ""]
 
 
 def encode_page_token(last: AlertRecord, target: str, kind: AlertKind | None) -> str:
-    data = {"c": last.created_at.isoformat(), "i": last.id, "f": _filter_key(target, kind)}
-    raw = json.dumps(data, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_token(_TOKEN_KIND, _filters(target, kind), [last.created_at.isoformat(), last.id])
 
 
 def decode_page_token(token: str, target: str, kind: AlertKind | None) -> Cursor | None:
     """The cursor in `token` ("" = first page). The token must come from a call with the same filters."""
-    if not token:
+    key = decode_token(token, _TOKEN_KIND, _filters(target, kind))
+    if key is None:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        cursor = Cursor(datetime.fromisoformat(data["c"]), str(uuid.UUID(data["i"])))
-        token_filter = str(data["f"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise InvalidArgument("page_token", _BAD_TOKEN, reason="INVALID_PAGE_TOKEN") from None
+        cursor = Cursor(datetime.fromisoformat(key[0]), str(uuid.UUID(key[1])))
+    except (ValueError, IndexError, TypeError):
+        raise InvalidArgument("page_token", "not a token issued by this list", reason=BAD_TOKEN) from None
     if cursor.created_at.tzinfo is None:
-        raise InvalidArgument("page_token", _BAD_TOKEN, reason="INVALID_PAGE_TOKEN")
-    if token_filter != _filter_key(target, kind):
-        raise InvalidArgument("page_token", "was issued for different filters", reason="INVALID_PAGE_TOKEN")
+        raise InvalidArgument("page_token", "not a token issued by this list", reason=BAD_TOKEN)
     return cursor
 
 
 def check_page_size(page_size: int) -> int:
-    if page_size < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    if page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
-    return page_size or DEFAULT_PAGE_SIZE
+    return resolve_page_size(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 def _page(rows: Sequence[AlertRecord], size: int, target: str, kind: AlertKind | None) -> AlertPage:
