@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.jobs import JobState
@@ -188,7 +189,7 @@ class JobRunner:
             self._worker = None
 
     @property
-    def worker_info(self) -> dict[str, object]:
+    def worker_info(self) -> dict[str, Any]:
         """What the running worker reported at start (pid, nice, threads, accelerator), or {}."""
         return dict(self._worker.info) if self._worker is not None and self._worker.alive else {}
 

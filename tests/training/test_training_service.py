@@ -60,7 +60,7 @@ class ToyRegimeApp(ServiceAppBase):
         trainer = ToyTrainer(root, ["EURUSD", "GOOG"], steps=5)
         options = WorkerOptions(spec=trainer.worker, models_dir=root, nice=0, use_gpu=False)
         self.runner = JobRunner(trainer, RunnerSettings(worker=options))
-        self.servicer = ToyRegimeServicer(self.runner)
+        self.servicer = ToyRegimeServicer(self.runner)  # type: ignore[abstract]  # no GetRegime here
 
     async def on_start(self) -> None:
         await self.runner.start()
