@@ -8,7 +8,7 @@ FX001..FXnnn copies of its last 2000 bars under new names. EURUSD is trained onc
 (TrainSymbol); its published version is copied to every FXnnn (each loaded as its own model).
 Every ratio below is measured within this one run, its two sides interleaved where they can be.
 
-Two forecast processes run: the default (candle cache on, see services/forecast/data_source.py) and
+Two forecast processes run: the default (candle cache on, see services/training/data_client.py) and
 one with KITRADING_FORECAST_CANDLE_CACHE=false, so both are measured in the same run.
 
 (a) One cold forecast (forecast cache skipped): the GetForecast RPC p50 vs, in this process on the same
