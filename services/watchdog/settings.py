@@ -1,8 +1,9 @@
 """Watchdog settings: one typed, frozen object read once from the environment.
 
-Every value has a default that works on one machine; see docs/watchdog.md for the table. The Telegram
-bot token is held in a `Secret`, whose repr and str never show the value and which registers itself
-with the structured-log redactor.
+Every value has a default that works on one machine; `FIELDS` and `TELEGRAM_FIELDS` give each
+attribute's variable and range (docs/configuration.md lists them). The Telegram bot token is held in
+a `Secret`, whose repr and str never show the value and which registers itself with the
+structured-log redactor.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.runtime.config import (
+    HOME,
+    URL_PATTERN,
+    ChoiceVar,
     ConfigError,
-    env_float,
-    env_int,
-    env_list,
-    env_secret,
-    env_str,
+    FloatVar,
+    IntVar,
+    ListVar,
+    SecretVar,
+    TextVar,
+    Var,
+    check_fields,
     kitrading_home,
+    read_fields,
 )
 from services.runtime.logging import register_secret
 
@@ -71,6 +78,9 @@ class TelegramSettings:
     # A 429 asking to wait longer than this gives up instead of blocking delivery.
     max_retry_after_seconds: float = 60.0
 
+    def __post_init__(self) -> None:
+        check_fields(self, TELEGRAM_FIELDS)
+
     @property
     def enabled(self) -> bool:
         return bool(self.bot_token) and bool(self.chat_ids)
@@ -106,14 +116,9 @@ class WatchdogSettings:
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
 
     def __post_init__(self) -> None:
-        if self.check_interval_seconds <= 0:
-            raise ConfigError("CHECK_INTERVAL_SECONDS must be > 0")
-        if self.check_timeout_seconds is not None and self.check_timeout_seconds <= 0:
-            raise ConfigError("WATCHDOG_CHECK_TIMEOUT_SECONDS must be > 0")
-        if self.alert_cooldown_minutes < 0:
-            raise ConfigError("ALERT_COOLDOWN_MINUTES must be >= 0")
-        if self.telegram.max_attempts < 1:
-            raise ConfigError("TELEGRAM_MAX_ATTEMPTS must be >= 1")
+        check_fields(self, FIELDS)
+        if self.check_timeout_seconds == 0:
+            raise ConfigError("WATCHDOG_CHECK_TIMEOUT_SECONDS must be > 0 (None: automatic)")
 
     @property
     def check_timeout(self) -> float:
@@ -132,52 +137,55 @@ class WatchdogSettings:
 
         Raises `ConfigError` naming the variable for a malformed value.
         """
-        d = cls()
-        token = env_secret("TELEGRAM_BOT_TOKEN", env)
+        t = read_fields(TelegramSettings(), TELEGRAM_FIELDS, env)
+        token = t.pop("bot_token")
         if token and (any(ch.isspace() for ch in token) or "/" in token):
             # Never echo the value: it is (almost) the secret.
             raise ConfigError("TELEGRAM_BOT_TOKEN contains whitespace or '/'")
-        chat_ids = tuple(env_list("TELEGRAM_CHAT_IDS", env))
-        for chat_id in chat_ids:
-            if any(ch.isspace() for ch in chat_id):
-                raise ConfigError(f"TELEGRAM_CHAT_IDS has an invalid chat id {chat_id!r}")
-        parse_mode = env_str("TELEGRAM_PARSE_MODE", "HTML", env).strip()
-        if parse_mode.lower() not in {"html", "none", "plain"}:
-            raise ConfigError(f"TELEGRAM_PARSE_MODE must be HTML or none, got {parse_mode!r}")
-        telegram = TelegramSettings(
-            bot_token=Secret(token) if token else None,
-            chat_ids=chat_ids,
-            api_base=env_str("KITRADING_TELEGRAM_API_BASE", DEFAULT_TELEGRAM_API_BASE, env)
-            .strip()
-            .rstrip("/"),
-            parse_mode="HTML" if parse_mode.lower() == "html" else None,
-            request_timeout_seconds=env_float("TELEGRAM_TIMEOUT_SECONDS", 10.0, minimum=0.1, env=env),
-            max_attempts=env_int("TELEGRAM_MAX_ATTEMPTS", 4, minimum=1, maximum=20, env=env),
-            max_retry_after_seconds=env_float("TELEGRAM_MAX_RETRY_AFTER_SECONDS", 60.0, minimum=0.0, env=env),
-        )
-        timeout = env_float("WATCHDOG_CHECK_TIMEOUT_SECONDS", 0.0, minimum=0.0, env=env)
+        t["api_base"] = t["api_base"].rstrip("/")
+        t["parse_mode"] = "HTML" if t["parse_mode"] == "HTML" else None
+        defaults = cls()
+        values = read_fields(defaults, FIELDS, env)
         return cls(
-            check_interval_seconds=env_float(
-                "CHECK_INTERVAL_SECONDS", d.check_interval_seconds, minimum=0.01, env=env
-            ),
-            check_timeout_seconds=timeout or None,
-            alert_cooldown_minutes=env_float(
-                "ALERT_COOLDOWN_MINUTES", d.alert_cooldown_minutes, minimum=0.0, env=env
-            ),
-            startup_grace_seconds=env_float(
-                "WATCHDOG_STARTUP_GRACE_SECONDS", d.startup_grace_seconds, minimum=0.0, env=env
-            ),
-            gateway_health_url=env_str("WATCHDOG_GATEWAY_HEALTH_URL", "", env).strip() or None,
-            home=kitrading_home(env),
-            disk_min_free_percent=env_float(
-                "WATCHDOG_DISK_MIN_FREE_PERCENT", d.disk_min_free_percent, minimum=0.0, maximum=100.0, env=env
-            ),
-            disk_min_free_bytes=env_int(
-                "WATCHDOG_DISK_MIN_FREE_MB", d.disk_min_free_bytes // 1024**2, minimum=0, env=env
-            )
-            * 1024**2,
-            gpu_min_free_percent=env_float(
-                "WATCHDOG_GPU_MIN_FREE_PERCENT", d.gpu_min_free_percent, minimum=0.0, maximum=100.0, env=env
-            ),
-            telegram=telegram,
+            **{
+                **values,
+                "check_timeout_seconds": values["check_timeout_seconds"] or None,  # 0: automatic
+                "gateway_health_url": values["gateway_health_url"] or None,
+                "home": kitrading_home(env),
+            },
+            disk_min_free_bytes=DISK_MIN_FREE_MB.read(defaults.disk_min_free_bytes // 1024**2, env) * 1024**2,
+            telegram=TelegramSettings(bot_token=Secret(token) if token else None, **t),
         )
+
+
+_URL = "an http(s) URL"
+TOKEN = SecretVar("TELEGRAM_BOT_TOKEN")
+#: TelegramSettings attribute -> its environment variable and range.
+TELEGRAM_FIELDS: dict[str, Var] = {
+    "bot_token": TOKEN,
+    "chat_ids": ListVar(
+        "TELEGRAM_CHAT_IDS", what="a chat id (an integer or @channel)", pattern=r"-?\d+|@\w+"
+    ),
+    "api_base": TextVar("KITRADING_TELEGRAM_API_BASE", _URL, URL_PATTERN),
+    "parse_mode": ChoiceVar("TELEGRAM_PARSE_MODE", ("HTML", "none", "plain")),
+    "request_timeout_seconds": FloatVar("TELEGRAM_TIMEOUT_SECONDS", 0.1, 600.0),
+    "max_attempts": IntVar("TELEGRAM_MAX_ATTEMPTS", 1, 20),
+    "backoff_initial_seconds": FloatVar("TELEGRAM_BACKOFF_SECONDS", 0.0, 600.0),
+    "backoff_max_seconds": FloatVar("TELEGRAM_BACKOFF_MAX_SECONDS", 0.0, 3600.0),
+    "max_retry_after_seconds": FloatVar("TELEGRAM_MAX_RETRY_AFTER_SECONDS", 0.0, 3600.0),
+}
+#: WatchdogSettings attribute -> its environment variable and range.
+FIELDS: dict[str, Var] = {
+    "check_interval_seconds": FloatVar("CHECK_INTERVAL_SECONDS", 0.01, 86_400.0),
+    # 0 (or unset): min(10 s, the interval).
+    "check_timeout_seconds": FloatVar("WATCHDOG_CHECK_TIMEOUT_SECONDS", 0.0, 600.0),
+    "alert_cooldown_minutes": FloatVar("ALERT_COOLDOWN_MINUTES", 0.0, 10_080.0),
+    "startup_grace_seconds": FloatVar("WATCHDOG_STARTUP_GRACE_SECONDS", 0.0, 3600.0),
+    "gateway_health_url": TextVar("WATCHDOG_GATEWAY_HEALTH_URL", _URL, URL_PATTERN),
+    "home": HOME,
+    "disk_min_free_percent": FloatVar("WATCHDOG_DISK_MIN_FREE_PERCENT", 0.0, 100.0),
+    "gpu_min_free_percent": FloatVar("WATCHDOG_GPU_MIN_FREE_PERCENT", 0.0, 100.0),
+}
+DISK_MIN_FREE_MB = IntVar("WATCHDOG_DISK_MIN_FREE_MB", 0, 1 << 30)  # -> disk_min_free_bytes
+#: Every variable the watchdog settings read.
+VARIABLES: tuple[Var, ...] = (*TELEGRAM_FIELDS.values(), *FIELDS.values(), DISK_MIN_FREE_MB)
