@@ -196,8 +196,8 @@ FIELDS: dict[str, Var] = {
 }
 #: The GPU budget (`GpuSettings`): a fraction in (0, 1]; unset: no budget.
 GPU_FRACTION = FloatVar("KITRADING_LLM_GPU_MEMORY_FRACTION", 0.0, 1.0, above=True)
-GPU_TOTAL = SizeVar("KITRADING_LLM_GPU_MEMORY_TOTAL", 1 << 20, 1 << 50)
-GPU_RESERVE = SizeVar("KITRADING_LLM_GPU_RESERVE", 0, 1 << 50)
+GPU_TOTAL = SizeVar("KITRADING_LLM_GPU_MEMORY_TOTAL", 1 << 20, 1 << 44)
+GPU_RESERVE = SizeVar("KITRADING_LLM_GPU_RESERVE", 0, 1 << 44)
 #: Every variable the LLM settings read.
 VARIABLES: tuple[Var, ...] = (
     *OLLAMA_FIELDS.values(),

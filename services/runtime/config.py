@@ -115,6 +115,15 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def format_bytes(size: int) -> str:
+    """`size` in the largest binary unit that divides it (`16TiB`, `512MiB`, `1000`); parse_bytes reads it."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        scale = _BYTE_UNITS[unit.lower()]
+        if size and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
+
+
 def env_bytes(name: str, default: int | None, env: Mapping[str, str] | None = None) -> int | None:
     """A size in bytes (`parse_bytes` forms); unset or empty: `default`."""
     raw = _env(env).get(name)
@@ -313,7 +322,8 @@ class SizeVar:
 
     @property
     def accepts(self) -> str:
-        return f"a size such as 80GiB, 512MiB or 1073741824, in {self.minimum}..{self.maximum} bytes"
+        low, high = format_bytes(self.minimum), format_bytes(self.maximum)
+        return f"a size such as 80GiB, 512MiB or 1073741824, in {low}..{high}"
 
     def check(self, value: int) -> int:
         if not self.minimum <= value <= self.maximum:

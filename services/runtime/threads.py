@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 
+from services.runtime.config import IntVar
+
+MATH_THREADS = IntVar("KITRADING_MATH_THREADS", 1, 1024)
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -20,7 +23,7 @@ THREAD_VARIABLES = (
 
 def limit_math_threads(threads: int | None = None) -> int:
     """Set every math library's thread count (default `KITRADING_MATH_THREADS` or 1); returns it."""
-    count = threads or int(os.environ.get("KITRADING_MATH_THREADS", "1") or 1)
+    count = threads or MATH_THREADS.read(1)
     for name in THREAD_VARIABLES:
         os.environ[name] = str(count)
     try:  # torch may already be imported by the caller
