@@ -17,7 +17,6 @@ from services.forecast.servicer import ForecastServicer
 from services.forecast.settings import ForecastSettings
 from services.runtime.addresses import service_target
 from services.runtime.app import ServiceAppBase, load_settings
-from services.runtime.config import env_bool
 from services.training.data_client import DataServiceSource
 
 log = logging.getLogger(__name__)
@@ -36,13 +35,13 @@ class ForecastApp(ServiceAppBase):
         `schedule`: run the retrain scheduler (default: see the module docstring)."""
         super().__init__("forecast", service_pb2_grpc.add_ForecastServiceServicer_to_server)
         self.settings = load_settings(settings, ForecastSettings.from_env, env)
-        if schedule is None:
-            schedule = env_bool("KITRADING_FORECAST_SCHEDULE", True, env)
-        self.schedule = schedule and self.settings.auto_retrain_days > 0
+        self.schedule = (self.settings.schedule if schedule is None else schedule) and (
+            self.settings.auto_retrain_days > 0
+        )
         self.source = DataServiceSource(
             data or service_target("data", env),
             default_timeframe=self.settings.timeframe,
-            cache=env_bool("KITRADING_FORECAST_CANDLE_CACHE", True, env),
+            cache=self.settings.candle_cache,
         )
         self.domain = ForecastDomain(self.settings, self.source, event_stream=self.source.watch_events)
         self.servicer = ForecastServicer(self.domain)

@@ -88,7 +88,7 @@ def runner_settings(settings: ForecastSettings, spec: Any) -> RunnerSettings:
             nice=settings.worker_nice,
             threads=settings.worker_threads,
             use_gpu=settings.use_gpu,
-            gpu_device=getattr(settings, "gpu_device", 0),
+            gpu_device=settings.gpu_device,
             gpu_memory_fraction=settings.gpu_memory_fraction,
         ),
         worker_idle_s=settings.worker_idle_s,

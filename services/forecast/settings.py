@@ -52,6 +52,7 @@ class ForecastSettings:
     home: Path = Path(".kitrading")
     timeframe: str = "H1"
     # Retraining.
+    schedule: bool = True
     auto_retrain_days: float = 7.0
     retrain_check_interval_s: float = 3600.0
     event_debounce_s: float = 60.0
@@ -68,6 +69,7 @@ class ForecastSettings:
     worker_threads: int = 1
     worker_idle_s: float = 60.0
     # Serving.
+    candle_cache: bool = True
     serving_threads: int = 1
     cache_size: int = 4096
     # Evaluation (bars of the held-out tail, see docs/forecast.md).
@@ -114,6 +116,7 @@ FIELDS: dict[str, Var] = {
     "home": HOME,
     "timeframe": ChoiceVar("KITRADING_FORECAST_TIMEFRAME", TIMEFRAMES),
     # Retraining.
+    "schedule": BoolVar("KITRADING_FORECAST_SCHEDULE"),
     "auto_retrain_days": FloatVar("NHITS_AUTO_RETRAIN_DAYS", 0.0, 3650.0),
     "retrain_check_interval_s": FloatVar("KITRADING_FORECAST_RETRAIN_CHECK_SECONDS", 1.0, 7 * _DAY),
     "event_debounce_s": FloatVar("KITRADING_FORECAST_EVENT_DEBOUNCE_SECONDS", 0.0, _DAY),
@@ -131,6 +134,7 @@ FIELDS: dict[str, Var] = {
     "worker_threads": IntVar("KITRADING_FORECAST_WORKER_THREADS", 1, 1024),
     "worker_idle_s": FloatVar("KITRADING_FORECAST_WORKER_IDLE_SECONDS", 0.0, 7 * _DAY),
     # Serving.
+    "candle_cache": BoolVar("KITRADING_FORECAST_CANDLE_CACHE"),
     "serving_threads": IntVar("KITRADING_FORECAST_SERVING_THREADS", 1, 1024),
     "cache_size": IntVar("KITRADING_FORECAST_CACHE_SIZE", 0, 10_000_000),
     # Evaluation.

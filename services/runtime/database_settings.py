@@ -14,6 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from services.runtime.config import (
+    HOME,
+    HOST_PATTERN,
+    ConfigError,
+    IntVar,
+    SecretVar,
+    TextVar,
+    Var,
+    check_fields,
+    read_fields,
+)
 from services.runtime.embedded import ensure_embedded_running, start_embedded_postgres
 
 DEFAULT_HOME = Path(".kitrading")
@@ -34,6 +45,14 @@ class DatabaseSettings:
     pool_min_size: int = 1
     pool_max_size: int = 10
 
+    def __post_init__(self) -> None:
+        check_fields(self, FIELDS)
+        if self.pool_min_size > self.pool_max_size:
+            raise ConfigError(
+                f"KITRADING_DATABASE_POOL_MIN ({self.pool_min_size}) must not exceed "
+                f"KITRADING_DATABASE_POOL_MAX ({self.pool_max_size})"
+            )
+
     @property
     def embedded(self) -> bool:
         """True when neither a URL nor a host is configured: an embedded PostgreSQL is used."""
@@ -45,28 +64,13 @@ class DatabaseSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseSettings:
-        """Read the settings from `env` (default `os.environ`).
-
-        `KITRADING_DATABASE_URL`; `TIMESCALE_HOST`, `TIMESCALE_PORT` (5432), `TIMESCALE_DB` (kitrading),
-        `TIMESCALE_USER` (postgres), `TIMESCALE_PASSWORD` or `TIMESCALE_PASSWORD_FILE` (wins);
-        `KITRADING_HOME` (./.kitrading); `KITRADING_DATABASE_POOL_MIN` / `_MAX` (1 / 10).
-        """
+        """Read the settings from `env` (default `os.environ`) through `FIELDS`; a bad value raises
+        ConfigError naming the variable (`TIMESCALE_PASSWORD_FILE` wins over the password)."""
         env = os.environ if env is None else env
-        password = env.get("TIMESCALE_PASSWORD") or None
-        password_file = env.get("TIMESCALE_PASSWORD_FILE")
-        if password_file:
-            password = Path(password_file).read_text(encoding="utf-8").strip()
-        return cls(
-            url=env.get("KITRADING_DATABASE_URL") or None,
-            host=env.get("TIMESCALE_HOST") or None,
-            port=int(env.get("TIMESCALE_PORT") or 5432),
-            database=env.get("TIMESCALE_DB") or "kitrading",
-            user=env.get("TIMESCALE_USER") or "postgres",
-            password=password,
-            home=Path(env.get("KITRADING_HOME") or DEFAULT_HOME),
-            pool_min_size=int(env.get("KITRADING_DATABASE_POOL_MIN") or 1),
-            pool_max_size=int(env.get("KITRADING_DATABASE_POOL_MAX") or 10),
-        )
+        values = read_fields(cls(), FIELDS, env)
+        values["home"] = Path(values["home"])
+        values["password"] = values["password"] or None
+        return cls(**values)
 
     def describe(self) -> str:
         """Where the database is, safe to log."""
@@ -109,3 +113,17 @@ def revive_hook(settings: DatabaseSettings) -> Callable[[], Awaitable[None]] | N
         await asyncio.to_thread(ensure_embedded_running, pgdata)
 
     return revive
+
+
+#: Attribute -> its environment variable and range.
+FIELDS: dict[str, Var] = {
+    "url": TextVar("KITRADING_DATABASE_URL", "a postgresql:// URL", r"postgres(ql)?://\S+"),
+    "host": TextVar("TIMESCALE_HOST", "a host name or address", HOST_PATTERN),
+    "port": IntVar("TIMESCALE_PORT", 1, 65535),
+    "database": TextVar("TIMESCALE_DB"),
+    "user": TextVar("TIMESCALE_USER"),
+    "password": SecretVar("TIMESCALE_PASSWORD"),
+    "home": HOME,
+    "pool_min_size": IntVar("KITRADING_DATABASE_POOL_MIN", 1, 1000),
+    "pool_max_size": IntVar("KITRADING_DATABASE_POOL_MAX", 1, 1000),
+}

@@ -23,9 +23,8 @@ from services.forecast import settings as forecast_settings
 from services.forecast.model import NHITSConfig
 from services.llm import settings as llm_settings
 from services.llm.grounding_settings import GroundingSettings
-from services.runtime import threads
+from services.runtime import database_settings, threads
 from services.runtime.config import (
-    HOME,
     HOST_PATTERN,
     URL_PATTERN,
     BoolVar,
@@ -66,28 +65,7 @@ GROUNDING: tuple[Var, ...] = (
     IntVar("KITRADING_LLM_PASSAGES", 1, 50),
     *_ADDRESSES,
 )
-DATABASE: tuple[Var, ...] = (
-    TextVar("KITRADING_DATABASE_URL", "a postgresql:// URL", r"postgres(ql)?://\S+"),
-    TextVar("TIMESCALE_HOST", "a host name or address", HOST_PATTERN),
-    IntVar("TIMESCALE_PORT", 1, 65535),
-    TextVar("TIMESCALE_DB"),
-    TextVar("TIMESCALE_USER"),
-    SecretVar("TIMESCALE_PASSWORD"),
-    IntVar("KITRADING_DATABASE_POOL_MIN", 1, 1000),
-    IntVar("KITRADING_DATABASE_POOL_MAX", 1, 1000),
-    HOME,
-)
-#: services/runtime/database_settings.py parses with int() and open() (ValueError / OSError without
-#: the variable's name) and checks no range or form: these rows pass (and must then lose their
-#: xfail) once it reads through the declared variables of services.runtime.config.
-DATABASE_PENDING = {
-    "KITRADING_DATABASE_URL",
-    "TIMESCALE_HOST",
-    "TIMESCALE_PORT",
-    "TIMESCALE_PASSWORD",
-    "KITRADING_DATABASE_POOL_MIN",
-    "KITRADING_DATABASE_POOL_MAX",
-}
+DATABASE: tuple[Var, ...] = tuple(database_settings.FIELDS.values())
 
 
 @dataclass(frozen=True)
@@ -109,7 +87,12 @@ LOADERS: dict[str, Loader] = {
     ),
     "threads": Loader(lambda env: threads.MATH_THREADS.read(1, env), (threads.MATH_THREADS,), {}),
     "forecast": Loader(forecast_settings.ForecastSettings.from_env, forecast_settings.VARIABLES, {}),
-    "data": Loader(data_settings.DataSettings.from_env, data_settings.VARIABLES + DATABASE, {}),
+    # A pool of up to 1000 connections, so every POOL_MIN in range is not above POOL_MAX.
+    "data": Loader(
+        data_settings.DataSettings.from_env,
+        data_settings.VARIABLES + DATABASE,
+        {"KITRADING_DATABASE_POOL_MAX": "1000"},
+    ),
     "watchdog": Loader(watchdog_settings.WatchdogSettings.from_env, watchdog_settings.VARIABLES, {}),
     "llm": Loader(llm_settings.LlmSettings.from_env, llm_settings.VARIABLES, OLLAMA, also=({},)),
     "grounding": Loader(GroundingSettings.from_env, GROUNDING, {}),
@@ -190,12 +173,8 @@ GOOD: dict[type, Callable[[Any], list[str]]] = {
 def _cases(table: dict[type, Callable[[Any], list[str]]]) -> Iterator[Any]:
     for loader_name, loader in LOADERS.items():
         for var in loader.variables:
-            pending = var.name in DATABASE_PENDING and table is BAD
-            marks = [pytest.mark.xfail(strict=True, reason="database_settings.py: no ranges yet")] * pending
             for value in table[type(var)](var):
-                yield pytest.param(
-                    loader_name, var.name, value, id=f"{loader_name}-{var.name}={value}", marks=marks
-                )
+                yield pytest.param(loader_name, var.name, value, id=f"{loader_name}-{var.name}={value}")
 
 
 @pytest.mark.parametrize(("loader", "name", "value"), list(_cases(BAD)))
@@ -213,9 +192,7 @@ def _secrets() -> Iterator[Any]:
     for loader_name, loader in LOADERS.items():
         for var in loader.variables:
             if isinstance(var, SecretVar):
-                pending = var.name in DATABASE_PENDING
-                marks = [pytest.mark.xfail(strict=True, reason="database_settings.py")] * pending
-                yield pytest.param(loader_name, var.name, id=f"{loader_name}-{var.name}", marks=marks)
+                yield pytest.param(loader_name, var.name, id=f"{loader_name}-{var.name}")
 
 
 @pytest.mark.parametrize(("loader", "name"), list(_secrets()))
@@ -395,3 +372,9 @@ def test_the_docs_state_each_range(var: Var) -> None:
     ]
     assert rows, f"docs/configuration.md has no row for {_documented(var)}"
     assert any(documented_range(var) in row for row in rows), f"write {documented_range(var)!r} in its row"
+
+
+def test_the_pool_minimum_may_not_exceed_its_maximum() -> None:
+    env = {"KITRADING_DATABASE_POOL_MIN": "20", "KITRADING_DATABASE_POOL_MAX": "10"}
+    with pytest.raises(ConfigError, match="KITRADING_DATABASE_POOL_MIN"):
+        database_settings.DatabaseSettings.from_env(env)
