@@ -41,14 +41,14 @@ class ServiceInfo:
     def port(self, env: Mapping[str, str] | None = None) -> int:
         """The configured port: `KITRADING_<NAME>_PORT` or the default."""
         source = os.environ if env is None else env
-        raw = source.get(f"KITRADING_{self.name.upper()}_PORT")
-        return int(raw) if raw else self.default_port
+        return _port(source, f"KITRADING_{self.name.upper()}_PORT", self.default_port)
 
     def metrics_port(self, env: Mapping[str, str] | None = None) -> int:
         """Prometheus port: `KITRADING_<NAME>_METRICS_PORT` or gRPC port + 6000 (9001 for data)."""
         source = os.environ if env is None else env
-        raw = source.get(f"KITRADING_{self.name.upper()}_METRICS_PORT")
-        return int(raw) if raw else self.port(source) + 6000
+        name = f"KITRADING_{self.name.upper()}_METRICS_PORT"
+        value = _port(source, name, -1, minimum=0)  # 0: any free port
+        return value if value >= 0 else self.port(source) + 6000
 
 
 SERVICES: tuple[ServiceInfo, ...] = (
@@ -137,8 +137,21 @@ BY_PREFIX: dict[str, ServiceInfo] = {s.prefix: s for s in SERVICES}
 
 def gateway_port(env: Mapping[str, str] | None = None) -> int:
     source = os.environ if env is None else env
-    raw = source.get("KITRADING_GATEWAY_PORT")
-    return int(raw) if raw else GATEWAY_PORT
+    return _port(source, "KITRADING_GATEWAY_PORT", GATEWAY_PORT)
+
+
+def _port(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
+    """The port in variable `name` (`minimum`..65535), or `default` when unset; ValueError naming it."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not minimum <= value <= 65535:
+        raise ValueError(f"{name} must be a port in {minimum}..65535, got {raw!r}")
+    return value
 
 
 def service(name: str) -> ServiceInfo:

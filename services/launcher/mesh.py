@@ -18,7 +18,10 @@ from pathlib import Path
 
 from kitrading import mesh
 from services.launcher.supervisor import Child, Supervisor
-from services.runtime.config import kitrading_home
+from services.runtime.config import IntVar, kitrading_home
+
+#: Envoy worker threads of the gateway.
+GATEWAY_CONCURRENCY = IntVar("KITRADING_GATEWAY_CONCURRENCY", 1, 256)
 
 log = logging.getLogger("kitrading.launcher")
 
@@ -94,7 +97,7 @@ def build_children(
             "warning",
             "--disable-hot-restart",
             "--concurrency",
-            env.get("KITRADING_GATEWAY_CONCURRENCY", "2"),
+            str(GATEWAY_CONCURRENCY.read(2, env)),
         ]
         children.append(Child("gateway", argv, child_env(env, home), logs / "gateway.log"))
         children.append(

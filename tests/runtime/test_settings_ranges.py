@@ -378,3 +378,27 @@ def test_the_pool_minimum_may_not_exceed_its_maximum() -> None:
     env = {"KITRADING_DATABASE_POOL_MIN": "20", "KITRADING_DATABASE_POOL_MAX": "10"}
     with pytest.raises(ConfigError, match="KITRADING_DATABASE_POOL_MIN"):
         database_settings.DatabaseSettings.from_env(env)
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "port", "-1"])
+def test_the_registry_ports_name_their_variable(value: str) -> None:
+    data = mesh.service("data")
+    with pytest.raises(ValueError, match="KITRADING_DATA_PORT"):
+        data.port({"KITRADING_DATA_PORT": value})
+    with pytest.raises(ValueError, match="KITRADING_GATEWAY_PORT"):
+        mesh.gateway_port({"KITRADING_GATEWAY_PORT": value})
+    if value != "0":  # 0: a free port for the metrics
+        with pytest.raises(ValueError, match="KITRADING_DATA_METRICS_PORT"):
+            data.metrics_port({"KITRADING_DATA_METRICS_PORT": value})
+    assert data.port({"KITRADING_DATA_PORT": "4001"}) == 4001
+    assert data.metrics_port({"KITRADING_DATA_PORT": "4001"}) == 10001
+    assert data.metrics_port({"KITRADING_DATA_METRICS_PORT": "0"}) == 0
+
+
+def test_the_gateway_concurrency_is_range_checked() -> None:
+    from services.launcher.mesh import GATEWAY_CONCURRENCY
+
+    assert GATEWAY_CONCURRENCY.read(2, {}) == 2
+    for bad in ("0", "257", "many"):
+        with pytest.raises(ConfigError, match="KITRADING_GATEWAY_CONCURRENCY"):
+            GATEWAY_CONCURRENCY.read(2, {"KITRADING_GATEWAY_CONCURRENCY": bad})
