@@ -11,8 +11,8 @@
 The files are read directly with the same pandas calls the official loaders use (the test suite checks
 that the frames are equal): importing the three packages would cost seconds of start-up, reading
 the files almost nothing. All five carry real OHLCV columns (arch's also `Adj Close`, which is not
-used; MSFT's `OpenInt` is always 0 and dropped). Times carry no zone in the files and are taken as UTC; daily bars
-are stamped at 00:00 UTC of their date.
+used; MSFT's `OpenInt` is always 0 and dropped). Times carry no zone in the files and are taken as
+UTC; daily bars are stamped at 00:00 UTC of their date.
 
 Import is idempotent: a data set whose stored series already matches (count, first and last time) is
 not rewritten. Each data set is written in one transaction with a SYMBOL_ADDED event (when the symbol
