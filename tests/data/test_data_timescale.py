@@ -78,7 +78,8 @@ async def ts_domain(timescale: TimescaleServer) -> AsyncIterator[DataDomain]:
     await _create_database(timescale, "kitrading_ts")
     database = DatabaseSettings.from_env(_timescale_env(timescale, "kitrading_ts"))
     assert not database.embedded and database.host == "127.0.0.1"
-    domain = DataDomain.create(replace(make_settings("unused"), database=replace(database, pool_max_size=5)))
+    placeholder = make_settings("postgresql://unused")  # its database is replaced at once
+    domain = DataDomain.create(replace(placeholder, database=replace(database, pool_max_size=5)))
     await domain.start()
     yield domain
     await domain.close()
