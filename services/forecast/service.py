@@ -27,11 +27,11 @@ from services.forecast.registry import check_symbol, forecast_registry
 from services.forecast.settings import ForecastSettings
 from services.forecast.trainer import ForecastTrainer
 from services.runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
-from services.runtime.jobs import JobState
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
 from services.training.registry import ModelVersion
 from services.training.retraining import EventMonitor, EventMonitorStatus, RetrainScheduler
 from services.training.sources import CandleSource, EventStream
+from services.training.trainer import WorkerSpec
 from services.training.worker import WorkerOptions
 
 DEFAULT_HORIZON = 24
@@ -80,7 +80,8 @@ class TrainingProgress:
     schedule_enabled: bool
 
 
-def runner_settings(settings: ForecastSettings, spec: Any) -> RunnerSettings:
+def runner_settings(settings: ForecastSettings, spec: WorkerSpec) -> RunnerSettings:
+    """The shared runner's settings from the forecast's own (worker isolation, jobs kept)."""
     return RunnerSettings(
         worker=WorkerOptions(
             spec=spec,
@@ -329,5 +330,3 @@ class ForecastDomain:
     def system_metrics(self) -> SystemMetrics:
         return system_metrics(active_training_jobs=self.jobs.active_count(), worker_pid=self.jobs.worker_pid)
 
-
-__all__ = ["DEFAULT_HORIZON", "ForecastDomain", "JobState", "ModelPerformance", "TrainingProgress"]
