@@ -23,6 +23,7 @@ from services.forecast import settings as forecast_settings
 from services.forecast.model import NHITSConfig
 from services.llm import settings as llm_settings
 from services.llm.grounding_settings import GroundingSettings
+from services.regime import settings as regime_settings
 from services.runtime import database_settings, threads
 from services.runtime.config import (
     HOST_PATTERN,
@@ -96,6 +97,7 @@ LOADERS: dict[str, Loader] = {
     "watchdog": Loader(watchdog_settings.WatchdogSettings.from_env, watchdog_settings.VARIABLES, {}),
     "llm": Loader(llm_settings.LlmSettings.from_env, llm_settings.VARIABLES, OLLAMA, also=({},)),
     "grounding": Loader(GroundingSettings.from_env, GROUNDING, {}),
+    "regime": Loader(regime_settings.RegimeSettings.from_env, regime_settings.VARIABLES, {}),
 }
 
 # ---- values to try, by kind of variable ----
@@ -258,6 +260,7 @@ NO_VARIABLE: dict[type, dict[str, str]] = {
     llm_settings.LlmSettings: {"ollama": "OLLAMA_FIELDS", "embedded": "EMBEDDED_FIELDS", "gpu": "GPU_*"},
     llm_settings.OllamaSettings: {"extra_options": "OLLAMA_OPTIONS"},
     llm_settings.EmbeddedSettings: {},
+    regime_settings.RegimeSettings: {},
 }
 FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     RuntimeSettings: RuntimeSettings.variables(SERVICE)._asdict(),
@@ -269,6 +272,7 @@ FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     llm_settings.LlmSettings: llm_settings.FIELDS,
     llm_settings.OllamaSettings: llm_settings.OLLAMA_FIELDS,
     llm_settings.EmbeddedSettings: llm_settings.EMBEDDED_FIELDS,
+    regime_settings.RegimeSettings: regime_settings.FIELDS,
 }
 
 
@@ -360,6 +364,7 @@ DOCUMENTED: tuple[Var, ...] = (
     *data_settings.VARIABLES,
     *watchdog_settings.VARIABLES,
     *llm_settings.VARIABLES,
+    *regime_settings.VARIABLES,
 )
 
 
