@@ -7,7 +7,6 @@ task then trains in the worker process (services.forecast.training's `setup`/`ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -18,43 +17,24 @@ from services.runtime.errors import FailedPrecondition, NotFound
 from services.training.jobs import TrainingJob
 from services.training.registry import ModelRegistry
 from services.training.sources import CandleSource
+from services.training.symbols import SymbolTrainer
 from services.training.trainer import Skip, WorkerSpec
 
 
-class ForecastTrainer:
+class ForecastTrainer(SymbolTrainer):
     model = "nhits"
-    per_symbol = True
     worker = WorkerSpec(setup="services.forecast.training:setup", run="services.forecast.training:run")
 
     def __init__(self, settings: ForecastSettings, source: CandleSource, registry: ModelRegistry) -> None:
+        super().__init__(source, registry)
         self.settings = settings
-        self.source = source
-        self.registry = registry
+
+    @property
+    def retrain_age_days(self) -> float:
+        return self.settings.auto_retrain_days
 
     def planned_steps(self) -> int:
         return self.settings.nhits.max_steps
-
-    async def check_keys(self, keys: Sequence[str]) -> list[str]:
-        names = list(dict.fromkeys(self.registry.check_key(k) for k in keys))
-        for name in names:
-            if await self.source.get_symbol(name) is None:
-                raise NotFound(
-                    f"symbol {name} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": name}
-                )
-        return names
-
-    async def all_keys(self) -> list[str]:
-        """The active symbols."""
-        return [s.symbol for s in await self.source.list_symbols() if s.active]
-
-    async def stale_keys(self) -> list[str]:
-        """Active symbols without a model or with one older than NHITS_AUTO_RETRAIN_DAYS."""
-        out = []
-        for symbol in await self.all_keys():
-            age = self.model_age_days(symbol)
-            if age is None or age >= self.settings.auto_retrain_days:
-                out.append(symbol)
-        return out
 
     async def prepare(self, key: str, job: TrainingJob) -> TrainTask | Skip:
         info = await self.source.get_symbol(key)
@@ -87,13 +67,6 @@ class ForecastTrainer:
         )
 
     # ---- staleness ------------------------------------------------------------------------------
-
-    def model_age_days(self, symbol: str) -> float | None:
-        try:
-            version = self.registry.get(symbol)
-        except (FailedPrecondition, NotFound):
-            return None
-        return (datetime.now(UTC) - version.created_at).total_seconds() / 86400
 
     def freshness(self, symbol: str, last_candle: pd.Timestamp | None) -> str:
         """Why a force=False retrain may be skipped ("" when it must train)."""
