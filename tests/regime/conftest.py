@@ -6,12 +6,13 @@ once per session and a fresh copy handed out, so a test may modify it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import cache
 
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from services.data.samples import SAMPLES, load_candles
 
@@ -27,6 +28,13 @@ def _frame(symbol: str) -> pd.DataFrame:
     frame = pd.DataFrame([asdict(c) for c in bars])
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     return frame[["time", "open", "high", "low", "close", "volume"]].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_math_thread() -> Iterator[None]:
+    """One BLAS/OpenMP thread (the cores are shared; the worker runs with one too)."""
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture(scope="session")
