@@ -152,18 +152,24 @@ class RegimeHMM:
         return out
 
     def _forward(self, X: np.ndarray) -> tuple[np.ndarray, float]:
+        # log alpha_t(j) = log b_t(j) + logsumexp_i(log alpha_{t-1}(i) + log a_ij), normalised per row;
+        # the logsumexp is taken as m + log(exp(log alpha_{t-1} - m) @ A), m = max log alpha_{t-1}.
         log_b = self.log_emission(X)
         n, k = log_b.shape
         log_alpha = np.empty((n, k))
-        loglik = 0.0
+        norms = np.empty(n)
+        trans = self.transmat_
         prev = self._log_start + log_b[0]
-        for t in range(n):
-            if t > 0:
-                prev = _logsumexp(log_alpha[t - 1][:, None] + self._log_trans, axis=0) + log_b[t]
-            norm = _logsumexp(prev, axis=0)
-            loglik += float(norm)
-            log_alpha[t] = prev - norm
-        return log_alpha, loglik
+        with np.errstate(divide="ignore"):
+            for t in range(n):
+                if t > 0:
+                    last = log_alpha[t - 1]
+                    m = last.max()
+                    prev = np.log(np.exp(last - m) @ trans) + m + log_b[t]
+                top = prev.max()
+                norms[t] = top + math.log(np.exp(prev - top).sum())
+                log_alpha[t] = prev - norms[t]
+        return log_alpha, float(norms.sum())
 
     def filtered_proba(self, X: np.ndarray) -> np.ndarray:
         """(n, f) -> (n, k) P(state_t | x_0..x_t): forward only, row t uses rows <= t. Rows sum to 1."""
@@ -272,11 +278,3 @@ def _check_X(X: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or infinite values")
     return X
-
-
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
-    return np.squeeze(out, axis=axis)

@@ -12,6 +12,9 @@ Naming rule (`name_states`), with k states:
   BULL_TREND and the lower BEAR_TREND.
 - k == 1: RANGE.
 
+A trend name also needs its sign: a state picked as BULL_TREND with mean <= 0, or as BEAR_TREND with
+mean >= 0, is RANGE instead (on SP500 D1 the calmest states all drift up; none is called bear).
+
 RANGE may name several states; the others name at most one. A retrain keeps the previous version's
 names with `match_states` (Hungarian assignment on standardised (mean, vol) distance), so a label does
 not flip because the fit permuted the states.
@@ -109,7 +112,7 @@ def name_states(stats: Sequence[StateStats]) -> list[str]:
         else:
             names[int(np.argmax(means))] = BULL_TREND
             names[int(np.argmin(means))] = BEAR_TREND
-        return names
+        return _signed(names, means)
     rest = list(range(k))
     hi = int(np.argmax(vols))
     if vols[hi] > HIGH_VOL_RATIO * float(np.median(vols)):
@@ -118,7 +121,13 @@ def name_states(stats: Sequence[StateStats]) -> list[str]:
     by_mean = sorted(rest, key=lambda j: means[j])
     names[by_mean[-1]] = BULL_TREND
     names[by_mean[0]] = BEAR_TREND
-    return names
+    return _signed(names, means)
+
+
+def _signed(names: list[str], means: np.ndarray) -> list[str]:
+    """Trend names whose mean has the wrong sign become RANGE."""
+    wrong = {BULL_TREND: lambda m: m <= 0, BEAR_TREND: lambda m: m >= 0}
+    return [RANGE if n in wrong and wrong[n](float(m)) else n for n, m in zip(names, means, strict=True)]
 
 
 def match_states(new_stats: Sequence[StateStats], previous: Sequence[StateStats]) -> list[str]:

@@ -227,6 +227,12 @@ def test_name_rule():
     # k == 2, a clear mean: by mean (t = 2e-3 / (0.01 / sqrt(1000)) = 6.3)
     assert name_states([_s(-2e-3, 0.01), _s(1e-5, 0.02)]) == [BEAR_TREND, BULL_TREND]
     assert name_states([_s(0.0, 0.01)]) == [RANGE]
+    # a trend name needs its sign: the lowest mean here is positive, so no BEAR_TREND
+    assert name_states([_s(1e-4, 0.01), _s(6e-4, 0.005), _s(-2e-4, 0.03)]) == [
+        RANGE,
+        BULL_TREND,
+        HIGH_VOLATILITY,
+    ]
 
 
 @pytest.mark.parametrize("symbol", SYMBOLS)
@@ -309,3 +315,21 @@ def test_segments_on_real_data(fitted):
     assert out[0].start_time == feats.times[0] and out[-1].end_time == feats.times[-1]
     assert all(0.0 < s.mean_probability <= 1.0 for s in out)
     json.dumps([s.to_dict() for s in out])
+
+
+def test_labels_survive_a_real_refit_on_more_data(fitted):
+    """EURUSD: a refit with other seeds on 200 fewer bars permutes the states; matching keeps names."""
+    feats, X, model = fitted["EURUSD"]
+    stats = state_stats(model.viterbi(X), feats.log_return, model.n_states_)
+    names = name_states(stats)
+    previous = [s.with_label(n) for s, n in zip(stats, names, strict=True)]
+    before = np.array([names[j] for j in model.viterbi(X)])[:-200]
+
+    refit = RegimeHMM(n_states=model.n_states_, n_restarts=2, max_iter=50, random_state=11)
+    refit.fit(X[:-200])
+    path = refit.viterbi(X[:-200])
+    new_stats = state_stats(path, feats.log_return[:-200], refit.n_states_)
+    matched = np.array(match_states(new_stats, previous))[path]
+    fresh = np.array(name_states(new_stats))[path]
+    assert np.mean(matched == before) > 0.85
+    assert np.mean(matched == before) > np.mean(fresh == before)
