@@ -199,6 +199,17 @@ def backtest(
     return rows
 
 
+def breakeven_probability(y: np.ndarray, returns: np.ndarray) -> float:
+    """The probability of the target at which a trade's expected return after costs is zero:
+    -mean loss / (mean win - mean loss), the means of `returns` (n,) over labels `y` (n,) 1 and 0.
+    Pass training samples only (`evaluate` uses the train-only first block). NaN without both."""
+    y, r = np.asarray(y), np.asarray(returns, dtype=np.float64)
+    if not (np.any(y == 1) and np.any(y == 0)):
+        return float("nan")
+    win, loss = float(r[y == 1].mean()), float(r[y == 0].mean())
+    return -loss / (win - loss) if win > loss else float("nan")
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """Everything `evaluate` measures, JSON-able through `to_dict`."""
@@ -229,17 +240,24 @@ def evaluate(
     t1: np.ndarray,
     close: np.ndarray,
     *,
-    threshold: float,
+    threshold: float | None = None,
     periods_per_year: float,
     cost: float = 0.0,
 ) -> Report:
     """Scores, reliability (of the walk-forward calibrated OOF probabilities) and backtest of a
     `scorer.WalkForward` over its tested samples; arrays (n,) as given to the walk-forward.
 
+    `threshold` None: the break-even probability of the train-only first block (known before any
+    test fold), so the threshold does not peek at the test span.
+
     `edge` is True only when the calibrated OOF probabilities beat the base rate on both Brier score
     and log loss and the AUC exceeds 0.5.
     """
     tested = walk_forward.tested
+    if threshold is None:
+        threshold = breakeven_probability(np.asarray(y)[~tested], np.asarray(returns)[~tested])
+        if not np.isfinite(threshold):
+            raise ValueError("no break-even threshold from the first block; pass threshold")
     y, rets = np.asarray(y, dtype=np.float64)[tested], np.asarray(returns, dtype=np.float64)[tested]
     base = walk_forward.base_rate[tested]
     raw, cal = walk_forward.raw[tested], walk_forward.calibrated[tested]

@@ -276,11 +276,13 @@ class SignalScorer:
         n_folds: int = 5,
         embargo: int = 0,
         feature_names: list[str] | None = None,
+        returns: np.ndarray | None = None,
         on_iteration: OnIteration | None = None,
     ) -> SignalScorer:
         """Walk-forward OOF predictions, a calibrator fitted on them, then the serving booster on all
-        of X (n, f), y (n,). `on_iteration(step, max_steps)` counts the rounds of all n_folds + 1
-        fits. Raises ValueError when y has one class only."""
+        of X (n, f), y (n,). `returns` (n,): the realised returns after costs of the labels, whose
+        means over wins and losses give `expected_return`. `on_iteration(step, max_steps)` counts
+        the rounds of all n_folds + 1 fits. Raises ValueError when y has one class only."""
         X = _check_xy(X, y)
         y = np.asarray(y, dtype=np.float64)
         if len(np.unique(y)) < 2:
@@ -300,6 +302,13 @@ class SignalScorer:
         self.booster_ = self._train(X, y, names, step)
         self.walk_forward_ = wf
         self.feature_names_ = names
+        self.mean_return_win_, self.mean_return_loss_ = float("nan"), float("nan")
+        if returns is not None:
+            r = np.asarray(returns, dtype=np.float64)
+            if r.shape != y.shape:
+                raise ValueError(f"returns must be ({len(y)},), got shape {r.shape}")
+            self.mean_return_win_ = float(r[y == 1].mean())
+            self.mean_return_loss_ = float(r[y == 0].mean())
         return self
 
     def _fitted(self) -> Any:
@@ -314,6 +323,12 @@ class SignalScorer:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated P(label = 1) (n,) of X (n, f)."""
         return self.calibrator_.transform(self.predict_raw(X))
+
+    def expected_return(self, X: np.ndarray) -> np.ndarray:
+        """Expected return after costs (n,): p * mean win + (1 - p) * mean loss, the means over the
+        training labels (NaN when `fit` got no `returns`)."""
+        p = self.predict_proba(X)
+        return p * self.mean_return_win_ + (1.0 - p) * self.mean_return_loss_
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature contributions (n, f + 1) in log-odds of the raw booster (before calibration);
@@ -334,6 +349,8 @@ class SignalScorer:
             "feature_names": list(self.feature_names_),
             "booster": self._fitted().model_to_string(),
             "calibrator": dict(self.calibrator_.params_),
+            "mean_return_win": _json_float(self.mean_return_win_),
+            "mean_return_loss": _json_float(self.mean_return_loss_),
         }
 
     @classmethod
@@ -347,4 +364,14 @@ class SignalScorer:
         cal.params_ = dict(state["calibrator"])
         scorer.calibrator_ = cal
         scorer.feature_names_ = list(state["feature_names"])
+        scorer.mean_return_win_ = _from_json_float(state.get("mean_return_win"))
+        scorer.mean_return_loss_ = _from_json_float(state.get("mean_return_loss"))
         return scorer
+
+
+def _json_float(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def _from_json_float(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.regime.backtest import backtest, evaluate, reliability, scores
+from services.regime.backtest import backtest, breakeven_probability, evaluate, reliability, scores
 from services.regime.labels import HORIZON, STOP_LOSS, TAKE_PROFIT, Barriers, LabelFrame, atr, triple_barrier
 from services.regime.scorer import SignalScorer, purged_walk_forward_splits
 from services.regime.signals import SignalFeatures, feature_names, min_history, signal_features
@@ -331,11 +331,30 @@ def test_honest_figures_on_sp500_d1(candles: Candles) -> None:
     scorer = SignalScorer(n_estimators=60).fit(feats.values, labels.label, labels.t, labels.t1, embargo=10)
     report = evaluate(
         scorer.walk_forward_, labels.label, labels.ret, labels.t, labels.t1, frame["close"].to_numpy(),
-        threshold=0.35, periods_per_year=252, cost=0.0005,
+        periods_per_year=252, cost=0.0005,
     )  # fmt: skip
     every = report.backtest[1]
     tested = scorer.walk_forward_.tested
+    assert report.threshold == breakeven_probability(labels.label[~tested], labels.ret[~tested])
     assert every.trades == int(tested.sum())
     assert every.mean_return == pytest.approx(labels.ret[tested].mean())
     assert report.backtest[2].total_return > 0  # the index rose over the span
     assert np.isfinite(report.scores_calibrated.log_loss)
+
+
+def test_expected_return_and_breakeven(eurusd: Fitted) -> None:
+    _frame, feats, labels, _, _ = eurusd
+    scorer = SignalScorer(n_estimators=20).fit(
+        feats.values, labels.label, labels.t, labels.t1, embargo=24, returns=labels.ret
+    )
+    x = feats.values[:100]
+    p, er = scorer.predict_proba(x), scorer.expected_return(x)
+    win, loss = labels.ret[labels.label == 1].mean(), labels.ret[labels.label == 0].mean()
+    np.testing.assert_allclose(er, p * win + (1 - p) * loss)
+    again = SignalScorer.from_dict(json.loads(json.dumps(scorer.to_dict())))
+    np.testing.assert_array_equal(again.expected_return(x), er)
+    be = breakeven_probability(labels.label, labels.ret)
+    assert be * win + (1 - be) * loss == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(
+        SignalScorer.from_dict(json.loads(json.dumps(eurusd.scorer.to_dict()))).expected_return(x)
+    ).all()
