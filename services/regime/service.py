@@ -17,14 +17,20 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from services.regime.regimes import RegimeModel, RegimeView, describe, hindsight_segments
+from services.regime.scoring import Score, TrainedScorer, score_signals
 from services.regime.segments import Segment
 from services.regime.settings import RegimeSettings
+from services.regime.signals import min_history
 from services.regime.trainer import RegimeTrainer, regime_registry
-from services.regime.training import REGIME_FILE
-from services.runtime.errors import NotFound
+from services.regime.training import REGIME_FILE, SCORER_FILE
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
 from services.training.registry import ModelVersion, PointerStamp
 from services.training.retraining import RetrainScheduler
@@ -39,6 +45,19 @@ class _Loaded:
     stamp: PointerStamp
     version: ModelVersion
     model: RegimeModel
+    scorer: TrainedScorer
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A signal to score: `side` buy or sell, at the bar opening at `time` (None: the last bar);
+    `horizon` and the ATR barriers 0 mean the model's own (a model is trained for one setting)."""
+
+    side: str
+    time: datetime | None = None
+    horizon: int = 0
+    take_profit_atr: float = 0.0
+    stop_loss_atr: float = 0.0
 
 
 class RegimeDomain:
@@ -99,9 +118,15 @@ class RegimeDomain:
                 f"symbol {symbol} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": symbol}
             )
         version = await asyncio.to_thread(self.registry.get, symbol)
-        raw = await asyncio.to_thread((version.path / REGIME_FILE).read_text)
+        regime = await asyncio.to_thread((version.path / REGIME_FILE).read_text)
+        scorer = await asyncio.to_thread((version.path / SCORER_FILE).read_text)
         assert stamp is not None
-        loaded = _Loaded(stamp, version, RegimeModel.from_dict(json.loads(raw)))
+        loaded = _Loaded(
+            stamp,
+            version,
+            RegimeModel.from_dict(json.loads(regime)),
+            TrainedScorer.from_dict(json.loads(scorer)),
+        )
         self._loaded[symbol] = loaded
         return loaded
 
@@ -125,3 +150,54 @@ class RegimeDomain:
     async def model(self, symbol: str) -> dict[str, Any]:
         """The current version's metadata: HMM states, log-likelihood, BIC, convergence, data range."""
         return dict((await self._model(symbol)).version.metadata)
+
+    # ---- signal scoring -------------------------------------------------------------------------
+
+    async def score(self, symbol: str, signals: Sequence[Signal]) -> list[Score]:
+        """Score many signals of one symbol in one pass (INVALID_ARGUMENT names a bad field;
+        FAILED_PRECONDITION when a signal's bar has too little history)."""
+        if not signals:
+            raise InvalidArgument("signals", "at least one signal is required")
+        loaded = await self._model(symbol)
+        config = loaded.scorer.config
+        for i, signal in enumerate(signals):
+            _check_signal(signal, config, i)
+        candles = await self.source.fetch(symbol, str(loaded.version.metadata.get("timeframe", "H1")))
+        times = pd.DatetimeIndex(pd.to_datetime(candles["time"], utc=True))
+        positions = [_position(times, signal.time, i) for i, signal in enumerate(signals)]
+        need = max(min_history(), loaded.scorer.regimes.vol_window + 1)
+        short = [i for i, p in enumerate(positions) if p < need]
+        if short:
+            raise FailedPrecondition(
+                f"a signal needs {need} bars of history before it; "
+                f"signal {short[0]} has {positions[short[0]]}",
+                reason="NOT_ENOUGH_CANDLES",
+            )
+        sides = [signal.side for signal in signals]
+        return await asyncio.to_thread(score_signals, loaded.scorer, candles, positions, sides)
+
+
+def _check_signal(signal: Signal, config: Any, index: int) -> None:
+    prefix = f"signals[{index}]."
+    if signal.side not in ("buy", "sell"):
+        raise InvalidArgument(prefix + "direction", "must be buy or sell")
+    trained = {
+        "horizon": (signal.horizon, config.horizon),
+        "take_profit_atr": (signal.take_profit_atr, config.take_profit_atr),
+        "stop_loss_atr": (signal.stop_loss_atr, config.stop_loss_atr),
+    }
+    for field, (asked, own) in trained.items():
+        if asked < 0:
+            raise InvalidArgument(prefix + field, "must not be negative")
+        if asked and asked != own:
+            raise InvalidArgument(prefix + field, f"this model is trained for {own}; send {own} or 0")
+
+
+def _position(times: pd.DatetimeIndex, at: datetime | None, index: int) -> int:
+    """The bar opening at `at` (None: the last bar); INVALID_ARGUMENT when no bar opens then."""
+    if at is None:
+        return len(times) - 1
+    found = np.flatnonzero(times == pd.Timestamp(at))
+    if not len(found):
+        raise InvalidArgument(f"signals[{index}].time", "no candle opens at that time")
+    return int(found[0])

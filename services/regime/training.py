@@ -1,7 +1,9 @@
 """The regime trainer's worker side: fit the HMM (and the scorer), publish one version.
 
 Runs in the training worker process (services.training.worker). Progress: one `Step` per HMM fit
-(restart x candidate state count), then the scorer's boosting rounds.
+(restart x candidate state count), then the scorer's boosting rounds (over all walk-forward folds,
+scaled to `boosting_rounds` steps). The version holds `regime.json` (the HMM that names regimes),
+`scorer.json` (the scorer and its own scoring HMM) and the evaluation in its metadata.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from services.training.registry import SYMBOL_KEY, ModelRegistry
 from services.training.trainer import TrainResult, WorkerContext
 
 REGIME_FILE = "regime.json"
+SCORER_FILE = "scorer.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ def setup(context: WorkerContext) -> ModelRegistry:
 def run(task: RegimeTask, registry: ModelRegistry, emit: Emit) -> TrainResult:
     from services.regime.naming import StateStats
     from services.regime.regimes import fit_regimes
+    from services.regime.scoring import ScoringConfig, train_scorer
 
     s = task.settings
     started = time.monotonic()
@@ -68,6 +72,35 @@ def run(task: RegimeTask, registry: ModelRegistry, emit: Emit) -> TrainResult:
         on_restart=on_restart,
     )
     hmm = model.hmm
+    emit(Phase("scoring"))
+    config = ScoringConfig(
+        horizon=s.horizon,
+        take_profit_atr=s.take_profit_atr,
+        stop_loss_atr=s.stop_loss_atr,
+        cost=s.cost,
+        folds=s.folds,
+        embargo=s.embargo,
+        boosting_rounds=s.boosting_rounds,
+        signal_step=s.signal_step,
+    )
+
+    def on_iteration(step: int, total: int) -> None:
+        emit(Step(fits + round(step * s.boosting_rounds / max(total, 1)), planned))
+
+    scoring_hmm = {
+        "n_states": s.n_states or None,
+        "restarts": s.restarts,
+        "max_iter": s.max_iter,
+        "vol_window": s.vol_window,
+    }
+    trained, evaluation = train_scorer(
+        task.candles,
+        symbol=task.symbol,
+        timeframe=task.timeframe,
+        config=config,
+        hmm_options=scoring_hmm,
+        on_iteration=on_iteration,
+    )
     times = pd.to_datetime(task.candles["time"], utc=True)
     metadata: dict[str, Any] = {
         "symbol": task.symbol,
@@ -89,16 +122,19 @@ def run(task: RegimeTask, registry: ModelRegistry, emit: Emit) -> TrainResult:
             "states": [st.to_dict() for st in model.states],
             "expected_duration_bars": [float(d) for d in hmm.expected_durations_],
         },
-        "training": {"steps": fits, "duration_s": round(time.monotonic() - started, 3)},
+        "scorer": {"config": trained.to_dict()["config"], "features": trained.scorer.feature_names_},
+        "evaluation": evaluation,
+        "training": {"steps": planned, "duration_s": round(time.monotonic() - started, 3)},
     }
     emit(Phase("publishing"))
     staged = registry.stage(task.symbol)
     try:
         Path(staged.path / REGIME_FILE).write_text(json.dumps(model.to_dict()))
+        Path(staged.path / SCORER_FILE).write_text(json.dumps(trained.to_dict()))
         emit(Phase("committing"))
         version = registry.publish(staged, metadata)
     except BaseException:
         registry.discard(staged)
         raise
     registry.prune(task.symbol, s.keep_versions)
-    return TrainResult(version.version, fits, version.metadata)
+    return TrainResult(version.version, planned, version.metadata)

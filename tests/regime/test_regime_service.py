@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from services.regime.service import RegimeDomain
+from services.regime.service import RegimeDomain, Signal
 from services.regime.settings import RegimeSettings
-from services.runtime.errors import FailedPrecondition, NotFound
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.jobs import JobState
 from services.training.sources import InMemoryCandleSource, SymbolInfo
 
@@ -50,3 +50,18 @@ async def test_train_then_serve_the_filtered_regime(domain: RegimeDomain) -> Non
     _, again = await domain.regime("EURUSD")
     assert again.version == "v000002"  # picked up without a restart
     assert sorted(s["label"] for s in (await domain.model("EURUSD"))["hmm"]["states"]) == first_names
+
+    evaluation = meta["evaluation"]
+    assert evaluation["signals"] > 500 and set(evaluation["scores_calibrated"]) >= {"auc", "brier"}
+    strategies = [row["strategy"] for row in evaluation["backtest"]]
+    assert len(strategies) == 3 and len(evaluation["reliability"]) >= 2
+    scores = await domain.score("EURUSD", [Signal("buy"), Signal("sell"), Signal("buy", horizon=24)])
+    assert len(scores) == 3 and all(0 < s.probability < 1 for s in scores)
+    assert scores[0].features[0][0] and abs(scores[0].features[0][2]) >= abs(scores[0].features[-1][2])
+    assert scores[0].probability == scores[2].probability  # the same signal, the model's own horizon
+    with pytest.raises(InvalidArgument) as bad:
+        await domain.score("EURUSD", [Signal("hold")])
+    assert bad.value.violations[0].field == "signals[0].direction"
+    with pytest.raises(InvalidArgument) as other:
+        await domain.score("EURUSD", [Signal("buy", horizon=5)])
+    assert other.value.violations[0].field == "signals[0].horizon"
