@@ -18,6 +18,8 @@ from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 #: Number of state counts tried by BIC when `n_states` is None.
 STATE_RANGE: tuple[int, ...] = (2, 3, 4)
+#: Floor of every covariance diagonal (features are standardised), so no state collapses onto a point.
+MIN_COVAR = 1e-3
 
 _N_COV_PARAMS: dict[str, Callable[[int], int]] = {
     "full": lambda f: f * (f + 1) // 2,
@@ -88,13 +90,14 @@ class RegimeHMM:
                     covariance_type=self.covariance_type,
                     n_iter=self.max_iter,
                     tol=1e-4,
+                    min_covar=MIN_COVAR,
                     random_state=self.random_state + 1000 * k + r,
                 )
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         model.fit(X)
-                        ll = float(model.score(X))
+                        ll = float(model.score(X)) if _positive_definite(model.covars_) else -math.inf
                 except (ValueError, LinAlgError, np.linalg.LinAlgError):
                     ll = -math.inf
                 if math.isfinite(ll) and ll > best_ll:
@@ -263,6 +266,14 @@ class RegimeHMM:
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, fitted on {self.n_features_in_}")
         return X
+
+
+def _positive_definite(covars: np.ndarray) -> bool:
+    """Every state's covariance is usable (a collapsed state has a singular one)."""
+    try:
+        return bool(np.all(np.linalg.eigvalsh(np.asarray(covars, dtype=np.float64)) > MIN_COVAR / 10))
+    except np.linalg.LinAlgError:
+        return False
 
 
 def _converged(monitor: Any) -> bool:

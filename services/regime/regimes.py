@@ -21,8 +21,8 @@ from services.regime.naming import StateStats, match_states, name_states, regime
 from services.regime.segments import Segment, segments
 from services.runtime.errors import FailedPrecondition
 
-#: Fewest feature rows an HMM is fitted on (a few hundred bars per state at 4 states).
-MIN_TRAINING_ROWS = 500
+#: Fewest feature rows an HMM is fitted on (75 per state at 4 states, ~35 parameters).
+MIN_TRAINING_ROWS = 300
 
 
 @dataclass(frozen=True, slots=True)
