@@ -329,4 +329,3 @@ class ForecastDomain:
 
     def system_metrics(self) -> SystemMetrics:
         return system_metrics(active_training_jobs=self.jobs.active_count(), worker_pid=self.jobs.worker_pid)
-
