@@ -434,7 +434,8 @@ class RuntimeSettings:
         v, d = cls.variables(service), cls(service=service)
         port = v.port.read(service.default_port, env)
         metrics_port = v.metrics_port.read(port + 6000, env)  # the default of ServiceInfo.metrics_port
-        if metrics_port > v.metrics_port.maximum:
+        metrics_on = v.metrics.read(True, env)
+        if metrics_on and metrics_port > v.metrics_port.maximum:
             raise ConfigError(
                 f"{v.metrics_port.name} must be set: its default, {v.port.name} + 6000, is {metrics_port}"
             )
@@ -444,7 +445,7 @@ class RuntimeSettings:
             service=service,
             host=v.host.read(v.host_all.read(d.host, env), env),
             port=port,
-            metrics_port=metrics_port if v.metrics.read(True, env) else None,
+            metrics_port=metrics_port if metrics_on else None,
             max_concurrent_unary=v.max_concurrent_unary.read(unary, env),
             max_concurrent_streams=v.max_concurrent_streams.read(streams, env),
             max_message_bytes=v.max_message_bytes.read(d.max_message_bytes, env),

@@ -407,3 +407,16 @@ def test_the_gateway_concurrency_is_range_checked() -> None:
     for bad in ("0", "257", "many"):
         with pytest.raises(ConfigError, match="KITRADING_GATEWAY_CONCURRENCY"):
             GATEWAY_CONCURRENCY.read(2, {"KITRADING_GATEWAY_CONCURRENCY": bad})
+
+
+def test_a_high_port_needs_a_metrics_port_only_when_metrics_are_on() -> None:
+    """Regression: `tests/runtime/test_process.py` starts Data on a free port with metrics off; a port
+    above 59535 failed the start because its (unused) default metrics port would pass 65535."""
+    off = RuntimeSettings.from_env(SERVICE, {"KITRADING_DATA_PORT": "60447", "KITRADING_METRICS": "false"})
+    assert off.port == 60447 and off.metrics_port is None
+    with pytest.raises(ConfigError, match="KITRADING_DATA_METRICS_PORT"):
+        RuntimeSettings.from_env(SERVICE, {"KITRADING_DATA_PORT": "60447"})
+    chosen = RuntimeSettings.from_env(
+        SERVICE, {"KITRADING_DATA_PORT": "60447", "KITRADING_DATA_METRICS_PORT": "9101"}
+    )
+    assert chosen.metrics_port == 9101
