@@ -77,7 +77,7 @@ async def run(settings: ForecastSettings) -> tuple[list[ModelPerformance], float
         job = await domain.jobs.train_all(force=True, background=False)
         if job.state.value != "SUCCEEDED":
             raise SystemExit(f"training failed: {job.error}")
-        return await domain.performance(), time.perf_counter() - started
+        return await domain.performance(active_only=True), time.perf_counter() - started
     finally:
         await domain.stop()
 

@@ -15,23 +15,13 @@ from services.forecast.settings import ForecastSettings
 from services.forecast.training import TrainTask
 from services.runtime.errors import FailedPrecondition, NotFound
 from services.training.jobs import TrainingJob
-from services.training.registry import ModelRegistry
-from services.training.sources import CandleSource
 from services.training.symbols import SymbolTrainer
 from services.training.trainer import Skip, WorkerSpec
 
 
-class ForecastTrainer(SymbolTrainer):
+class ForecastTrainer(SymbolTrainer[ForecastSettings]):
     model = "nhits"
     worker = WorkerSpec(setup="services.forecast.training:setup", run="services.forecast.training:run")
-
-    def __init__(self, settings: ForecastSettings, source: CandleSource, registry: ModelRegistry) -> None:
-        super().__init__(source, registry)
-        self.settings = settings
-
-    @property
-    def retrain_age_days(self) -> float:
-        return self.settings.auto_retrain_days
 
     def planned_steps(self) -> int:
         return self.settings.nhits.max_steps

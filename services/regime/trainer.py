@@ -14,7 +14,6 @@ from services.regime.training import RegimeTask
 from services.runtime.errors import FailedPrecondition, NotFound
 from services.training.jobs import TrainingJob
 from services.training.registry import SYMBOL_KEY, ModelRegistry
-from services.training.sources import CandleSource
 from services.training.symbols import SymbolTrainer
 from services.training.trainer import WorkerSpec
 
@@ -30,19 +29,11 @@ def regime_registry(root: Path) -> ModelRegistry:
     return ModelRegistry(root, key=SYMBOL_KEY, no_model=no_model_message)
 
 
-class RegimeTrainer(SymbolTrainer):
+class RegimeTrainer(SymbolTrainer[RegimeSettings]):
     model = "hmm"
     worker = WorkerSpec(
         setup="services.regime.training:setup", run="services.regime.training:run", torch=False
     )
-
-    def __init__(self, settings: RegimeSettings, source: CandleSource, registry: ModelRegistry) -> None:
-        super().__init__(source, registry)
-        self.settings = settings
-
-    @property
-    def retrain_age_days(self) -> float:
-        return self.settings.auto_retrain_days
 
     def planned_steps(self) -> int:
         s = self.settings

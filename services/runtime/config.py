@@ -29,11 +29,6 @@ def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
 
 
-def env_str(name: str, default: str = "", env: Mapping[str, str] | None = None) -> str:
-    value = _env(env).get(name)
-    return default if value is None or value == "" else value
-
-
 def env_int(
     name: str,
     default: int,

@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,11 +325,6 @@ class ModelRegistry:
                         entry.unlink()
                     removed.append(entry)
         return removed
-
-    def iter_current(self) -> Iterator[ModelVersion]:
-        for key in self.trained_keys():
-            with contextlib.suppress(FailedPrecondition, NotFound):
-                yield self.get(key)
 
 
 def _staging_pid(name: str) -> int:
