@@ -51,6 +51,7 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     ("kitrading.pattern.v1.PatternService", "GetTrainingJob"),
     ("kitrading.pattern.v1.PatternService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegime"),
+    ("kitrading.regime.v1.RegimeService", "GetRegimeStatus"),
     ("kitrading.regime.v1.RegimeService", "GetTrainingJob"),
     ("kitrading.regime.v1.RegimeService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegimeModel"),
@@ -2032,6 +2033,46 @@ class RegimeServiceClient(SyncServiceClient):
             metadata=metadata,
         )
 
+    def batch_score_signals(
+        self,
+        request: regime_v1_request_response_pb2.BatchScoreSignalsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.BatchScoreSignalsResponse:
+        """BatchScoreSignals scores many signals (of one or more symbols) in one call.
+
+        HTTP: `POST /api/v1/regime/score:batch`.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/BatchScoreSignals",
+            regime_v1_request_response_pb2.BatchScoreSignalsRequest() if request is None else request,
+            regime_v1_request_response_pb2.BatchScoreSignalsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def get_regime_status(
+        self,
+        request: regime_v1_request_response_pb2.GetRegimeStatusRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.GetRegimeStatusResponse:
+        """GetRegimeStatus says whether models are ready, lists them and names the running training job.
+
+        HTTP: `GET /api/v1/regime/status`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/GetRegimeStatus",
+            regime_v1_request_response_pb2.GetRegimeStatusRequest() if request is None else request,
+            regime_v1_request_response_pb2.GetRegimeStatusResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
     def train_regime_models(
         self,
         request: regime_v1_request_response_pb2.TrainRegimeModelsRequest | None = None,
@@ -2200,6 +2241,46 @@ class AsyncRegimeServiceClient(AsyncServiceClient):
             "/kitrading.regime.v1.RegimeService/ScoreSignal",
             regime_v1_request_response_pb2.ScoreSignalRequest() if request is None else request,
             regime_v1_request_response_pb2.ScoreSignalResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def batch_score_signals(
+        self,
+        request: regime_v1_request_response_pb2.BatchScoreSignalsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.BatchScoreSignalsResponse:
+        """BatchScoreSignals scores many signals (of one or more symbols) in one call.
+
+        HTTP: `POST /api/v1/regime/score:batch`.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/BatchScoreSignals",
+            regime_v1_request_response_pb2.BatchScoreSignalsRequest() if request is None else request,
+            regime_v1_request_response_pb2.BatchScoreSignalsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def get_regime_status(
+        self,
+        request: regime_v1_request_response_pb2.GetRegimeStatusRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.GetRegimeStatusResponse:
+        """GetRegimeStatus says whether models are ready, lists them and names the running training job.
+
+        HTTP: `GET /api/v1/regime/status`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/GetRegimeStatus",
+            regime_v1_request_response_pb2.GetRegimeStatusRequest() if request is None else request,
+            regime_v1_request_response_pb2.GetRegimeStatusResponse,
             timeout=timeout,
             metadata=metadata,
         )

@@ -30,7 +30,7 @@ from kitrading.common.v1 import training_pb2 as kitrading_dot_common_dot_v1_dot_
 from kitrading.regime.v1 import resources_pb2 as kitrading_dot_regime_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kitrading/regime/v1/request_response.proto\x12\x13kitrading.regime.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkitrading/common/v1/job.proto\x1a kitrading/common/v1/market.proto\x1a\"kitrading/common/v1/training.proto\x1a#kitrading/regime/v1/resources.proto\"\xa0\x01\n\x10GetRegimeRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x00\"D\n\x11GetRegimeResponse\x12/\n\x05state\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeState\"\xbf\x01\n\x12ScoreSignalRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x39\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSideB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"\xc5\x02\n\x13ScoreSignalResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12-\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSide\x12\x31\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\r\n\x05score\x18\x04 \x01(\x01\x12+\n\x06regime\x18\x05 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x33\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32!.kitrading.regime.v1.ScoreFeature\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x34\n\x10last_candle_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x01\n\x18TrainRegimeModelsRequest\x12:\n\x07symbols\x18\x01 \x03(\tB)\xbaH&\x92\x01#\x10\xf4\x03\"\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1b\n\x08n_states\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x08(\x00\x12\x1d\n\x08lookback\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x84=(\x00\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x12\n\nbackground\x18\x06 \x01(\x08\"\xf4\x01\n\x19TrainRegimeModelsResponse\x12\x34\n\x06models\x18\x01 \x03(\x0b\x32 .kitrading.regime.v1.RegimeModelB\x02\x18\x01\x12\x34\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModelB\x02\x18\x01\x12<\n\x06\x65rrors\x18\x03 \x03(\x0b\x32(.kitrading.regime.v1.RegimeTrainingErrorB\x02\x18\x01\x12-\n\x03job\x18\x04 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\x87\x01\n\x15GetRegimeModelRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"{\n\x16GetRegimeModelResponse\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeModel\x12\x30\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModel\"O\n\x15GetTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"G\n\x16GetTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\xd1\x01\n\x17ListTrainingJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\x1d.kitrading.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x36\n\x06symbol\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x42\t\n\x07_symbol\"c\n\x18ListTrainingJobsResponse\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .kitrading.common.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18\x43\x61ncelTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"J\n\x19\x43\x61ncelTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"Q\n\x17WatchTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"P\n\x18WatchTrainingJobResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32%.kitrading.common.v1.TrainingJobEventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*kitrading/regime/v1/request_response.proto\x12\x13kitrading.regime.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dkitrading/common/v1/job.proto\x1a kitrading/common/v1/market.proto\x1a\"kitrading/common/v1/training.proto\x1a#kitrading/regime/v1/resources.proto\"\xbb\x01\n\x10GetRegimeRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N(\x00\x12\x19\n\x11include_hindsight\x18\x04 \x01(\x08\"D\n\x11GetRegimeResponse\x12/\n\x05state\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeState\"\xb7\x02\n\x12ScoreSignalRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x39\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSideB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x07horizon\x18\x05 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12/\n\x08\x62\x61rriers\x18\x06 \x01(\x0b\x32\x1d.kitrading.regime.v1.Barriers\"\x89\x04\n\x13ScoreSignalResponse\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12-\n\x04side\x18\x02 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSide\x12\x31\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\r\n\x05score\x18\x04 \x01(\x01\x12+\n\x06regime\x18\x05 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x33\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32!.kitrading.regime.v1.ScoreFeature\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x34\n\x10last_candle_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x65xpected_return\x18\t \x01(\x01\x12/\n\x0bsignal_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07horizon\x18\x0b \x01(\x05\x12/\n\x08\x62\x61rriers\x18\x0c \x01(\x0b\x32\x1d.kitrading.regime.v1.Barriers\x12\x0c\n\x04\x63ost\x18\r \x01(\x01\x12\x1a\n\x12regime_probability\x18\x0e \x01(\x01\x12\x0c\n\x04\x65\x64ge\x18\x0f \x01(\x08\"b\n\x18\x42\x61tchScoreSignalsRequest\x12\x46\n\x08requests\x18\x01 \x03(\x0b\x32\'.kitrading.regime.v1.ScoreSignalRequestB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\x90N\"X\n\x19\x42\x61tchScoreSignalsResponse\x12;\n\tresponses\x18\x01 \x03(\x0b\x32(.kitrading.regime.v1.ScoreSignalResponse\"\x18\n\x16GetRegimeStatusRequest\"\xaa\x01\n\x17GetRegimeStatusResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x37\n\x06models\x18\x03 \x03(\x0b\x32\'.kitrading.regime.v1.RegimeModelSummary\x12\x36\n\x0ctraining_job\x18\x04 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\xf2\x01\n\x18TrainRegimeModelsRequest\x12:\n\x07symbols\x18\x01 \x03(\tB)\xbaH&\x92\x01#\x10\xf4\x03\"\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1b\n\x08n_states\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x08(\x00\x12\x1d\n\x08lookback\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x84=(\x00\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x12\n\nbackground\x18\x06 \x01(\x08\"\xf4\x01\n\x19TrainRegimeModelsResponse\x12\x34\n\x06models\x18\x01 \x03(\x0b\x32 .kitrading.regime.v1.RegimeModelB\x02\x18\x01\x12\x34\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModelB\x02\x18\x01\x12<\n\x06\x65rrors\x18\x03 \x03(\x0b\x32(.kitrading.regime.v1.RegimeTrainingErrorB\x02\x18\x01\x12-\n\x03job\x18\x04 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\x87\x01\n\x15GetRegimeModelRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"{\n\x16GetRegimeModelResponse\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .kitrading.regime.v1.RegimeModel\x12\x30\n\x06scorer\x18\x02 \x01(\x0b\x32 .kitrading.regime.v1.ScorerModel\"O\n\x15GetTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"G\n\x16GetTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\xd1\x01\n\x17ListTrainingJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\x1d.kitrading.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x36\n\x06symbol\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x42\t\n\x07_symbol\"c\n\x18ListTrainingJobsResponse\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .kitrading.common.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18\x43\x61ncelTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"J\n\x19\x43\x61ncelTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"Q\n\x17WatchTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"P\n\x18WatchTrainingJobResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32%.kitrading.common.v1.TrainingJobEventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORESIGNALREQUEST'].fields_by_name['side']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
   _globals['_SCORESIGNALREQUEST'].fields_by_name['timeframe']._loaded_options = None
   _globals['_SCORESIGNALREQUEST'].fields_by_name['timeframe']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_SCORESIGNALREQUEST'].fields_by_name['horizon']._loaded_options = None
+  _globals['_SCORESIGNALREQUEST'].fields_by_name['horizon']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_BATCHSCORESIGNALSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHSCORESIGNALSREQUEST'].fields_by_name['requests']._serialized_options = b'\272H\010\222\001\005\010\001\020\220N'
   _globals['_TRAINREGIMEMODELSREQUEST'].fields_by_name['symbols']._loaded_options = None
   _globals['_TRAINREGIMEMODELSREQUEST'].fields_by_name['symbols']._serialized_options = b'\272H&\222\001#\020\364\003\"\036r\034\020\001\030 2\026^[A-Z0-9][A-Z0-9._-]*$'
   _globals['_TRAINREGIMEMODELSREQUEST'].fields_by_name['timeframe']._loaded_options = None
@@ -82,35 +86,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHTRAININGJOBREQUEST'].fields_by_name['job_id']._loaded_options = None
   _globals['_WATCHTRAININGJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\272H#r!\020\001\030@2\033^[A-Za-z0-9][A-Za-z0-9_-]*$'
   _globals['_GETREGIMEREQUEST']._serialized_start=268
-  _globals['_GETREGIMEREQUEST']._serialized_end=428
-  _globals['_GETREGIMERESPONSE']._serialized_start=430
-  _globals['_GETREGIMERESPONSE']._serialized_end=498
-  _globals['_SCORESIGNALREQUEST']._serialized_start=501
-  _globals['_SCORESIGNALREQUEST']._serialized_end=692
-  _globals['_SCORESIGNALRESPONSE']._serialized_start=695
-  _globals['_SCORESIGNALRESPONSE']._serialized_end=1020
-  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_start=1023
-  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_end=1265
-  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_start=1268
-  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_end=1512
-  _globals['_GETREGIMEMODELREQUEST']._serialized_start=1515
-  _globals['_GETREGIMEMODELREQUEST']._serialized_end=1650
-  _globals['_GETREGIMEMODELRESPONSE']._serialized_start=1652
-  _globals['_GETREGIMEMODELRESPONSE']._serialized_end=1775
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1777
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1856
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1858
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1929
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1932
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=2141
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=2143
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=2242
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=2244
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=2326
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=2328
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=2402
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=2404
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=2485
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=2487
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=2567
+  _globals['_GETREGIMEREQUEST']._serialized_end=455
+  _globals['_GETREGIMERESPONSE']._serialized_start=457
+  _globals['_GETREGIMERESPONSE']._serialized_end=525
+  _globals['_SCORESIGNALREQUEST']._serialized_start=528
+  _globals['_SCORESIGNALREQUEST']._serialized_end=839
+  _globals['_SCORESIGNALRESPONSE']._serialized_start=842
+  _globals['_SCORESIGNALRESPONSE']._serialized_end=1363
+  _globals['_BATCHSCORESIGNALSREQUEST']._serialized_start=1365
+  _globals['_BATCHSCORESIGNALSREQUEST']._serialized_end=1463
+  _globals['_BATCHSCORESIGNALSRESPONSE']._serialized_start=1465
+  _globals['_BATCHSCORESIGNALSRESPONSE']._serialized_end=1553
+  _globals['_GETREGIMESTATUSREQUEST']._serialized_start=1555
+  _globals['_GETREGIMESTATUSREQUEST']._serialized_end=1579
+  _globals['_GETREGIMESTATUSRESPONSE']._serialized_start=1582
+  _globals['_GETREGIMESTATUSRESPONSE']._serialized_end=1752
+  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_start=1755
+  _globals['_TRAINREGIMEMODELSREQUEST']._serialized_end=1997
+  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_start=2000
+  _globals['_TRAINREGIMEMODELSRESPONSE']._serialized_end=2244
+  _globals['_GETREGIMEMODELREQUEST']._serialized_start=2247
+  _globals['_GETREGIMEMODELREQUEST']._serialized_end=2382
+  _globals['_GETREGIMEMODELRESPONSE']._serialized_start=2384
+  _globals['_GETREGIMEMODELRESPONSE']._serialized_end=2507
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=2509
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=2588
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=2590
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=2661
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=2664
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=2873
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=2875
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=2974
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=2976
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=3058
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=3060
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=3134
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=3136
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=3217
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=3219
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=3299
 # @@protoc_insertion_point(module_scope)

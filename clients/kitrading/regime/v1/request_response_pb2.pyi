@@ -37,21 +37,25 @@ class GetRegimeRequest(_message.Message):
     SYMBOL_FIELD_NUMBER: _builtins.int
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     LOOKBACK_FIELD_NUMBER: _builtins.int
+    INCLUDE_HINDSIGHT_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
     """Unset: H1."""
     lookback: _builtins.int
     """Bars of history to segment; 0 means the default (500)."""
+    include_hindsight: _builtins.bool
+    """Also return the hindsight (Viterbi) segments, which use later bars."""
     def __init__(
         self,
         *,
         symbol: _builtins.str = ...,
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         lookback: _builtins.int = ...,
+        include_hindsight: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_hindsight", b"include_hindsight", "lookback", b"lookback", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,20 +92,36 @@ class ScoreSignalRequest(_message.Message):
     SYMBOL_FIELD_NUMBER: _builtins.int
     SIDE_FIELD_NUMBER: _builtins.int
     TIMEFRAME_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    BARRIERS_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     side: _resources_pb2.SignalSide.ValueType
     timeframe: _market_pb2.Timeframe.ValueType
-    """Unset: H1."""
+    """Unset: the model's timeframe (H1 by default)."""
+    horizon: _builtins.int
+    """Bars until the vertical barrier; 0 means the model's (a model is trained for one horizon)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the bar the signal enters at; unset: the last bar."""
+
+    @_builtins.property
+    def barriers(self) -> _resources_pb2.Barriers:
+        """Unset: the model's (a model is trained for one pair of barriers)."""
+
     def __init__(
         self,
         *,
         symbol: _builtins.str = ...,
         side: _resources_pb2.SignalSide.ValueType = ...,
         timeframe: _market_pb2.Timeframe.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        horizon: _builtins.int = ...,
+        barriers: _resources_pb2.Barriers | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["barriers", b"barriers", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["side", b"side", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barriers", b"barriers", "horizon", b"horizon", "side", b"side", "symbol", b"symbol", "time", b"time", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -121,15 +141,33 @@ class ScoreSignalResponse(_message.Message):
     FEATURES_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     LAST_CANDLE_TIME_FIELD_NUMBER: _builtins.int
+    EXPECTED_RETURN_FIELD_NUMBER: _builtins.int
+    SIGNAL_TIME_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    BARRIERS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    REGIME_PROBABILITY_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     side: _resources_pb2.SignalSide.ValueType
     timeframe: _market_pb2.Timeframe.ValueType
     score: _builtins.float
-    """Estimated probability 0..1 that the signal succeeds."""
+    """Calibrated probability 0..1 that the trade reaches its take-profit before its stop-loss within the
+    horizon, after costs.
+    """
     regime: _resources_pb2.Regime.ValueType
     """The regime the score was computed in."""
     model_version: _builtins.str
     """Scorer model version."""
+    expected_return: _builtins.float
+    """Expected return of the trade after costs, as a fraction of the entry price."""
+    horizon: _builtins.int
+    cost: _builtins.float
+    """Round-trip cost the outcome is net of, as a fraction of the price."""
+    regime_probability: _builtins.float
+    """Filtered probability of `regime` at the signal's bar."""
+    edge: _builtins.bool
+    """Whether the scorer beat the base rate in its walk-forward evaluation (GetRegimeModel has the figures)."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.ScoreFeature]:
         """Largest absolute contribution first."""
@@ -138,6 +176,12 @@ class ScoreSignalResponse(_message.Message):
     def last_candle_time(self) -> _timestamp_pb2.Timestamp:
         """Open time of the last candle read."""
 
+    @_builtins.property
+    def signal_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the bar the signal was scored at."""
+
+    @_builtins.property
+    def barriers(self) -> _resources_pb2.Barriers: ...
     def __init__(
         self,
         *,
@@ -149,14 +193,120 @@ class ScoreSignalResponse(_message.Message):
         features: _abc.Iterable[_resources_pb2.ScoreFeature] | None = ...,
         model_version: _builtins.str = ...,
         last_candle_time: _timestamp_pb2.Timestamp | None = ...,
+        expected_return: _builtins.float = ...,
+        signal_time: _timestamp_pb2.Timestamp | None = ...,
+        horizon: _builtins.int = ...,
+        barriers: _resources_pb2.Barriers | None = ...,
+        cost: _builtins.float = ...,
+        regime_probability: _builtins.float = ...,
+        edge: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_candle_time", b"last_candle_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["barriers", b"barriers", "last_candle_time", b"last_candle_time", "signal_time", b"signal_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "last_candle_time", b"last_candle_time", "model_version", b"model_version", "regime", b"regime", "score", b"score", "side", b"side", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barriers", b"barriers", "cost", b"cost", "edge", b"edge", "expected_return", b"expected_return", "features", b"features", "horizon", b"horizon", "last_candle_time", b"last_candle_time", "model_version", b"model_version", "regime", b"regime", "regime_probability", b"regime_probability", "score", b"score", "side", b"side", "signal_time", b"signal_time", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreSignalResponse: _TypeAlias = ScoreSignalResponse  # noqa: Y015
+
+@_typing.final
+class BatchScoreSignalsRequest(_message.Message):
+    """BatchScoreSignalsRequest scores many signals in one call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreSignalRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ScoreSignalRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchScoreSignalsRequest: _TypeAlias = BatchScoreSignalsRequest  # noqa: Y015
+
+@_typing.final
+class BatchScoreSignalsResponse(_message.Message):
+    """BatchScoreSignalsResponse carries one response per request, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreSignalResponse]: ...
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___ScoreSignalResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchScoreSignalsResponse: _TypeAlias = BatchScoreSignalsResponse  # noqa: Y015
+
+@_typing.final
+class GetRegimeStatusRequest(_message.Message):
+    """GetRegimeStatusRequest asks for the service's models and training."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegimeStatusRequest: _TypeAlias = GetRegimeStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetRegimeStatusResponse(_message.Message):
+    """GetRegimeStatusResponse says whether the service can answer and what it is training."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    TRAINING_JOB_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """True once at least one symbol has a model."""
+    message: _builtins.str
+    """What the service is doing, in words ("training the bundled symbols at first start: 2 of 5 done")."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RegimeModelSummary]:
+        """The current model of each trained symbol."""
+
+    @_builtins.property
+    def training_job(self) -> _training_pb2.TrainingJob:
+        """The running or queued training job, if any."""
+
+    def __init__(
+        self,
+        *,
+        ready: _builtins.bool = ...,
+        message: _builtins.str = ...,
+        models: _abc.Iterable[_resources_pb2.RegimeModelSummary] | None = ...,
+        training_job: _training_pb2.TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training_job", b"training_job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "models", b"models", "ready", b"ready", "training_job", b"training_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegimeStatusResponse: _TypeAlias = GetRegimeStatusResponse  # noqa: Y015
 
 @_typing.final
 class TrainRegimeModelsRequest(_message.Message):
@@ -268,7 +418,7 @@ Global___GetRegimeModelRequest: _TypeAlias = GetRegimeModelRequest  # noqa: Y015
 
 @_typing.final
 class GetRegimeModelResponse(_message.Message):
-    """GetRegimeModelResponse carries the symbol's HMM and the shared signal scorer."""
+    """GetRegimeModelResponse carries the symbol's HMM and its signal scorer with their walk-forward figures."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

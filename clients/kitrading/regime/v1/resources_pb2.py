@@ -22,35 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from kitrading.common.v1 import market_pb2 as kitrading_dot_common_dot_v1_dot_market__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kitrading/regime/v1/resources.proto\x12\x13kitrading.regime.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\"U\n\x11RegimeProbability\x12+\n\x06regime\x18\x01 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xc2\x01\n\rRegimeSegment\x12+\n\x06regime\x18\x01 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62\x61rs\x18\x04 \x01(\x05\x12\x18\n\x10mean_probability\x18\x05 \x01(\x01\"\x82\x03\n\x0bRegimeState\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12+\n\x06regime\x18\x03 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12=\n\rprobabilities\x18\x05 \x03(\x0b\x32&.kitrading.regime.v1.RegimeProbability\x12.\n\nsince_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07history\x18\x07 \x03(\x0b\x32\".kitrading.regime.v1.RegimeSegment\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x34\n\x10last_candle_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x0cScoreFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x8f\x01\n\x08HmmState\x12\r\n\x05index\x18\x01 \x01(\x05\x12+\n\x06regime\x18\x02 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x13\n\x0bmean_return\x18\x03 \x01(\x01\x12\x12\n\nvolatility\x18\x04 \x01(\x01\x12\x1e\n\x16\x65xpected_duration_bars\x18\x05 \x01(\x01\"\xf5\x01\n\x0bRegimeModel\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\ntrain_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rtraining_bars\x18\x05 \x01(\x05\x12\x16\n\x0elog_likelihood\x18\x06 \x01(\x01\x12-\n\x06states\x18\x07 \x03(\x0b\x32\x1d.kitrading.regime.v1.HmmState\"\xb0\x01\n\x0bScorerModel\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\ntrain_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10training_samples\x18\x03 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12\x1b\n\x0evalidation_auc\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_validation_auc\"D\n\x13RegimeTrainingError\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*|\n\x06Regime\x12\x16\n\x12REGIME_UNSPECIFIED\x10\x00\x12\x15\n\x11REGIME_BULL_TREND\x10\x01\x12\x15\n\x11REGIME_BEAR_TREND\x10\x02\x12\x10\n\x0cREGIME_RANGE\x10\x03\x12\x1a\n\x16REGIME_HIGH_VOLATILITY\x10\x04*T\n\nSignalSide\x12\x1b\n\x17SIGNAL_SIDE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSIGNAL_SIDE_BUY\x10\x01\x12\x14\n\x10SIGNAL_SIDE_SELL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kitrading/regime/v1/resources.proto\x12\x13kitrading.regime.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\"U\n\x11RegimeProbability\x12+\n\x06regime\x18\x01 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xeb\x01\n\rRegimeSegment\x12+\n\x06regime\x18\x01 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62\x61rs\x18\x04 \x01(\x05\x12\x18\n\x10mean_probability\x18\x05 \x01(\x01\x12\x13\n\x0bmean_return\x18\x06 \x01(\x01\x12\x12\n\nvolatility\x18\x07 \x01(\x01\"x\n\x10RegimeTransition\x12\x30\n\x0b\x66rom_regime\x18\x01 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x32\n\x02to\x18\x02 \x03(\x0b\x32&.kitrading.regime.v1.RegimeProbability\"T\n\x0eRegimeDuration\x12+\n\x06regime\x18\x01 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x15\n\rexpected_bars\x18\x02 \x01(\x01\"\xbe\x04\n\x0bRegimeState\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12+\n\x06regime\x18\x03 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12=\n\rprobabilities\x18\x05 \x03(\x0b\x32&.kitrading.regime.v1.RegimeProbability\x12.\n\nsince_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07history\x18\x07 \x03(\x0b\x32\".kitrading.regime.v1.RegimeSegment\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x34\n\x10last_candle_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x0btransitions\x18\n \x03(\x0b\x32%.kitrading.regime.v1.RegimeTransition\x12?\n\x12\x65xpected_durations\x18\x0b \x03(\x0b\x32#.kitrading.regime.v1.RegimeDuration\x12=\n\x11hindsight_history\x18\x0c \x03(\x0b\x32\".kitrading.regime.v1.RegimeSegment\"A\n\x0cScoreFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x9e\x01\n\x08\x42\x61rriers\x12\x38\n\x04unit\x18\x01 \x01(\x0e\x32 .kitrading.regime.v1.BarrierUnitB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12,\n\x0btake_profit\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00@\x8f@)\x00\x00\x00\x00\x00\x00\x00\x00\x12*\n\tstop_loss\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00@\x8f@)\x00\x00\x00\x00\x00\x00\x00\x00\"\x8f\x01\n\x08HmmState\x12\r\n\x05index\x18\x01 \x01(\x05\x12+\n\x06regime\x18\x02 \x01(\x0e\x32\x1b.kitrading.regime.v1.Regime\x12\x13\n\x0bmean_return\x18\x03 \x01(\x01\x12\x12\n\nvolatility\x18\x04 \x01(\x01\x12\x1e\n\x16\x65xpected_duration_bars\x18\x05 \x01(\x01\"\xc2\x03\n\x0bRegimeModel\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\ntrain_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rtraining_bars\x18\x05 \x01(\x05\x12\x16\n\x0elog_likelihood\x18\x06 \x01(\x01\x12-\n\x06states\x18\x07 \x03(\x0b\x32\x1d.kitrading.regime.v1.HmmState\x12\x10\n\x08n_states\x18\x08 \x01(\x05\x12\x11\n\tconverged\x18\t \x01(\x08\x12\x12\n\niterations\x18\n \x01(\x05\x12*\n\x03\x62ic\x18\x0b \x03(\x0b\x32\x1d.kitrading.regime.v1.BicScore\x12\x33\n\x0f\x64\x61ta_start_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rdata_end_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x08\x42icScore\x12\x10\n\x08n_states\x18\x01 \x01(\x05\x12\x0b\n\x03\x62ic\x18\x02 \x01(\x01\"\xc1\x01\n\x11ProbabilityScores\x12\x0f\n\x07samples\x18\x01 \x01(\x05\x12\x15\n\rpositive_rate\x18\x02 \x01(\x01\x12\x0b\n\x03\x61uc\x18\x03 \x01(\x01\x12\r\n\x05\x62rier\x18\x04 \x01(\x01\x12\x12\n\nbrier_base\x18\x05 \x01(\x01\x12\x13\n\x0b\x62rier_skill\x18\x06 \x01(\x01\x12\x10\n\x08log_loss\x18\x07 \x01(\x01\x12\x15\n\rlog_loss_base\x18\x08 \x01(\x01\x12\x16\n\x0elog_loss_skill\x18\t \x01(\x01\"i\n\x0eReliabilityBin\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x16\n\x0emean_predicted\x18\x03 \x01(\x01\x12\x15\n\robserved_rate\x18\x04 \x01(\x01\x12\r\n\x05\x63ount\x18\x05 \x01(\x05\"\xba\x01\n\x0eStrategyResult\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x0e\n\x06trades\x18\x02 \x01(\x05\x12\x10\n\x08hit_rate\x18\x03 \x01(\x01\x12\x13\n\x0bmean_return\x18\x04 \x01(\x01\x12\x14\n\x0ctotal_return\x18\x05 \x01(\x01\x12\x18\n\x10sharpe_per_trade\x18\x06 \x01(\x01\x12\x19\n\x11sharpe_annualised\x18\x07 \x01(\x01\x12\x14\n\x0cmax_drawdown\x18\x08 \x01(\x01\"\xbe\x02\n\x10ScorerEvaluation\x12:\n\ncalibrated\x18\x01 \x01(\x0b\x32&.kitrading.regime.v1.ProbabilityScores\x12\x33\n\x03raw\x18\x02 \x01(\x0b\x32&.kitrading.regime.v1.ProbabilityScores\x12\x38\n\x0breliability\x18\x03 \x03(\x0b\x32#.kitrading.regime.v1.ReliabilityBin\x12\x35\n\x08\x62\x61\x63ktest\x18\x04 \x03(\x0b\x32#.kitrading.regime.v1.StrategyResult\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0c\n\x04\x65\x64ge\x18\x06 \x01(\x08\x12\x0f\n\x07verdict\x18\x07 \x01(\t\x12\x16\n\x0e\x62\x61se_predictor\x18\x08 \x01(\t\"\xbb\x02\n\x0bScorerModel\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\ntrain_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10training_samples\x18\x03 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12\x1b\n\x0evalidation_auc\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x39\n\nevaluation\x18\x06 \x01(\x0b\x32%.kitrading.regime.v1.ScorerEvaluation\x12\x0f\n\x07horizon\x18\x07 \x01(\x05\x12/\n\x08\x62\x61rriers\x18\x08 \x01(\x0b\x32\x1d.kitrading.regime.v1.Barriers\x12\x0c\n\x04\x63ost\x18\t \x01(\x01\x42\x11\n\x0f_validation_auc\"\xac\x01\n\x12RegimeModelSummary\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12.\n\ntrain_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65\x64ge\x18\x05 \x01(\x08\"D\n\x13RegimeTrainingError\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t*|\n\x06Regime\x12\x16\n\x12REGIME_UNSPECIFIED\x10\x00\x12\x15\n\x11REGIME_BULL_TREND\x10\x01\x12\x15\n\x11REGIME_BEAR_TREND\x10\x02\x12\x10\n\x0cREGIME_RANGE\x10\x03\x12\x1a\n\x16REGIME_HIGH_VOLATILITY\x10\x04*T\n\nSignalSide\x12\x1b\n\x17SIGNAL_SIDE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSIGNAL_SIDE_BUY\x10\x01\x12\x14\n\x10SIGNAL_SIDE_SELL\x10\x02*[\n\x0b\x42\x61rrierUnit\x12\x1c\n\x18\x42\x41RRIER_UNIT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42\x41RRIER_UNIT_ATR\x10\x01\x12\x18\n\x14\x42\x41RRIER_UNIT_PERCENT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kitrading.regime.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGIME']._serialized_start=1510
-  _globals['_REGIME']._serialized_end=1634
-  _globals['_SIGNALSIDE']._serialized_start=1636
-  _globals['_SIGNALSIDE']._serialized_end=1720
-  _globals['_REGIMEPROBABILITY']._serialized_start=127
-  _globals['_REGIMEPROBABILITY']._serialized_end=212
-  _globals['_REGIMESEGMENT']._serialized_start=215
-  _globals['_REGIMESEGMENT']._serialized_end=409
-  _globals['_REGIMESTATE']._serialized_start=412
-  _globals['_REGIMESTATE']._serialized_end=798
-  _globals['_SCOREFEATURE']._serialized_start=800
-  _globals['_SCOREFEATURE']._serialized_end=865
-  _globals['_HMMSTATE']._serialized_start=868
-  _globals['_HMMSTATE']._serialized_end=1011
-  _globals['_REGIMEMODEL']._serialized_start=1014
-  _globals['_REGIMEMODEL']._serialized_end=1259
-  _globals['_SCORERMODEL']._serialized_start=1262
-  _globals['_SCORERMODEL']._serialized_end=1438
-  _globals['_REGIMETRAININGERROR']._serialized_start=1440
-  _globals['_REGIMETRAININGERROR']._serialized_end=1508
+  _globals['_BARRIERS'].fields_by_name['unit']._loaded_options = None
+  _globals['_BARRIERS'].fields_by_name['unit']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_BARRIERS'].fields_by_name['take_profit']._loaded_options = None
+  _globals['_BARRIERS'].fields_by_name['take_profit']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000@\217@)\000\000\000\000\000\000\000\000'
+  _globals['_BARRIERS'].fields_by_name['stop_loss']._loaded_options = None
+  _globals['_BARRIERS'].fields_by_name['stop_loss']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000@\217@)\000\000\000\000\000\000\000\000'
+  _globals['_REGIME']._serialized_start=3512
+  _globals['_REGIME']._serialized_end=3636
+  _globals['_SIGNALSIDE']._serialized_start=3638
+  _globals['_SIGNALSIDE']._serialized_end=3722
+  _globals['_BARRIERUNIT']._serialized_start=3724
+  _globals['_BARRIERUNIT']._serialized_end=3815
+  _globals['_REGIMEPROBABILITY']._serialized_start=156
+  _globals['_REGIMEPROBABILITY']._serialized_end=241
+  _globals['_REGIMESEGMENT']._serialized_start=244
+  _globals['_REGIMESEGMENT']._serialized_end=479
+  _globals['_REGIMETRANSITION']._serialized_start=481
+  _globals['_REGIMETRANSITION']._serialized_end=601
+  _globals['_REGIMEDURATION']._serialized_start=603
+  _globals['_REGIMEDURATION']._serialized_end=687
+  _globals['_REGIMESTATE']._serialized_start=690
+  _globals['_REGIMESTATE']._serialized_end=1264
+  _globals['_SCOREFEATURE']._serialized_start=1266
+  _globals['_SCOREFEATURE']._serialized_end=1331
+  _globals['_BARRIERS']._serialized_start=1334
+  _globals['_BARRIERS']._serialized_end=1492
+  _globals['_HMMSTATE']._serialized_start=1495
+  _globals['_HMMSTATE']._serialized_end=1638
+  _globals['_REGIMEMODEL']._serialized_start=1641
+  _globals['_REGIMEMODEL']._serialized_end=2091
+  _globals['_BICSCORE']._serialized_start=2093
+  _globals['_BICSCORE']._serialized_end=2134
+  _globals['_PROBABILITYSCORES']._serialized_start=2137
+  _globals['_PROBABILITYSCORES']._serialized_end=2330
+  _globals['_RELIABILITYBIN']._serialized_start=2332
+  _globals['_RELIABILITYBIN']._serialized_end=2437
+  _globals['_STRATEGYRESULT']._serialized_start=2440
+  _globals['_STRATEGYRESULT']._serialized_end=2626
+  _globals['_SCOREREVALUATION']._serialized_start=2629
+  _globals['_SCOREREVALUATION']._serialized_end=2947
+  _globals['_SCORERMODEL']._serialized_start=2950
+  _globals['_SCORERMODEL']._serialized_end=3265
+  _globals['_REGIMEMODELSUMMARY']._serialized_start=3268
+  _globals['_REGIMEMODELSUMMARY']._serialized_end=3440
+  _globals['_REGIMETRAININGERROR']._serialized_start=3442
+  _globals['_REGIMETRAININGERROR']._serialized_end=3510
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,28 @@ SIGNAL_SIDE_BUY: SignalSide.ValueType  # 1
 SIGNAL_SIDE_SELL: SignalSide.ValueType  # 2
 Global___SignalSide: _TypeAlias = SignalSide  # noqa: Y015
 
+class _BarrierUnit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BarrierUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BarrierUnit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BARRIER_UNIT_UNSPECIFIED: _BarrierUnit.ValueType  # 0
+    BARRIER_UNIT_ATR: _BarrierUnit.ValueType  # 1
+    """Multiples of the 14-bar average true range at the signal's bar."""
+    BARRIER_UNIT_PERCENT: _BarrierUnit.ValueType  # 2
+    """Percent of the entry price."""
+
+class BarrierUnit(_BarrierUnit, metaclass=_BarrierUnitEnumTypeWrapper):
+    """BarrierUnit is what take-profit and stop-loss distances are measured in."""
+
+BARRIER_UNIT_UNSPECIFIED: BarrierUnit.ValueType  # 0
+BARRIER_UNIT_ATR: BarrierUnit.ValueType  # 1
+"""Multiples of the 14-bar average true range at the signal's bar."""
+BARRIER_UNIT_PERCENT: BarrierUnit.ValueType  # 2
+"""Percent of the entry price."""
+Global___BarrierUnit: _TypeAlias = BarrierUnit  # noqa: Y015
+
 @_typing.final
 class RegimeProbability(_message.Message):
     """RegimeProbability is the posterior probability of one regime."""
@@ -101,10 +123,16 @@ class RegimeSegment(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     BARS_FIELD_NUMBER: _builtins.int
     MEAN_PROBABILITY_FIELD_NUMBER: _builtins.int
+    MEAN_RETURN_FIELD_NUMBER: _builtins.int
+    VOLATILITY_FIELD_NUMBER: _builtins.int
     regime: Global___Regime.ValueType
     bars: _builtins.int
     mean_probability: _builtins.float
-    """Mean posterior probability of the regime over the segment."""
+    """Mean posterior probability of the regime over the segment (1 for hindsight segments)."""
+    mean_return: _builtins.float
+    """Mean log return per bar over the segment."""
+    volatility: _builtins.float
+    """Standard deviation of the per-bar log returns over the segment (0 for one bar)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Open time of the first bar."""
@@ -121,18 +149,77 @@ class RegimeSegment(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         bars: _builtins.int = ...,
         mean_probability: _builtins.float = ...,
+        mean_return: _builtins.float = ...,
+        volatility: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "end_time", b"end_time", "mean_probability", b"mean_probability", "regime", b"regime", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "end_time", b"end_time", "mean_probability", b"mean_probability", "mean_return", b"mean_return", "regime", b"regime", "start_time", b"start_time", "volatility", b"volatility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegimeSegment: _TypeAlias = RegimeSegment  # noqa: Y015
 
 @_typing.final
+class RegimeTransition(_message.Message):
+    """RegimeTransition is one row of the transition matrix folded onto regimes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_REGIME_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    from_regime: Global___Regime.ValueType
+    """The regime at a bar."""
+    @_builtins.property
+    def to(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegimeProbability]:
+        """Probability of each regime at the next bar; they sum to 1."""
+
+    def __init__(
+        self,
+        *,
+        from_regime: Global___Regime.ValueType = ...,
+        to: _abc.Iterable[Global___RegimeProbability] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_regime", b"from_regime", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegimeTransition: _TypeAlias = RegimeTransition  # noqa: Y015
+
+@_typing.final
+class RegimeDuration(_message.Message):
+    """RegimeDuration is how long a regime is expected to last once entered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGIME_FIELD_NUMBER: _builtins.int
+    EXPECTED_BARS_FIELD_NUMBER: _builtins.int
+    regime: Global___Regime.ValueType
+    expected_bars: _builtins.float
+    """1 / (1 - probability of staying), in bars."""
+    def __init__(
+        self,
+        *,
+        regime: Global___Regime.ValueType = ...,
+        expected_bars: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_bars", b"expected_bars", "regime", b"regime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegimeDuration: _TypeAlias = RegimeDuration  # noqa: Y015
+
+@_typing.final
 class RegimeState(_message.Message):
-    """RegimeState is the current market phase of a symbol. Output only."""
+    """RegimeState is the current market phase of a symbol. Output only.
+
+    Every figure is computed from the filtered (forward) probabilities, which for a bar use no later bar,
+    except `hindsight_history`: the Viterbi path over the whole history, which does use later bars.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -145,6 +232,9 @@ class RegimeState(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     LAST_CANDLE_TIME_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    EXPECTED_DURATIONS_FIELD_NUMBER: _builtins.int
+    HINDSIGHT_HISTORY_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
     regime: Global___Regime.ValueType
@@ -162,11 +252,27 @@ class RegimeState(_message.Message):
 
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegimeSegment]:
-        """Regime segments over the lookback window, oldest first; the last is the current one."""
+        """Regime segments over the lookback window, oldest first; the last is the current one. Each bar is
+        labelled by its filtered most probable regime (no look-ahead).
+        """
 
     @_builtins.property
     def last_candle_time(self) -> _timestamp_pb2.Timestamp:
         """Open time of the last candle read."""
+
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegimeTransition]:
+        """The HMM's transition matrix folded onto regimes, one row per regime."""
+
+    @_builtins.property
+    def expected_durations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegimeDuration]:
+        """Expected duration of each regime, from `transitions`."""
+
+    @_builtins.property
+    def hindsight_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegimeSegment]:
+        """HINDSIGHT: segments of the Viterbi path over the lookback window, which uses later bars. Only when
+        asked for (include_hindsight); for charts, never for signals.
+        """
 
     def __init__(
         self,
@@ -180,10 +286,13 @@ class RegimeState(_message.Message):
         history: _abc.Iterable[Global___RegimeSegment] | None = ...,
         model_version: _builtins.str = ...,
         last_candle_time: _timestamp_pb2.Timestamp | None = ...,
+        transitions: _abc.Iterable[Global___RegimeTransition] | None = ...,
+        expected_durations: _abc.Iterable[Global___RegimeDuration] | None = ...,
+        hindsight_history: _abc.Iterable[Global___RegimeSegment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_candle_time", b"last_candle_time", "since_time", b"since_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "history", b"history", "last_candle_time", b"last_candle_time", "model_version", b"model_version", "probabilities", b"probabilities", "regime", b"regime", "since_time", b"since_time", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "expected_durations", b"expected_durations", "hindsight_history", b"hindsight_history", "history", b"history", "last_candle_time", b"last_candle_time", "model_version", b"model_version", "probabilities", b"probabilities", "regime", b"regime", "since_time", b"since_time", "symbol", b"symbol", "timeframe", b"timeframe", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,7 +311,7 @@ class ScoreFeature(_message.Message):
     """Feature name: "rsi_14", "regime_bull_probability"..."""
     value: _builtins.float
     contribution: _builtins.float
-    """Contribution to the score (SHAP value in log-odds); positive raises it."""
+    """Contribution to the score (LightGBM's per-feature contribution, in log-odds); positive raises it."""
     def __init__(
         self,
         *,
@@ -217,6 +326,33 @@ class ScoreFeature(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreFeature: _TypeAlias = ScoreFeature  # noqa: Y015
+
+@_typing.final
+class Barriers(_message.Message):
+    """Barriers are a trade's take-profit and stop-loss distances from the entry price."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_FIELD_NUMBER: _builtins.int
+    TAKE_PROFIT_FIELD_NUMBER: _builtins.int
+    STOP_LOSS_FIELD_NUMBER: _builtins.int
+    unit: Global___BarrierUnit.ValueType
+    take_profit: _builtins.float
+    stop_loss: _builtins.float
+    def __init__(
+        self,
+        *,
+        unit: Global___BarrierUnit.ValueType = ...,
+        take_profit: _builtins.float = ...,
+        stop_loss: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stop_loss", b"stop_loss", "take_profit", b"take_profit", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Barriers: _TypeAlias = Barriers  # noqa: Y015
 
 @_typing.final
 class HmmState(_message.Message):
@@ -267,15 +403,36 @@ class RegimeModel(_message.Message):
     TRAINING_BARS_FIELD_NUMBER: _builtins.int
     LOG_LIKELIHOOD_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    N_STATES_FIELD_NUMBER: _builtins.int
+    CONVERGED_FIELD_NUMBER: _builtins.int
+    ITERATIONS_FIELD_NUMBER: _builtins.int
+    BIC_FIELD_NUMBER: _builtins.int
+    DATA_START_TIME_FIELD_NUMBER: _builtins.int
+    DATA_END_TIME_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
     model_version: _builtins.str
     training_bars: _builtins.int
     log_likelihood: _builtins.float
+    n_states: _builtins.int
+    """Hidden states chosen (by BIC unless configured)."""
+    converged: _builtins.bool
+    """Whether the kept restart's EM converged, and in how many iterations."""
+    iterations: _builtins.int
     @_builtins.property
     def train_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def states(self) -> _containers.RepeatedCompositeFieldContainer[Global___HmmState]: ...
+    @_builtins.property
+    def bic(self) -> _containers.RepeatedCompositeFieldContainer[Global___BicScore]:
+        """BIC of each candidate state count; the lowest was chosen."""
+
+    @_builtins.property
+    def data_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the first and last bar trained on."""
+
+    @_builtins.property
+    def data_end_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -286,18 +443,230 @@ class RegimeModel(_message.Message):
         training_bars: _builtins.int = ...,
         log_likelihood: _builtins.float = ...,
         states: _abc.Iterable[Global___HmmState] | None = ...,
+        n_states: _builtins.int = ...,
+        converged: _builtins.bool = ...,
+        iterations: _builtins.int = ...,
+        bic: _abc.Iterable[Global___BicScore] | None = ...,
+        data_start_time: _timestamp_pb2.Timestamp | None = ...,
+        data_end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["train_time", b"train_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_end_time", b"data_end_time", "data_start_time", b"data_start_time", "train_time", b"train_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_likelihood", b"log_likelihood", "model_version", b"model_version", "states", b"states", "symbol", b"symbol", "timeframe", b"timeframe", "train_time", b"train_time", "training_bars", b"training_bars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bic", b"bic", "converged", b"converged", "data_end_time", b"data_end_time", "data_start_time", b"data_start_time", "iterations", b"iterations", "log_likelihood", b"log_likelihood", "model_version", b"model_version", "n_states", b"n_states", "states", b"states", "symbol", b"symbol", "timeframe", b"timeframe", "train_time", b"train_time", "training_bars", b"training_bars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegimeModel: _TypeAlias = RegimeModel  # noqa: Y015
 
 @_typing.final
+class BicScore(_message.Message):
+    """BicScore is the Bayesian information criterion of one candidate state count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    N_STATES_FIELD_NUMBER: _builtins.int
+    BIC_FIELD_NUMBER: _builtins.int
+    n_states: _builtins.int
+    bic: _builtins.float
+    def __init__(
+        self,
+        *,
+        n_states: _builtins.int = ...,
+        bic: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bic", b"bic", "n_states", b"n_states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BicScore: _TypeAlias = BicScore  # noqa: Y015
+
+@_typing.final
+class ProbabilityScores(_message.Message):
+    """ProbabilityScores compare predicted probabilities with a base-rate predictor on out-of-fold samples."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    POSITIVE_RATE_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    BRIER_BASE_FIELD_NUMBER: _builtins.int
+    BRIER_SKILL_FIELD_NUMBER: _builtins.int
+    LOG_LOSS_FIELD_NUMBER: _builtins.int
+    LOG_LOSS_BASE_FIELD_NUMBER: _builtins.int
+    LOG_LOSS_SKILL_FIELD_NUMBER: _builtins.int
+    samples: _builtins.int
+    positive_rate: _builtins.float
+    """Share of samples whose trade reached its target first."""
+    auc: _builtins.float
+    brier: _builtins.float
+    brier_base: _builtins.float
+    brier_skill: _builtins.float
+    """1 - brier / brier_base; above 0 beats the base rate."""
+    log_loss: _builtins.float
+    log_loss_base: _builtins.float
+    log_loss_skill: _builtins.float
+    def __init__(
+        self,
+        *,
+        samples: _builtins.int = ...,
+        positive_rate: _builtins.float = ...,
+        auc: _builtins.float = ...,
+        brier: _builtins.float = ...,
+        brier_base: _builtins.float = ...,
+        brier_skill: _builtins.float = ...,
+        log_loss: _builtins.float = ...,
+        log_loss_base: _builtins.float = ...,
+        log_loss_skill: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "brier", b"brier", "brier_base", b"brier_base", "brier_skill", b"brier_skill", "log_loss", b"log_loss", "log_loss_base", b"log_loss_base", "log_loss_skill", b"log_loss_skill", "positive_rate", b"positive_rate", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProbabilityScores: _TypeAlias = ProbabilityScores  # noqa: Y015
+
+@_typing.final
+class ReliabilityBin(_message.Message):
+    """ReliabilityBin is one row of a reliability table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    MEAN_PREDICTED_FIELD_NUMBER: _builtins.int
+    OBSERVED_RATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    low: _builtins.float
+    """Predicted probabilities in [low, high)."""
+    high: _builtins.float
+    mean_predicted: _builtins.float
+    observed_rate: _builtins.float
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+        mean_predicted: _builtins.float = ...,
+        observed_rate: _builtins.float = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "high", b"high", "low", b"low", "mean_predicted", b"mean_predicted", "observed_rate", b"observed_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReliabilityBin: _TypeAlias = ReliabilityBin  # noqa: Y015
+
+@_typing.final
+class StrategyResult(_message.Message):
+    """StrategyResult is one strategy of the walk-forward backtest, after costs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    TRADES_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    MEAN_RETURN_FIELD_NUMBER: _builtins.int
+    TOTAL_RETURN_FIELD_NUMBER: _builtins.int
+    SHARPE_PER_TRADE_FIELD_NUMBER: _builtins.int
+    SHARPE_ANNUALISED_FIELD_NUMBER: _builtins.int
+    MAX_DRAWDOWN_FIELD_NUMBER: _builtins.int
+    strategy: _builtins.str
+    """"scored above threshold", "every signal", "buy and hold"."""
+    trades: _builtins.int
+    hit_rate: _builtins.float
+    mean_return: _builtins.float
+    """Mean return per trade, as a fraction of the entry price."""
+    total_return: _builtins.float
+    sharpe_per_trade: _builtins.float
+    sharpe_annualised: _builtins.float
+    max_drawdown: _builtins.float
+    """Largest peak-to-trough fall of the cumulative return."""
+    def __init__(
+        self,
+        *,
+        strategy: _builtins.str = ...,
+        trades: _builtins.int = ...,
+        hit_rate: _builtins.float = ...,
+        mean_return: _builtins.float = ...,
+        total_return: _builtins.float = ...,
+        sharpe_per_trade: _builtins.float = ...,
+        sharpe_annualised: _builtins.float = ...,
+        max_drawdown: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hit_rate", b"hit_rate", "max_drawdown", b"max_drawdown", "mean_return", b"mean_return", "sharpe_annualised", b"sharpe_annualised", "sharpe_per_trade", b"sharpe_per_trade", "strategy", b"strategy", "total_return", b"total_return", "trades", b"trades"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StrategyResult: _TypeAlias = StrategyResult  # noqa: Y015
+
+@_typing.final
+class ScorerEvaluation(_message.Message):
+    """ScorerEvaluation is the walk-forward evaluation stored with a scorer version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALIBRATED_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    RELIABILITY_FIELD_NUMBER: _builtins.int
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    BASE_PREDICTOR_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.float
+    """Score above which the backtest takes a signal."""
+    edge: _builtins.bool
+    """True only when the calibrated probabilities beat the base rate on Brier score and log loss and the
+    AUC exceeds 0.5.
+    """
+    verdict: _builtins.str
+    """One sentence saying what the figures show, edge or none."""
+    base_predictor: _builtins.str
+    """What the base-rate predictor is."""
+    @_builtins.property
+    def calibrated(self) -> Global___ProbabilityScores:
+        """Calibrated out-of-fold probabilities against the base rate."""
+
+    @_builtins.property
+    def raw(self) -> Global___ProbabilityScores:
+        """The booster's raw out-of-fold probabilities against the base rate."""
+
+    @_builtins.property
+    def reliability(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReliabilityBin]: ...
+    @_builtins.property
+    def backtest(self) -> _containers.RepeatedCompositeFieldContainer[Global___StrategyResult]: ...
+    def __init__(
+        self,
+        *,
+        calibrated: Global___ProbabilityScores | None = ...,
+        raw: Global___ProbabilityScores | None = ...,
+        reliability: _abc.Iterable[Global___ReliabilityBin] | None = ...,
+        backtest: _abc.Iterable[Global___StrategyResult] | None = ...,
+        threshold: _builtins.float = ...,
+        edge: _builtins.bool = ...,
+        verdict: _builtins.str = ...,
+        base_predictor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["calibrated", b"calibrated", "raw", b"raw"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "base_predictor", b"base_predictor", "calibrated", b"calibrated", "edge", b"edge", "raw", b"raw", "reliability", b"reliability", "threshold", b"threshold", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorerEvaluation: _TypeAlias = ScorerEvaluation  # noqa: Y015
+
+@_typing.final
 class ScorerModel(_message.Message):
-    """ScorerModel is the gradient-boosted (LightGBM) signal scorer, shared by all symbols. Output only."""
+    """ScorerModel is the gradient-boosted (LightGBM) signal scorer of one symbol's model version. Output only."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -306,16 +675,27 @@ class ScorerModel(_message.Message):
     TRAINING_SAMPLES_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     VALIDATION_AUC_FIELD_NUMBER: _builtins.int
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    BARRIERS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     training_samples: _builtins.int
     validation_auc: _builtins.float
     """Area under the ROC curve on the held-out set; unset when not evaluated."""
+    horizon: _builtins.int
+    """The trade the scorer was trained for: bars until the vertical barrier, barriers, round-trip cost."""
+    cost: _builtins.float
     @_builtins.property
     def train_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Feature names, in model order."""
 
+    @_builtins.property
+    def evaluation(self) -> Global___ScorerEvaluation: ...
+    @_builtins.property
+    def barriers(self) -> Global___Barriers: ...
     def __init__(
         self,
         *,
@@ -324,16 +704,55 @@ class ScorerModel(_message.Message):
         training_samples: _builtins.int = ...,
         features: _abc.Iterable[_builtins.str] | None = ...,
         validation_auc: _builtins.float | None = ...,
+        evaluation: Global___ScorerEvaluation | None = ...,
+        horizon: _builtins.int = ...,
+        barriers: Global___Barriers | None = ...,
+        cost: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_auc", b"_validation_auc", "train_time", b"train_time", "validation_auc", b"validation_auc"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_auc", b"_validation_auc", "barriers", b"barriers", "evaluation", b"evaluation", "train_time", b"train_time", "validation_auc", b"validation_auc"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_auc", b"_validation_auc", "features", b"features", "model_version", b"model_version", "train_time", b"train_time", "training_samples", b"training_samples", "validation_auc", b"validation_auc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_auc", b"_validation_auc", "barriers", b"barriers", "cost", b"cost", "evaluation", b"evaluation", "features", b"features", "horizon", b"horizon", "model_version", b"model_version", "train_time", b"train_time", "training_samples", b"training_samples", "validation_auc", b"validation_auc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_auc: _TypeAlias = _typing.Literal["validation_auc"]  # noqa: Y015
     _WhichOneofArgType__validation_auc: _TypeAlias = _typing.Literal["_validation_auc", b"_validation_auc"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_auc) -> _WhichOneofReturnType__validation_auc | None: ...
 
 Global___ScorerModel: _TypeAlias = ScorerModel  # noqa: Y015
+
+@_typing.final
+class RegimeModelSummary(_message.Message):
+    """RegimeModelSummary is one symbol's current model, as listed in the service status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    TIMEFRAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    TRAIN_TIME_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    timeframe: _market_pb2.Timeframe.ValueType
+    model_version: _builtins.str
+    edge: _builtins.bool
+    """Whether the scorer beat the base rate (ScorerEvaluation.edge)."""
+    @_builtins.property
+    def train_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        timeframe: _market_pb2.Timeframe.ValueType = ...,
+        model_version: _builtins.str = ...,
+        train_time: _timestamp_pb2.Timestamp | None = ...,
+        edge: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["train_time", b"train_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge", b"edge", "model_version", b"model_version", "symbol", b"symbol", "timeframe", b"timeframe", "train_time", b"train_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegimeModelSummary: _TypeAlias = RegimeModelSummary  # noqa: Y015
 
 @_typing.final
 class RegimeTrainingError(_message.Message):

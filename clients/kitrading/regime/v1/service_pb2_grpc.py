@@ -45,6 +45,16 @@ class RegimeServiceStub:
                 request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ScoreSignalRequest.SerializeToString,
                 response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ScoreSignalResponse.FromString,
                 _registered_method=True)
+        self.BatchScoreSignals = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/BatchScoreSignals',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.BatchScoreSignalsRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.BatchScoreSignalsResponse.FromString,
+                _registered_method=True)
+        self.GetRegimeStatus = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/GetRegimeStatus',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeStatusRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeStatusResponse.FromString,
+                _registered_method=True)
         self.TrainRegimeModels = channel.unary_unary(
                 '/kitrading.regime.v1.RegimeService/TrainRegimeModels',
                 request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.TrainRegimeModelsRequest.SerializeToString,
@@ -90,6 +100,20 @@ class RegimeServiceServicer:
 
     def ScoreSignal(self, request, context):
         """ScoreSignal scores a buy or sell signal in the current conditions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchScoreSignals(self, request, context):
+        """BatchScoreSignals scores many signals (of one or more symbols) in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRegimeStatus(self, request, context):
+        """GetRegimeStatus says whether models are ready, lists them and names the running training job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +173,16 @@ def add_RegimeServiceServicer_to_server(servicer, server):
                     servicer.ScoreSignal,
                     request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ScoreSignalRequest.FromString,
                     response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ScoreSignalResponse.SerializeToString,
+            ),
+            'BatchScoreSignals': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchScoreSignals,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.BatchScoreSignalsRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.BatchScoreSignalsResponse.SerializeToString,
+            ),
+            'GetRegimeStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegimeStatus,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeStatusRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeStatusResponse.SerializeToString,
             ),
             'TrainRegimeModels': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainRegimeModels,
@@ -236,6 +270,60 @@ class RegimeService:
             '/kitrading.regime.v1.RegimeService/ScoreSignal',
             kitrading_dot_regime_dot_v1_dot_request__response__pb2.ScoreSignalRequest.SerializeToString,
             kitrading_dot_regime_dot_v1_dot_request__response__pb2.ScoreSignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchScoreSignals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/BatchScoreSignals',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.BatchScoreSignalsRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.BatchScoreSignalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegimeStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/GetRegimeStatus',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeStatusRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class RegimeServiceStub:
     """GetRegime returns a symbol's current regime, its probabilities and the recent regime segments."""
     ScoreSignal: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ScoreSignalRequest, _request_response_pb2.ScoreSignalResponse]
     """ScoreSignal scores a buy or sell signal in the current conditions."""
+    BatchScoreSignals: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.BatchScoreSignalsRequest, _request_response_pb2.BatchScoreSignalsResponse]
+    """BatchScoreSignals scores many signals (of one or more symbols) in one call."""
+    GetRegimeStatus: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetRegimeStatusRequest, _request_response_pb2.GetRegimeStatusResponse]
+    """GetRegimeStatus says whether models are ready, lists them and names the running training job."""
     TrainRegimeModels: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.TrainRegimeModelsRequest, _request_response_pb2.TrainRegimeModelsResponse]
     """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer."""
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]
@@ -59,6 +63,10 @@ class RegimeServiceAsyncStub(RegimeServiceStub):
     """GetRegime returns a symbol's current regime, its probabilities and the recent regime segments."""
     ScoreSignal: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ScoreSignalRequest, _request_response_pb2.ScoreSignalResponse]  # type: ignore[assignment]
     """ScoreSignal scores a buy or sell signal in the current conditions."""
+    BatchScoreSignals: _aio.UnaryUnaryMultiCallable[_request_response_pb2.BatchScoreSignalsRequest, _request_response_pb2.BatchScoreSignalsResponse]  # type: ignore[assignment]
+    """BatchScoreSignals scores many signals (of one or more symbols) in one call."""
+    GetRegimeStatus: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetRegimeStatusRequest, _request_response_pb2.GetRegimeStatusResponse]  # type: ignore[assignment]
+    """GetRegimeStatus says whether models are ready, lists them and names the running training job."""
     TrainRegimeModels: _aio.UnaryUnaryMultiCallable[_request_response_pb2.TrainRegimeModelsRequest, _request_response_pb2.TrainRegimeModelsResponse]  # type: ignore[assignment]
     """TrainRegimeModels starts a training job: the HMM of each symbol, then the signal scorer."""
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
@@ -90,6 +98,22 @@ class RegimeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.ScoreSignalResponse, _abc.Awaitable[_request_response_pb2.ScoreSignalResponse]]:
         """ScoreSignal scores a buy or sell signal in the current conditions."""
+
+    @_abc_1.abstractmethod
+    def BatchScoreSignals(
+        self,
+        request: _request_response_pb2.BatchScoreSignalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.BatchScoreSignalsResponse, _abc.Awaitable[_request_response_pb2.BatchScoreSignalsResponse]]:
+        """BatchScoreSignals scores many signals (of one or more symbols) in one call."""
+
+    @_abc_1.abstractmethod
+    def GetRegimeStatus(
+        self,
+        request: _request_response_pb2.GetRegimeStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.GetRegimeStatusResponse, _abc.Awaitable[_request_response_pb2.GetRegimeStatusResponse]]:
+        """GetRegimeStatus says whether models are ready, lists them and names the running training job."""
 
     @_abc_1.abstractmethod
     def TrainRegimeModels(
