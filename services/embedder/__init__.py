@@ -1,0 +1,1 @@
+"""The embedder service: text embeddings, financial sentiment and time-series embeddings."""
