@@ -103,8 +103,8 @@ def main() -> None:
     states_text = s.n_states or "by BIC among 2..4"
     text = (
         f"HMM: states {states_text}, {s.restarts} restarts, {s.max_iter} iterations, volatility "
-        f"window {s.vol_window}. Scorer: horizon {s.horizon} bars, target {s.take_profit_atr} ATR, "
-        f"stop {s.stop_loss_atr} ATR, cost {s.cost} round trip, {s.folds} folds, embargo "
+        f"window {s.vol_window}. Scorer: horizon {s.horizon} bars, target {s.take_profit} {s.barrier_unit}, "
+        f"stop {s.stop_loss} {s.barrier_unit}, cost {s.cost} round trip, {s.folds} folds, embargo "
         f"{s.embargo}, {s.boosting_rounds} rounds, a buy and a sell every {s.signal_step} bars. "
         f"Trained in {seconds:.0f} s, one thread.\n\n" + tables(models)
     )

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from services.regime.backtest import evaluate
-from services.regime.labels import Barriers, triple_barrier
+from services.regime.labels import Barriers, Unit, triple_barrier
 from services.regime.naming import REGIMES
 from services.regime.regimes import RegimeModel, filtered, fit_regimes
 from services.regime.scorer import SignalScorer, purged_walk_forward_splits
@@ -31,14 +31,27 @@ PERIODS_PER_YEAR = {"M15": 252 * 96, "M30": 252 * 48, "H1": 252 * 24, "H4": 252 
 
 @dataclass(frozen=True, slots=True)
 class ScoringConfig:
+    """The trade a scorer is trained for: `horizon` bars, take-profit and stop-loss distances in
+    `barrier_unit` ("atr": ATR(14) multiples, "percent": percent of the entry), round-trip `cost`;
+    and how: walk-forward `folds`, `embargo` bars, `boosting_rounds`, a signal every `signal_step` bars."""
+
     horizon: int
-    take_profit_atr: float
-    stop_loss_atr: float
+    take_profit: float
+    stop_loss: float
     cost: float
     folds: int
     embargo: int
     boosting_rounds: int
     signal_step: int
+    barrier_unit: str = "atr"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoringConfig:
+        data = dict(data)
+        for old, new in (("take_profit_atr", "take_profit"), ("stop_loss_atr", "stop_loss")):
+            if old in data:  # versions written before barriers had a unit
+                data[new] = data.pop(old)
+        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +74,7 @@ class TrainedScorer:
         return cls(
             RegimeModel.from_dict(data["regimes"]),
             SignalScorer.from_dict(data["scorer"]),
-            ScoringConfig(**data["config"]),
+            ScoringConfig.from_dict(data["config"]),
         )
 
 
@@ -96,7 +109,7 @@ def train_scorer(
     """Fit the scoring HMM on the bars before the first test fold, the walk-forward scorer on all
     signals; returns it and its evaluation (scores vs the base rate, reliability, backtest)."""
     t, sides = signal_grid(len(candles), config, int(hmm_options["vol_window"]))
-    barriers = Barriers(config.take_profit_atr, config.stop_loss_atr, "atr")
+    barriers = Barriers(config.take_profit, config.stop_loss, cast(Unit, config.barrier_unit))
     labels = triple_barrier(candles, sides, t, config.horizon, barriers, config.cost)
     splits = purged_walk_forward_splits(labels.t, labels.t1, n_folds=config.folds, embargo=config.embargo)
     first_test_bar = int(labels.t[splits[0].test].min())
@@ -145,6 +158,7 @@ class Score:
     probability: float
     expected_return: float
     regime: str
+    regime_probability: float
     features: list[tuple[str, float, float]]  # (name, value, contribution in log-odds), largest first
 
 
@@ -162,5 +176,6 @@ def score_signals(
     for i in range(len(t)):
         order = np.argsort(-np.abs(contrib[i]))
         features = [(feats.columns[j], float(feats.values[i, j]), float(contrib[i, j])) for j in order]
-        out.append(Score(float(p[i]), float(er[i]), REGIMES[int(probs[i].argmax())], features))
+        best = int(probs[i].argmax())
+        out.append(Score(float(p[i]), float(er[i]), REGIMES[best], float(probs[i, best]), features))
     return out

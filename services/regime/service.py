@@ -1,9 +1,10 @@
 """The regime domain in one object: the one door its servicer will use.
 
 domain = RegimeDomain(RegimeSettings.from_env(), source)
-await domain.start()
+await domain.start()                      # no model at all: the active symbols train in the background
 job = await domain.train(["EURUSD"], background=False)
-view = await domain.regime("EURUSD")      # filtered: the figure for a bar uses no later bar
+view, version = await domain.regime("EURUSD")   # filtered: the figure for a bar uses no later bar
+scored = await domain.score([Signal("EURUSD", "buy")])
 await domain.stop()
 
 Models are the shared registry's versions (services.training.registry); the serving side loads the
@@ -14,17 +15,18 @@ without a restart and a killed training leaves the previous version serving.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from services.regime.regimes import RegimeModel, RegimeView, describe, hindsight_segments
-from services.regime.scoring import Score, TrainedScorer, score_signals
+from services.regime.scoring import Score, ScoringConfig, TrainedScorer, score_signals
 from services.regime.segments import Segment
 from services.regime.settings import RegimeSettings
 from services.regime.signals import min_history
@@ -33,11 +35,13 @@ from services.regime.training import REGIME_FILE, SCORER_FILE
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
 from services.training.registry import ModelVersion, PointerStamp
-from services.training.retraining import RetrainScheduler
+from services.training.retraining import EventMonitor, EventStream, RetrainScheduler
 from services.training.sources import CandleSource
 from services.training.worker import WorkerOptions
 
 DEFAULT_LOOKBACK = 500
+#: Relative tolerance when a signal restates the model's barriers.
+_SAME = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,23 +51,70 @@ class _Loaded:
     model: RegimeModel
     scorer: TrainedScorer
 
+    @property
+    def timeframe(self) -> str:
+        return str(self.version.metadata.get("timeframe", "H1"))
+
+    @property
+    def edge(self) -> bool:
+        return bool(self.version.metadata.get("evaluation", {}).get("edge", False))
+
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A signal to score: `side` buy or sell, at the bar opening at `time` (None: the last bar);
-    `horizon` and the ATR barriers 0 mean the model's own (a model is trained for one setting)."""
+    """A signal to score: `side` buy or sell on `symbol`, entering at the last bar opening at or
+    before `time` (None: the last bar). `timeframe`, `horizon` and the barriers empty or 0 mean the
+    model's: a model is trained for one trade setting, which a signal may restate but not change."""
 
+    symbol: str
     side: str
     time: datetime | None = None
+    timeframe: str = ""
     horizon: int = 0
-    take_profit_atr: float = 0.0
-    stop_loss_atr: float = 0.0
+    take_profit: float = 0.0
+    stop_loss: float = 0.0
+    barrier_unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredSignal:
+    """A scored signal and what it was scored with: the bar it entered at, the model's trade
+    setting (`config`), its version and last bar, and whether its evaluation found an edge."""
+
+    signal: Signal
+    score: Score
+    time: datetime
+    timeframe: str
+    config: ScoringConfig
+    version: ModelVersion
+    last_bar: datetime
+    edge: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    symbol: str
+    timeframe: str
+    version: ModelVersion
+    edge: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """`ready` once a symbol has a model; `message` says what the service is doing."""
+
+    ready: bool
+    message: str
+    models: list[ModelSummary]
+    job: TrainingJob | None
 
 
 class RegimeDomain:
-    """Owns the registry, the job runner, the retrain scheduler and the loaded models."""
+    """Owns the registry, the job runner, the retraining automation and the loaded models."""
 
-    def __init__(self, settings: RegimeSettings, source: CandleSource) -> None:
+    def __init__(
+        self, settings: RegimeSettings, source: CandleSource, *, event_stream: EventStream | None = None
+    ) -> None:
         self.settings = settings
         self.source = source
         self.registry = regime_registry(settings.models_dir)
@@ -81,15 +132,37 @@ class RegimeDomain:
                 worker=options, worker_idle_s=settings.worker_idle_s, max_jobs_kept=settings.max_jobs_kept
             ),
         )
-        self.scheduler = RetrainScheduler(self.jobs, interval_s=3600.0)
+        self.scheduler = RetrainScheduler(self.jobs, interval_s=settings.retrain_check_interval_s)
+        self.events: EventMonitor | None = None
+        if event_stream is not None:
+            self.events = EventMonitor(
+                event_stream,
+                self.jobs,
+                settings.state_dir / "event_monitor.json",
+                debounce_s=settings.event_debounce_s,
+                max_delay_s=settings.event_max_delay_s,
+                types=("CANDLES_INGESTED",),
+            )
+        self.first_job: TrainingJob | None = None
         self._loaded: dict[str, _Loaded] = {}
 
-    async def start(self, *, schedule: bool = True) -> None:
+    async def start(self, *, schedule: bool = True, train_on_start: bool | None = None) -> None:
+        """Start the job runner, the scheduler (`schedule` and a retrain age set) and the event
+        monitor (when an event stream is given and enabled). With no model of any symbol and
+        `train_on_start` (default: the settings'), queue the active symbols' first training."""
         await self.jobs.start()
-        if schedule and self.settings.auto_retrain_days > 0:
+        if schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
+        if self.events is not None and self.settings.event_retrain:
+            # The monitor's tasks outlive the caller: a fresh context inherits no deadline.
+            await asyncio.create_task(self.events.start(), context=contextvars.Context())
+        first = self.settings.train_on_start if train_on_start is None else train_on_start
+        if first and not await asyncio.to_thread(self.registry.trained_keys):
+            self.first_job = await self.jobs.train_all(trigger="first start")
 
     async def stop(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         await self.scheduler.stop()
         await self.jobs.stop()
 
@@ -103,24 +176,68 @@ class RegimeDomain:
             return await self.jobs.train_all(force=force, background=background)
         return await self.jobs.train(symbols, force=force, background=background)
 
+    def _first_training(self) -> TrainingJob | None:
+        """The first-start job while it has not ended."""
+        if self.first_job is None:
+            return None
+        job = self.jobs.get(self.first_job.job_id)
+        return None if job.state.terminal else job
+
+    # ---- status ---------------------------------------------------------------------------------
+
+    async def status(self) -> Status:
+        models = []
+        for symbol in await asyncio.to_thread(self.registry.trained_keys):
+            try:
+                loaded = await self._model(symbol)
+            except (FailedPrecondition, NotFound):
+                continue
+            models.append(ModelSummary(symbol, loaded.timeframe, loaded.version, loaded.edge))
+        first = self._first_training()
+        job = first or self.jobs.current()
+        if first is not None:
+            done = sum(1 for i in first.items if i.state.terminal)
+            message = (
+                f"training the active symbols at first start (job {first.job_id}): "
+                f"{done} of {len(first.items)} done"
+            )
+        elif models:
+            message = f"serving {len(models)} model(s)" + (
+                f"; job {job.job_id} is {job.state}" if job else ""
+            )
+        else:
+            message = "no regime model yet: train with POST /api/v1/regime/train or `kitrading train-regime`"
+        return Status(bool(models), message, models, job)
+
     # ---- regimes --------------------------------------------------------------------------------
 
     async def _model(self, symbol: str) -> _Loaded:
-        """The current version of `symbol`'s model; FailedPrecondition (with how to train it)
-        when it has none, NotFound for a symbol the Data service does not know."""
+        """The current version of `symbol`'s model; FailedPrecondition (with how to train it, or
+        the first-start job that is training it) when it has none, NotFound for a symbol the Data
+        service does not know."""
         self.registry.check_key(symbol)
         stamp = await asyncio.to_thread(self.registry.pointer_stamp, symbol)
         loaded = self._loaded.get(symbol)
         if loaded is not None and loaded.stamp == stamp:
             return loaded
-        if stamp is None and await self.source.get_symbol(symbol) is None:
-            raise NotFound(
-                f"symbol {symbol} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": symbol}
-            )
+        if stamp is None:
+            if await self.source.get_symbol(symbol) is None:
+                raise NotFound(
+                    f"symbol {symbol} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": symbol}
+                )
+            first = self._first_training()
+            if first is not None and symbol in first.keys:
+                raise FailedPrecondition(
+                    f"no regime model for {symbol} yet: the first training is running (job "
+                    f"{first.job_id}); retry when it ends, follow it with GET "
+                    f"/api/v1/regime/training/jobs/{first.job_id}:watch",
+                    reason="MODEL_TRAINING",
+                    metadata={"symbol": symbol, "job_id": first.job_id},
+                )
         version = await asyncio.to_thread(self.registry.get, symbol)
         regime = await asyncio.to_thread((version.path / REGIME_FILE).read_text)
         scorer = await asyncio.to_thread((version.path / SCORER_FILE).read_text)
-        assert stamp is not None
+        assert stamp is not None  # registry.get raised otherwise
         loaded = _Loaded(
             stamp,
             version,
@@ -130,74 +247,131 @@ class RegimeDomain:
         self._loaded[symbol] = loaded
         return loaded
 
-    async def regime(self, symbol: str, *, lookback: int = 0) -> tuple[RegimeView, ModelVersion]:
+    @staticmethod
+    def _check_timeframe(loaded: _Loaded, symbol: str, timeframe: str, field: str = "timeframe") -> None:
+        if timeframe and timeframe != loaded.timeframe:
+            raise InvalidArgument(
+                field,
+                f"the regime model of {symbol} is trained on {loaded.timeframe}; send it or leave it unset",
+            )
+
+    async def regime(
+        self, symbol: str, *, lookback: int = 0, timeframe: str = ""
+    ) -> tuple[RegimeView, ModelVersion]:
         """The regime of the symbol's last bar, from filtered probabilities, and the model's version."""
         loaded = await self._model(symbol)
-        candles = await self.source.fetch(symbol, str(loaded.version.metadata.get("timeframe", "H1")))
+        self._check_timeframe(loaded, symbol, timeframe)
+        candles = await self.source.fetch(symbol, loaded.timeframe)
         view = await asyncio.to_thread(
             describe, loaded.model, candles, lookback=lookback or DEFAULT_LOOKBACK, symbol=symbol
         )
         return view, loaded.version
 
-    async def hindsight(self, symbol: str, *, lookback: int = 0) -> list[Segment]:
+    async def hindsight(self, symbol: str, *, lookback: int = 0, timeframe: str = "") -> list[Segment]:
         """HINDSIGHT (Viterbi over the history, later bars included): for charts, never for signals."""
         loaded = await self._model(symbol)
-        candles = await self.source.fetch(symbol, str(loaded.version.metadata.get("timeframe", "H1")))
+        self._check_timeframe(loaded, symbol, timeframe)
+        candles = await self.source.fetch(symbol, loaded.timeframe)
         return await asyncio.to_thread(
             hindsight_segments, loaded.model, candles, lookback=lookback or DEFAULT_LOOKBACK
         )
 
-    async def model(self, symbol: str) -> dict[str, Any]:
-        """The current version's metadata: HMM states, log-likelihood, BIC, convergence, data range."""
-        return dict((await self._model(symbol)).version.metadata)
+    async def model(self, symbol: str, *, timeframe: str = "") -> tuple[ModelVersion, RegimeModel]:
+        """The current version (its metadata: HMM fit, evaluation, data range) and its HMM."""
+        loaded = await self._model(symbol)
+        self._check_timeframe(loaded, symbol, timeframe)
+        return loaded.version, loaded.model
 
     # ---- signal scoring -------------------------------------------------------------------------
 
-    async def score(self, symbol: str, signals: Sequence[Signal]) -> list[Score]:
-        """Score many signals of one symbol in one pass (INVALID_ARGUMENT names a bad field;
-        FAILED_PRECONDITION when a signal's bar has too little history)."""
+    async def score(self, signals: Sequence[Signal], *, field: str = "") -> list[ScoredSignal]:
+        """Score many signals, of one or more symbols, in one pass per symbol; results in order.
+
+        A bad field raises INVALID_ARGUMENT naming it: `field` given (e.g. "requests"), signal i's
+        fields are `<field>[i].<name>`, else `<name>`. FAILED_PRECONDITION when a signal's bar has
+        too little history before it."""
         if not signals:
-            raise InvalidArgument("signals", "at least one signal is required")
-        loaded = await self._model(symbol)
-        config = loaded.scorer.config
+            raise InvalidArgument(field or "signals", "at least one signal is required")
+
+        def name(i: int, n: str) -> str:
+            return f"{field}[{i}].{n}" if field else n
+
+        by_symbol: dict[str, list[int]] = {}
         for i, signal in enumerate(signals):
-            _check_signal(signal, config, i)
-        candles = await self.source.fetch(symbol, str(loaded.version.metadata.get("timeframe", "H1")))
-        times = pd.DatetimeIndex(pd.to_datetime(candles["time"], utc=True))
-        positions = [_position(times, signal.time, i) for i, signal in enumerate(signals)]
-        need = max(min_history(), loaded.scorer.regimes.vol_window + 1)
-        short = [i for i, p in enumerate(positions) if p < need]
-        if short:
-            raise FailedPrecondition(
-                f"a signal needs {need} bars of history before it; "
-                f"signal {short[0]} has {positions[short[0]]}",
-                reason="NOT_ENOUGH_CANDLES",
-            )
-        sides = [signal.side for signal in signals]
-        return await asyncio.to_thread(score_signals, loaded.scorer, candles, positions, sides)
+            by_symbol.setdefault(signal.symbol, []).append(i)
+        out: list[ScoredSignal | None] = [None] * len(signals)
+        for symbol, indices in by_symbol.items():
+            loaded = await self._model(symbol)
+            for i in indices:
+                self._check_timeframe(loaded, symbol, signals[i].timeframe, name(i, "timeframe"))
+                _check_signal(signals[i], loaded.scorer.config, functools.partial(name, i))
+            candles = await self.source.fetch(symbol, loaded.timeframe)
+            times = pd.DatetimeIndex(pd.to_datetime(candles["time"], utc=True))
+            positions = [_position(times, signals[i].time, name(i, "time")) for i in indices]
+            need = max(min_history(), loaded.scorer.regimes.vol_window + 1)
+            for i, pos in zip(indices, positions, strict=True):
+                if pos < need:
+                    raise FailedPrecondition(
+                        f"a signal needs {need} bars of {symbol} history before it; the one at "
+                        f"{times[max(pos, 0)].isoformat()} has {max(pos, 0)}",
+                        reason="NOT_ENOUGH_CANDLES",
+                        metadata={"field": name(i, "time"), "needed": str(need)},
+                    )
+            sides = [signals[i].side for i in indices]
+            scores = await asyncio.to_thread(score_signals, loaded.scorer, candles, positions, sides)
+            last = times[-1].to_pydatetime()
+            for i, pos, sc in zip(indices, positions, scores, strict=True):
+                out[i] = ScoredSignal(
+                    signals[i],
+                    sc,
+                    times[pos].to_pydatetime(),
+                    loaded.timeframe,
+                    loaded.scorer.config,
+                    loaded.version,
+                    last,
+                    loaded.edge,
+                )
+        return [s for s in out if s is not None]
 
 
-def _check_signal(signal: Signal, config: Any, index: int) -> None:
-    prefix = f"signals[{index}]."
+def _check_signal(signal: Signal, config: ScoringConfig, name: Callable[[str], str]) -> None:
     if signal.side not in ("buy", "sell"):
-        raise InvalidArgument(prefix + "direction", "must be buy or sell")
-    trained = {
-        "horizon": (signal.horizon, config.horizon),
-        "take_profit_atr": (signal.take_profit_atr, config.take_profit_atr),
-        "stop_loss_atr": (signal.stop_loss_atr, config.stop_loss_atr),
-    }
-    for field, (asked, own) in trained.items():
-        if asked < 0:
-            raise InvalidArgument(prefix + field, "must not be negative")
-        if asked and asked != own:
-            raise InvalidArgument(prefix + field, f"this model is trained for {own}; send {own} or 0")
+        raise InvalidArgument(name("side"), "must be buy or sell")
+    if signal.horizon < 0:
+        raise InvalidArgument(name("horizon"), "must not be negative")
+    if signal.horizon and signal.horizon != config.horizon:
+        raise InvalidArgument(
+            name("horizon"), f"this model is trained for {config.horizon} bars; send {config.horizon} or 0"
+        )
+    given = signal.take_profit or signal.stop_loss or signal.barrier_unit
+    if not given:
+        return
+    unit = signal.barrier_unit or config.barrier_unit
+    own = f"{config.take_profit:g} / {config.stop_loss:g} {config.barrier_unit}"
+    if unit != config.barrier_unit:
+        raise InvalidArgument(
+            name("barriers.unit"), f"this model's barriers are {own}; send its unit or leave barriers unset"
+        )
+    for field, asked, trained in (
+        ("take_profit", signal.take_profit, config.take_profit),
+        ("stop_loss", signal.stop_loss, config.stop_loss),
+    ):
+        if asked < 0 or not math.isfinite(asked):
+            raise InvalidArgument(name(f"barriers.{field}"), "must be a finite number >= 0")
+        if asked and abs(asked - trained) > _SAME * max(1.0, trained):
+            raise InvalidArgument(
+                name(f"barriers.{field}"),
+                f"this model's barriers are {own} (take-profit / stop-loss); send them or 0",
+            )
 
 
-def _position(times: pd.DatetimeIndex, at: datetime | None, index: int) -> int:
-    """The bar opening at `at` (None: the last bar); INVALID_ARGUMENT when no bar opens then."""
+def _position(times: pd.DatetimeIndex, at: datetime | None, field: str) -> int:
+    """The last bar opening at or before `at` (None: the last bar); INVALID_ARGUMENT before the first."""
     if at is None:
         return len(times) - 1
-    found = np.flatnonzero(times == pd.Timestamp(at))
-    if not len(found):
-        raise InvalidArgument(f"signals[{index}].time", "no candle opens at that time")
-    return int(found[0])
+    stamp = pd.Timestamp(at)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    pos = int(times.searchsorted(stamp, side="right")) - 1
+    if pos < 0:
+        raise InvalidArgument(field, f"before the first candle ({times[0].isoformat()})")
+    return pos

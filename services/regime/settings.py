@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services.runtime.config import HOME, ChoiceVar, FloatVar, IntVar, Var, check_fields, read_fields
+from services.runtime.config import HOME, BoolVar, ChoiceVar, FloatVar, IntVar, Var, check_fields, read_fields
 
 _DAY = 86_400.0
 
@@ -30,15 +30,22 @@ class RegimeSettings:
     lookback: int = 0  # bars to fit on; 0: every stored bar
     # Signal scoring (LightGBM on triple-barrier labels).
     horizon: int = 24
-    take_profit_atr: float = 2.0
-    stop_loss_atr: float = 1.0
+    take_profit: float = 2.0  # in `barrier_unit`
+    stop_loss: float = 1.0
+    barrier_unit: str = "atr"  # "atr": ATR(14) multiples; "percent": percent of the entry price
     cost: float = 0.0002  # round trip, as a fraction of the price
     folds: int = 5
     embargo: int = 24
     boosting_rounds: int = 200
     signal_step: int = 4  # a candidate signal every N bars
     # Retraining and jobs.
+    train_on_start: bool = True  # no model at all at start: train the active symbols in the background
+    schedule: bool = True
     auto_retrain_days: float = 7.0
+    retrain_check_interval_s: float = 3600.0
+    event_retrain: bool = True  # retrain a symbol on the Data service's events (debounced)
+    event_debounce_s: float = 60.0
+    event_max_delay_s: float = 600.0
     keep_versions: int = 5
     max_jobs_kept: int = 200
     # Isolation of the training worker.
@@ -52,6 +59,11 @@ class RegimeSettings:
     @property
     def models_dir(self) -> Path:
         return self.home / "models" / "regime"
+
+    @property
+    def state_dir(self) -> Path:
+        """Service state (the event monitor's last event id)."""
+        return self.home / "regime"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RegimeSettings:
@@ -74,14 +86,21 @@ FIELDS: dict[str, Var] = {
     "vol_window": IntVar(_P + "VOL_WINDOW", 2, 1000),
     "lookback": IntVar(_P + "LOOKBACK", 0, 1_000_000),
     "horizon": IntVar(_P + "HORIZON", 1, 1000),
-    "take_profit_atr": FloatVar(_P + "TAKE_PROFIT_ATR", 0.0, 100.0, above=True),
-    "stop_loss_atr": FloatVar(_P + "STOP_LOSS_ATR", 0.0, 100.0, above=True),
+    "take_profit": FloatVar(_P + "TAKE_PROFIT", 0.0, 100.0, above=True),
+    "stop_loss": FloatVar(_P + "STOP_LOSS", 0.0, 100.0, above=True),
+    "barrier_unit": ChoiceVar(_P + "BARRIER_UNIT", ("atr", "percent")),
     "cost": FloatVar(_P + "COST", 0.0, 0.1),
     "folds": IntVar(_P + "FOLDS", 2, 50),
     "embargo": IntVar(_P + "EMBARGO", 0, 10_000),
     "boosting_rounds": IntVar(_P + "BOOSTING_ROUNDS", 1, 100_000),
     "signal_step": IntVar(_P + "SIGNAL_STEP", 1, 1000),
+    "train_on_start": BoolVar(_P + "TRAIN_ON_START"),
+    "schedule": BoolVar(_P + "SCHEDULE"),
     "auto_retrain_days": FloatVar(_P + "AUTO_RETRAIN_DAYS", 0.0, 3650.0),
+    "retrain_check_interval_s": FloatVar(_P + "RETRAIN_CHECK_SECONDS", 1.0, 7 * _DAY),
+    "event_retrain": BoolVar(_P + "EVENT_RETRAIN"),
+    "event_debounce_s": FloatVar(_P + "EVENT_DEBOUNCE_SECONDS", 0.0, _DAY),
+    "event_max_delay_s": FloatVar(_P + "EVENT_MAX_DELAY_SECONDS", 0.0, 7 * _DAY),
     "keep_versions": IntVar(_P + "KEEP_VERSIONS", 1, 1000),
     "max_jobs_kept": IntVar(_P + "MAX_JOBS_KEPT", 1, 1_000_000),
     "worker_nice": IntVar(_P + "WORKER_NICE", 0, 19),

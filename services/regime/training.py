@@ -75,8 +75,9 @@ def run(task: RegimeTask, registry: ModelRegistry, emit: Emit) -> TrainResult:
     emit(Phase("scoring"))
     config = ScoringConfig(
         horizon=s.horizon,
-        take_profit_atr=s.take_profit_atr,
-        stop_loss_atr=s.stop_loss_atr,
+        take_profit=s.take_profit,
+        stop_loss=s.stop_loss,
+        barrier_unit=s.barrier_unit,
         cost=s.cost,
         folds=s.folds,
         embargo=s.embargo,

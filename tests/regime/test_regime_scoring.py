@@ -12,8 +12,8 @@ from services.regime.scoring import REGIME_COLUMNS, ScoringConfig, TrainedScorer
 
 CONFIG = ScoringConfig(
     horizon=24,
-    take_profit_atr=2.0,
-    stop_loss_atr=1.0,
+    take_profit=2.0,
+    stop_loss=1.0,
     cost=0.0002,
     folds=5,
     embargo=24,

@@ -25,7 +25,7 @@ async def domain(tmp_path: Path, candles: Callable[[str], pd.DataFrame]) -> Asyn
         home=tmp_path, restarts=1, max_iter=30, n_states=3, boosting_rounds=1, worker_nice=0
     )
     domain = RegimeDomain(settings, source)
-    await domain.start(schedule=False)
+    await domain.start(schedule=False, train_on_start=False)
     yield domain
     await domain.stop()
 
@@ -43,25 +43,89 @@ async def test_train_then_serve_the_filtered_regime(domain: RegimeDomain) -> Non
     view, version = await domain.regime("EURUSD", lookback=200)
     assert version.version == "v000001" and sum(s.bars for s in view.history) == 200
     assert view.regime in {"BULL_TREND", "BEAR_TREND", "RANGE", "HIGH_VOLATILITY"}
-    meta = await domain.model("EURUSD")
+    meta = (await domain.model("EURUSD"))[0].metadata
     assert meta["hmm"]["n_states"] == 3 and len(meta["hmm"]["states"]) == 3
     first_names = sorted(s["label"] for s in meta["hmm"]["states"])
     await domain.train(["EURUSD"], background=False)
     _, again = await domain.regime("EURUSD")
     assert again.version == "v000002"  # picked up without a restart
-    assert sorted(s["label"] for s in (await domain.model("EURUSD"))["hmm"]["states"]) == first_names
+    retrained = (await domain.model("EURUSD"))[0].metadata
+    assert sorted(s["label"] for s in retrained["hmm"]["states"]) == first_names
 
     evaluation = meta["evaluation"]
     assert evaluation["signals"] > 500 and set(evaluation["scores_calibrated"]) >= {"auc", "brier"}
     strategies = [row["strategy"] for row in evaluation["backtest"]]
     assert len(strategies) == 3 and len(evaluation["reliability"]) >= 2
-    scores = await domain.score("EURUSD", [Signal("buy"), Signal("sell"), Signal("buy", horizon=24)])
+    signals = [
+        Signal("EURUSD", "buy"),
+        Signal("EURUSD", "sell"),
+        Signal("EURUSD", "buy", horizon=24, take_profit=2.0, stop_loss=1.0, barrier_unit="atr"),
+    ]
+    scored = await domain.score(signals)
+    scores = [s.score for s in scored]
     assert len(scores) == 3 and all(0 < s.probability < 1 for s in scores)
     assert scores[0].features[0][0] and abs(scores[0].features[0][2]) >= abs(scores[0].features[-1][2])
-    assert scores[0].probability == scores[2].probability  # the same signal, the model's own horizon
+    assert scores[0].probability == scores[2].probability  # the same signal, the model's own setting
+    assert scored[0].config.horizon == 24 and scored[0].config.barrier_unit == "atr"
+    assert scored[0].time == scored[0].last_bar and 0 < scores[0].regime_probability <= 1
     with pytest.raises(InvalidArgument) as bad:
-        await domain.score("EURUSD", [Signal("hold")])
-    assert bad.value.violations[0].field == "signals[0].direction"
+        await domain.score([Signal("EURUSD", "hold")])
+    assert bad.value.violations[0].field == "side"
     with pytest.raises(InvalidArgument) as other:
-        await domain.score("EURUSD", [Signal("buy", horizon=5)])
-    assert other.value.violations[0].field == "signals[0].horizon"
+        await domain.score([Signal("EURUSD", "buy"), Signal("EURUSD", "buy", horizon=5)], field="requests")
+    assert other.value.violations[0].field == "requests[1].horizon"
+    for wrong, field in (
+        (Signal("EURUSD", "buy", take_profit=3.0), "barriers.take_profit"),
+        (Signal("EURUSD", "buy", barrier_unit="percent"), "barriers.unit"),
+        (Signal("EURUSD", "buy", timeframe="D1"), "timeframe"),
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            await domain.score([wrong])
+        assert error.value.violations[0].field == field
+    first_bar = (await domain.source.fetch("EURUSD", "H1"))["time"].iloc[0]
+    with pytest.raises(InvalidArgument) as early:
+        await domain.score([Signal("EURUSD", "buy", time=first_bar - pd.Timedelta(hours=1))])
+    assert early.value.violations[0].field == "time"
+    with pytest.raises(FailedPrecondition, match="bars of EURUSD history"):
+        await domain.score([Signal("EURUSD", "buy", time=first_bar + pd.Timedelta(hours=5))])
+    # A time between bars enters at the bar opening before it; the response says which.
+    bars = (await domain.source.fetch("EURUSD", "H1"))["time"]
+    between = bars.iloc[-10] + pd.Timedelta(minutes=30)
+    (at,) = await domain.score([Signal("EURUSD", "sell", time=between)])
+    assert at.time == bars.iloc[-10].to_pydatetime()
+    status = await domain.status()
+    assert status.ready and [m.symbol for m in status.models] == ["EURUSD"] and "serving 1" in status.message
+
+
+async def test_first_start_trains_the_active_symbols_and_says_so(
+    tmp_path: Path, candles: Callable[[str], pd.DataFrame]
+) -> None:
+    source = InMemoryCandleSource()
+    source.put(SymbolInfo("EURUSD", "FX", timeframe="H1"), "H1", candles("EURUSD").tail(1500))
+    settings = RegimeSettings(
+        home=tmp_path, restarts=1, max_iter=20, n_states=2, boosting_rounds=1, worker_nice=0
+    )
+    domain = RegimeDomain(settings, source)
+    await domain.start(schedule=False)
+    try:
+        assert domain.first_job is not None and domain.first_job.trigger == "first start"
+        status = await domain.status()
+        assert not status.ready and "first start" in status.message
+        assert status.job is not None and status.job.job_id == domain.first_job.job_id
+        with pytest.raises(FailedPrecondition, match="first training is running") as busy:
+            await domain.regime("EURUSD")
+        assert busy.value.reason == "MODEL_TRAINING"
+        job = await domain.jobs.wait(domain.first_job.job_id)
+        assert job.state is JobState.SUCCEEDED
+        view, _ = await domain.regime("EURUSD")
+        assert 0 < view.probability <= 1
+        assert (await domain.status()).ready
+    finally:
+        await domain.stop()
+    # A restart with a model in the registry trains nothing.
+    again = RegimeDomain(settings, source)
+    await again.start(schedule=False)
+    try:
+        assert again.first_job is None
+    finally:
+        await again.stop()
