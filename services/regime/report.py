@@ -78,13 +78,15 @@ async def run(settings: RegimeSettings) -> tuple[dict[str, dict[str, Any]], floa
         frame["time"] = pd.to_datetime(frame["time"], utc=True)
         source.put(SymbolInfo(spec.symbol, timeframe=spec.timeframe.name), spec.timeframe.name, frame)
     domain = RegimeDomain(settings, source)
-    await domain.start(schedule=False)
+    await domain.start(schedule=False, train_on_start=False)
     started = time.perf_counter()
     try:
         job = await domain.train(force=True, background=False)
         if job.state.value != "SUCCEEDED":
             raise SystemExit(f"training failed: {job.error}")
-        return {i.key: await domain.model(i.key) for i in job.items}, time.perf_counter() - started
+        return {
+            i.key: (await domain.model(i.key))[0].metadata for i in job.items
+        }, time.perf_counter() - started
     finally:
         await domain.stop()
 
