@@ -50,14 +50,14 @@ def test_lexicon_counts_repeated_words_and_neutral_text(lexicon: LexiconSentimen
 def tiny_finbert(directory: Path, labels: dict[int, str] | None = None) -> Path:
     """A randomly initialised two-layer BERT classifier with a tokenizer over a 40-word vocabulary."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     words = ["the", "profit", "loss", "rose", "fell", "bank", "shares", "strong", "weak", "outlook"]
     words += ["market", "rates", "stocks", "earnings"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *(f"w{i}" for i in range(25))]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), model_max_length=64)
+    tokenizer = BertTokenizer(vocab_file=str(directory / "vocab.txt"), model_max_length=64)
     labels = labels or {0: "positive", 1: "negative", 2: "neutral"}
     config = BertConfig(
         vocab_size=len(vocab),
@@ -66,7 +66,6 @@ def tiny_finbert(directory: Path, labels: dict[int, str] | None = None) -> Path:
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=64,
-        num_labels=3,
         id2label=labels,
         label2id={v: k for k, v in labels.items()},
     )
