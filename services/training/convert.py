@@ -14,6 +14,7 @@ TRIGGERS: dict[str, training_pb2.TrainingTrigger.ValueType] = {
     "manual": training_pb2.TRAINING_TRIGGER_MANUAL,
     "scheduled": training_pb2.TRAINING_TRIGGER_SCHEDULE,
     "event": training_pb2.TRAINING_TRIGGER_MARKET_EVENT,
+    "first start": training_pb2.TRAINING_TRIGGER_FIRST_START,
 }
 
 

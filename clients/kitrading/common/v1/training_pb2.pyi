@@ -35,6 +35,8 @@ class _TrainingTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Train
     """The periodic retraining schedule (every N days)."""
     TRAINING_TRIGGER_MARKET_EVENT: _TrainingTrigger.ValueType  # 3
     """A market event seen by the event monitor."""
+    TRAINING_TRIGGER_FIRST_START: _TrainingTrigger.ValueType  # 4
+    """A service started with no model at all trains its first ones."""
 
 class TrainingTrigger(_TrainingTrigger, metaclass=_TrainingTriggerEnumTypeWrapper):
     """Training jobs are shared by every domain that trains models (forecast NHITS, regime HMM + LightGBM, pattern
@@ -52,6 +54,8 @@ TRAINING_TRIGGER_SCHEDULE: TrainingTrigger.ValueType  # 2
 """The periodic retraining schedule (every N days)."""
 TRAINING_TRIGGER_MARKET_EVENT: TrainingTrigger.ValueType  # 3
 """A market event seen by the event monitor."""
+TRAINING_TRIGGER_FIRST_START: TrainingTrigger.ValueType  # 4
+"""A service started with no model at all trains its first ones."""
 Global___TrainingTrigger: _TypeAlias = TrainingTrigger  # noqa: Y015
 
 @_typing.final
