@@ -223,9 +223,18 @@ class GetEmbedderInfoResponse(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     GPU_AVAILABLE_FIELD_NUMBER: _builtins.int
+    DEVICE_REASON_FIELD_NUMBER: _builtins.int
+    MAX_TEXTS_FIELD_NUMBER: _builtins.int
+    MAX_TEXT_LENGTH_FIELD_NUMBER: _builtins.int
     device: _builtins.str
     """Torch device: "cuda:0", "cpu"."""
     gpu_available: _builtins.bool
+    device_reason: _builtins.str
+    """Why the CPU is used (empty on a GPU)."""
+    max_texts: _builtins.int
+    """Texts per EmbedText / AnalyzeSentiment call this service accepts."""
+    max_text_length: _builtins.int
+    """Characters per text this service accepts."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.EmbeddingModel]: ...
     def __init__(
@@ -234,10 +243,13 @@ class GetEmbedderInfoResponse(_message.Message):
         models: _abc.Iterable[_resources_pb2.EmbeddingModel] | None = ...,
         device: _builtins.str = ...,
         gpu_available: _builtins.bool = ...,
+        device_reason: _builtins.str = ...,
+        max_texts: _builtins.int = ...,
+        max_text_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "gpu_available", b"gpu_available", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_reason", b"device_reason", "gpu_available", b"gpu_available", "max_text_length", b"max_text_length", "max_texts", b"max_texts", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from kitrading.common.v1 import market_pb2 as kitrading_dot_common_dot_v1_dot_market__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kitrading/embedder/v1/resources.proto\x12\x15kitrading.embedder.v1\x1a\x1b\x62uf/validate/validate.proto\x1a kitrading/common/v1/market.proto\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x85\x01\n\tSentiment\x12\x34\n\x05label\x18\x01 \x01(\x0e\x32%.kitrading.embedder.v1.SentimentLabel\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08positive\x18\x03 \x01(\x01\x12\x10\n\x08negative\x18\x04 \x01(\x01\x12\x0f\n\x07neutral\x18\x05 \x01(\x01\"I\n\x0c\x43\x61ndleWindow\x12\x39\n\x07\x63\x61ndles\x18\x01 \x03(\x0b\x32\x1b.kitrading.common.v1.CandleB\x0b\xbaH\x08\x92\x01\x05\x08\x08\x10\x80 \"\x9c\x01\n\x0cSymbolWindow\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80 (\x00\"\x8f\x01\n\x0e\x45mbeddingModel\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.kitrading.embedder.v1.EmbeddingKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x18\n\x10max_input_length\x18\x04 \x01(\x05\x12\x0e\n\x06loaded\x18\x05 \x01(\x08*\x8a\x01\n\x0eSentimentLabel\x12\x1f\n\x1bSENTIMENT_LABEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18SENTIMENT_LABEL_POSITIVE\x10\x01\x12\x1c\n\x18SENTIMENT_LABEL_NEGATIVE\x10\x02\x12\x1b\n\x17SENTIMENT_LABEL_NEUTRAL\x10\x03*\x85\x01\n\rEmbeddingKind\x12\x1e\n\x1a\x45MBEDDING_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45MBEDDING_KIND_TEXT\x10\x01\x12\x1c\n\x18\x45MBEDDING_KIND_SENTIMENT\x10\x02\x12\x1d\n\x19\x45MBEDDING_KIND_TIMESERIES\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kitrading/embedder/v1/resources.proto\x12\x15kitrading.embedder.v1\x1a\x1b\x62uf/validate/validate.proto\x1a kitrading/common/v1/market.proto\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xe1\x01\n\tSentiment\x12\x34\n\x05label\x18\x01 \x01(\x0e\x32%.kitrading.embedder.v1.SentimentLabel\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08positive\x18\x03 \x01(\x01\x12\x10\n\x08negative\x18\x04 \x01(\x01\x12\x0f\n\x07neutral\x18\x05 \x01(\x01\x12\x13\n\x0buncertainty\x18\x06 \x01(\x01\x12\x10\n\x08polarity\x18\x07 \x01(\x01\x12\x33\n\x05words\x18\x08 \x03(\x0b\x32$.kitrading.embedder.v1.SentimentWord\"l\n\rSentimentWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12>\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32,.kitrading.embedder.v1.SentimentWordCategory\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"I\n\x0c\x43\x61ndleWindow\x12\x39\n\x07\x63\x61ndles\x18\x01 \x03(\x0b\x32\x1b.kitrading.common.v1.CandleB\x0b\xbaH\x08\x92\x01\x05\x08\x08\x10\x80 \"\x9c\x01\n\x0cSymbolWindow\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80 (\x00\"\x8f\x01\n\x0e\x45mbeddingModel\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.kitrading.embedder.v1.EmbeddingKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x18\n\x10max_input_length\x18\x04 \x01(\x05\x12\x0e\n\x06loaded\x18\x05 \x01(\x08*\x8a\x01\n\x0eSentimentLabel\x12\x1f\n\x1bSENTIMENT_LABEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18SENTIMENT_LABEL_POSITIVE\x10\x01\x12\x1c\n\x18SENTIMENT_LABEL_NEGATIVE\x10\x02\x12\x1b\n\x17SENTIMENT_LABEL_NEUTRAL\x10\x03*\x85\x01\n\rEmbeddingKind\x12\x1e\n\x1a\x45MBEDDING_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45MBEDDING_KIND_TEXT\x10\x01\x12\x1c\n\x18\x45MBEDDING_KIND_SENTIMENT\x10\x02\x12\x1d\n\x19\x45MBEDDING_KIND_TIMESERIES\x10\x03*\xb5\x01\n\x15SentimentWordCategory\x12\'\n#SENTIMENT_WORD_CATEGORY_UNSPECIFIED\x10\x00\x12$\n SENTIMENT_WORD_CATEGORY_POSITIVE\x10\x01\x12$\n SENTIMENT_WORD_CATEGORY_NEGATIVE\x10\x02\x12\'\n#SENTIMENT_WORD_CATEGORY_UNCERTAINTY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,18 +41,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYMBOLWINDOW'].fields_by_name['timeframe']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_SYMBOLWINDOW'].fields_by_name['lookback']._loaded_options = None
   _globals['_SYMBOLWINDOW'].fields_by_name['lookback']._serialized_options = b'\272H\007\032\005\030\200 (\000'
-  _globals['_SENTIMENTLABEL']._serialized_start=673
-  _globals['_SENTIMENTLABEL']._serialized_end=811
-  _globals['_EMBEDDINGKIND']._serialized_start=814
-  _globals['_EMBEDDINGKIND']._serialized_end=947
+  _globals['_SENTIMENTLABEL']._serialized_start=875
+  _globals['_SENTIMENTLABEL']._serialized_end=1013
+  _globals['_EMBEDDINGKIND']._serialized_start=1016
+  _globals['_EMBEDDINGKIND']._serialized_end=1149
+  _globals['_SENTIMENTWORDCATEGORY']._serialized_start=1152
+  _globals['_SENTIMENTWORDCATEGORY']._serialized_end=1333
   _globals['_EMBEDDING']._serialized_start=127
   _globals['_EMBEDDING']._serialized_end=154
   _globals['_SENTIMENT']._serialized_start=157
-  _globals['_SENTIMENT']._serialized_end=290
-  _globals['_CANDLEWINDOW']._serialized_start=292
-  _globals['_CANDLEWINDOW']._serialized_end=365
-  _globals['_SYMBOLWINDOW']._serialized_start=368
-  _globals['_SYMBOLWINDOW']._serialized_end=524
-  _globals['_EMBEDDINGMODEL']._serialized_start=527
-  _globals['_EMBEDDINGMODEL']._serialized_end=670
+  _globals['_SENTIMENT']._serialized_end=382
+  _globals['_SENTIMENTWORD']._serialized_start=384
+  _globals['_SENTIMENTWORD']._serialized_end=492
+  _globals['_CANDLEWINDOW']._serialized_start=494
+  _globals['_CANDLEWINDOW']._serialized_end=567
+  _globals['_SYMBOLWINDOW']._serialized_start=570
+  _globals['_SYMBOLWINDOW']._serialized_end=726
+  _globals['_EMBEDDINGMODEL']._serialized_start=729
+  _globals['_EMBEDDINGMODEL']._serialized_end=872
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,26 @@ EMBEDDING_KIND_SENTIMENT: EmbeddingKind.ValueType  # 2
 EMBEDDING_KIND_TIMESERIES: EmbeddingKind.ValueType  # 3
 Global___EmbeddingKind: _TypeAlias = EmbeddingKind  # noqa: Y015
 
+class _SentimentWordCategory:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SentimentWordCategoryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SentimentWordCategory.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SENTIMENT_WORD_CATEGORY_UNSPECIFIED: _SentimentWordCategory.ValueType  # 0
+    SENTIMENT_WORD_CATEGORY_POSITIVE: _SentimentWordCategory.ValueType  # 1
+    SENTIMENT_WORD_CATEGORY_NEGATIVE: _SentimentWordCategory.ValueType  # 2
+    SENTIMENT_WORD_CATEGORY_UNCERTAINTY: _SentimentWordCategory.ValueType  # 3
+
+class SentimentWordCategory(_SentimentWordCategory, metaclass=_SentimentWordCategoryEnumTypeWrapper):
+    """SentimentWordCategory is the word list of the Loughran-McDonald lexicon a word is in."""
+
+SENTIMENT_WORD_CATEGORY_UNSPECIFIED: SentimentWordCategory.ValueType  # 0
+SENTIMENT_WORD_CATEGORY_POSITIVE: SentimentWordCategory.ValueType  # 1
+SENTIMENT_WORD_CATEGORY_NEGATIVE: SentimentWordCategory.ValueType  # 2
+SENTIMENT_WORD_CATEGORY_UNCERTAINTY: SentimentWordCategory.ValueType  # 3
+Global___SentimentWordCategory: _TypeAlias = SentimentWordCategory  # noqa: Y015
+
 @_typing.final
 class Embedding(_message.Message):
     """Embedding is one vector."""
@@ -84,7 +104,13 @@ Global___Embedding: _TypeAlias = Embedding  # noqa: Y015
 
 @_typing.final
 class Sentiment(_message.Message):
-    """Sentiment is the financial sentiment of one text."""
+    """Sentiment is the financial sentiment of one text.
+
+    FinBERT: `positive`, `negative`, `neutral` are the classifier's probabilities and `score` that of
+    `label`. Loughran-McDonald lexicon: they are the shares of the text's counted words (stop words
+    dropped) in the positive list, the negative list and neither, and `score` is |polarity| (for a
+    neutral label, the share in neither list).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -93,16 +119,27 @@ class Sentiment(_message.Message):
     POSITIVE_FIELD_NUMBER: _builtins.int
     NEGATIVE_FIELD_NUMBER: _builtins.int
     NEUTRAL_FIELD_NUMBER: _builtins.int
+    UNCERTAINTY_FIELD_NUMBER: _builtins.int
+    POLARITY_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
     label: Global___SentimentLabel.ValueType
     """The most probable label."""
     score: _builtins.float
-    """Probability of `label`, 0..1."""
+    """Strength of `label`, 0..1 (FinBERT: its probability)."""
     positive: _builtins.float
-    """Probability 0..1 of positive; the three sum to 1."""
+    """0..1, positive; the three sum to 1."""
     negative: _builtins.float
-    """Probability 0..1 of negative."""
+    """0..1, negative."""
     neutral: _builtins.float
-    """Probability 0..1 of neutral."""
+    """0..1, neutral."""
+    uncertainty: _builtins.float
+    """Lexicon: share 0..1 of the counted words in the uncertainty list; 0 for FinBERT."""
+    polarity: _builtins.float
+    """(positive - negative) / (positive + negative), -1..1; 0 when both are 0."""
+    @_builtins.property
+    def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentimentWord]:
+        """Lexicon: the words that counted, in order of first occurrence; empty for FinBERT."""
+
     def __init__(
         self,
         *,
@@ -111,14 +148,46 @@ class Sentiment(_message.Message):
         positive: _builtins.float = ...,
         negative: _builtins.float = ...,
         neutral: _builtins.float = ...,
+        uncertainty: _builtins.float = ...,
+        polarity: _builtins.float = ...,
+        words: _abc.Iterable[Global___SentimentWord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "negative", b"negative", "neutral", b"neutral", "positive", b"positive", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "negative", b"negative", "neutral", b"neutral", "polarity", b"polarity", "positive", b"positive", "score", b"score", "uncertainty", b"uncertainty", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Sentiment: _TypeAlias = Sentiment  # noqa: Y015
+
+@_typing.final
+class SentimentWord(_message.Message):
+    """SentimentWord is a word of the text that counted towards its sentiment. Output only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORD_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    word: _builtins.str
+    """The word as written, in lower case."""
+    category: Global___SentimentWordCategory.ValueType
+    count: _builtins.int
+    """Occurrences in the text."""
+    def __init__(
+        self,
+        *,
+        word: _builtins.str = ...,
+        category: Global___SentimentWordCategory.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "count", b"count", "word", b"word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SentimentWord: _TypeAlias = SentimentWord  # noqa: Y015
 
 @_typing.final
 class CandleWindow(_message.Message):
@@ -186,7 +255,9 @@ class EmbeddingModel(_message.Message):
     LOADED_FIELD_NUMBER: _builtins.int
     kind: Global___EmbeddingKind.ValueType
     name: _builtins.str
-    """Model name: "sentence-transformers/all-MiniLM-L6-v2", "ProsusAI/finbert"."""
+    """Model name: "sentence-transformers/all-MiniLM-L6-v2", "ProsusAI/finbert", "loughran-mcdonald",
+    "kitrading/returns-v1".
+    """
     dimension: _builtins.int
     """Vector length; 0 for classifiers."""
     max_input_length: _builtins.int
