@@ -169,12 +169,19 @@ class RegimeDomain:
     # ---- training -------------------------------------------------------------------------------
 
     async def train(
-        self, symbols: Sequence[str] = (), *, force: bool = True, background: bool = True
+        self,
+        symbols: Sequence[str] = (),
+        *,
+        force: bool = True,
+        background: bool = True,
+        timeframe: str | None = None,
     ) -> TrainingJob:
-        """Train the given symbols, or every active one when none is given."""
-        if not symbols:
+        """Train the given symbols, or every active one when none is given; `timeframe` None:
+        each symbol's own."""
+        if not symbols and timeframe is None:
             return await self.jobs.train_all(force=force, background=background)
-        return await self.jobs.train(symbols, force=force, background=background)
+        keys = list(symbols) or await self.trainer.all_keys()
+        return await self.jobs.train(keys, force=force, background=background, timeframe=timeframe)
 
     def _first_training(self) -> TrainingJob | None:
         """The first-start job while it has not ended."""
@@ -276,11 +283,14 @@ class RegimeDomain:
             hindsight_segments, loaded.model, candles, lookback=lookback or DEFAULT_LOOKBACK
         )
 
-    async def model(self, symbol: str, *, timeframe: str = "") -> tuple[ModelVersion, RegimeModel]:
-        """The current version (its metadata: HMM fit, evaluation, data range) and its HMM."""
+    async def model(
+        self, symbol: str, *, timeframe: str = ""
+    ) -> tuple[ModelVersion, RegimeModel, ScoringConfig]:
+        """The current version (its metadata: HMM fit, evaluation, data range), its HMM and the
+        trade setting its scorer is trained for."""
         loaded = await self._model(symbol)
         self._check_timeframe(loaded, symbol, timeframe)
-        return loaded.version, loaded.model
+        return loaded.version, loaded.model, loaded.scorer.config
 
     # ---- signal scoring -------------------------------------------------------------------------
 
