@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     requests: int = 0
-    sizes: list[int] = field(default_factory=list)
 
 
 class MicroBatcher(Generic[T, R]):
@@ -139,7 +138,6 @@ class MicroBatcher(Generic[T, R]):
         self.stats.batches += 1
         self.stats.items += len(items)
         self.stats.requests += len(batch)
-        self.stats.sizes.append(len(items))
         try:
             results = await asyncio.to_thread(self.fn, items)
             if len(results) != len(items):

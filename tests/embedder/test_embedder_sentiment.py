@@ -12,11 +12,6 @@ from services.embedder.sentiment import FinbertSentiment, LexiconSentiment, load
 from services.runtime.config import ConfigError
 
 
-@pytest.fixture(scope="module")
-def lexicon() -> LexiconSentiment:
-    return LexiconSentiment()
-
-
 def test_lexicon_labels_scores_and_the_words_that_counted(lexicon: LexiconSentiment) -> None:
     good, bad, mixed = lexicon.analyze(
         [
