@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,12 +33,14 @@ from services.regime.settings import RegimeSettings
 from services.regime.signals import min_history
 from services.regime.trainer import RegimeTrainer, regime_registry
 from services.regime.training import REGIME_FILE, SCORER_FILE
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
 from services.training.registry import ModelVersion, PointerStamp
 from services.training.retraining import EventMonitor, EventStream, RetrainScheduler
 from services.training.sources import CandleSource
 from services.training.worker import WorkerOptions
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOOKBACK = 500
 #: Relative tolerance when a signal restates the model's barriers.
@@ -148,17 +151,26 @@ class RegimeDomain:
 
     async def start(self, *, schedule: bool = True, train_on_start: bool | None = None) -> None:
         """Start the job runner, the scheduler (`schedule` and a retrain age set) and the event
-        monitor (when an event stream is given and enabled). With no model of any symbol and
-        `train_on_start` (default: the settings'), queue the active symbols' first training."""
+        monitor (when an event stream is given and enabled). With `train_on_start` (default: the
+        settings'), queue the first training of every active symbol that has no model yet (all of
+        them on a first start; the rest of an interrupted first training after a restart)."""
         await self.jobs.start()
         if schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
         if self.events is not None and self.settings.event_retrain:
             # The monitor's tasks outlive the caller: a fresh context inherits no deadline.
             await asyncio.create_task(self.events.start(), context=contextvars.Context())
-        first = self.settings.train_on_start if train_on_start is None else train_on_start
-        if first and not await asyncio.to_thread(self.registry.trained_keys):
-            self.first_job = await self.jobs.train_all(trigger="first start")
+        if self.settings.train_on_start if train_on_start is None else train_on_start:
+            await self._train_missing()
+
+    async def _train_missing(self) -> None:
+        trained = set(await asyncio.to_thread(self.registry.trained_keys))
+        try:
+            missing = [k for k in await self.trainer.all_keys() if k not in trained]
+            if missing:
+                self.first_job = await self.jobs.train(missing, trigger="first start")
+        except DomainError as exc:  # Data unreachable: the scheduler trains them later
+            log.warning("first training not queued: %s", exc)
 
     async def stop(self) -> None:
         if self.events is not None:
