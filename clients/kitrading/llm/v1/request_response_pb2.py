@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from kitrading.common.v1 import market_pb2 as kitrading_dot_common_dot_v1_dot_market__pb2
 from kitrading.llm.v1 import resources_pb2 as kitrading_dot_llm_dot_v1_dot_resources__pb2
+from kitrading.regime.v1 import resources_pb2 as kitrading_dot_regime_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'kitrading/llm/v1/request_response.proto\x12\x10kitrading.llm.v1\x1a\x1b\x62uf/validate/validate.proto\x1a kitrading/common/v1/market.proto\x1a kitrading/llm/v1/resources.proto\"\x95\x02\n\x0e\x41nalyzeRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x1c\n\x08question\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12#\n\nmax_tokens\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x10(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\x8f\x01\n\x0f\x41nalyzeResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x32\n\x07\x63ontext\x18\x02 \x01(\x0b\x32!.kitrading.llm.v1.AnalysisContext\x12\x38\n\ncompletion\x18\x03 \x01(\x0b\x32$.kitrading.llm.v1.AnalysisCompletion\"\x9b\x02\n\x14\x41nalyzeStreamRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x1c\n\x08question\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12#\n\nmax_tokens\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x10(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\xc4\x01\n\x15\x41nalyzeStreamResponse\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32!.kitrading.llm.v1.AnalysisContextH\x00\x12\x30\n\x05token\x18\x02 \x01(\x0b\x32\x1f.kitrading.llm.v1.AnalysisTokenH\x00\x12:\n\ncompletion\x18\x03 \x01(\x0b\x32$.kitrading.llm.v1.AnalysisCompletionH\x00\x42\x07\n\x05\x65vent\"\x15\n\x13GetLlmStatusRequest\"\x9d\x02\n\x14GetLlmStatusResponse\x12+\n\x06\x65ngine\x18\x01 \x01(\x0e\x32\x1b.kitrading.llm.v1.LlmEngine\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x16\n\x0emax_concurrent\x18\x06 \x01(\x05\x12 \n\x18recent_tokens_per_second\x18\x07 \x01(\x01\x12\x10\n\x08\x62\x61se_url\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12/\n\ngpu_budget\x18\n \x01(\x0b\x32\x1b.kitrading.llm.v1.GpuBudgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'kitrading/llm/v1/request_response.proto\x12\x10kitrading.llm.v1\x1a\x1b\x62uf/validate/validate.proto\x1a kitrading/common/v1/market.proto\x1a kitrading/llm/v1/resources.proto\x1a#kitrading/regime/v1/resources.proto\"\xd3\x02\n\x0e\x41nalyzeRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x1c\n\x08question\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12#\n\nmax_tokens\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x10(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12<\n\tdirection\x18\x06 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSideB\x08\xbaH\x05\x82\x01\x02\x10\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\x8f\x01\n\x0f\x41nalyzeResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x32\n\x07\x63ontext\x18\x02 \x01(\x0b\x32!.kitrading.llm.v1.AnalysisContext\x12\x38\n\ncompletion\x18\x03 \x01(\x0b\x32$.kitrading.llm.v1.AnalysisCompletion\"\xd9\x02\n\x14\x41nalyzeStreamRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12\x1c\n\x08question\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\x12;\n\ttimeframe\x18\x03 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12#\n\nmax_tokens\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x10(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12<\n\tdirection\x18\x06 \x01(\x0e\x32\x1f.kitrading.regime.v1.SignalSideB\x08\xbaH\x05\x82\x01\x02\x10\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\xc4\x01\n\x15\x41nalyzeStreamResponse\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32!.kitrading.llm.v1.AnalysisContextH\x00\x12\x30\n\x05token\x18\x02 \x01(\x0b\x32\x1f.kitrading.llm.v1.AnalysisTokenH\x00\x12:\n\ncompletion\x18\x03 \x01(\x0b\x32$.kitrading.llm.v1.AnalysisCompletionH\x00\x42\x07\n\x05\x65vent\"\x15\n\x13GetLlmStatusRequest\"\x9d\x02\n\x14GetLlmStatusResponse\x12+\n\x06\x65ngine\x18\x01 \x01(\x0e\x32\x1b.kitrading.llm.v1.LlmEngine\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x16\n\x0emax_concurrent\x18\x06 \x01(\x05\x12 \n\x18recent_tokens_per_second\x18\x07 \x01(\x01\x12\x10\n\x08\x62\x61se_url\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12/\n\ngpu_budget\x18\n \x01(\x0b\x32\x1b.kitrading.llm.v1.GpuBudgetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYZEREQUEST'].fields_by_name['max_tokens']._serialized_options = b'\272H\007\032\005\030\200\020(\001'
   _globals['_ANALYZEREQUEST'].fields_by_name['temperature']._loaded_options = None
   _globals['_ANALYZEREQUEST'].fields_by_name['temperature']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\000@)\000\000\000\000\000\000\000\000'
+  _globals['_ANALYZEREQUEST'].fields_by_name['direction']._loaded_options = None
+  _globals['_ANALYZEREQUEST'].fields_by_name['direction']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_ANALYZESTREAMREQUEST'].fields_by_name['symbol']._loaded_options = None
   _globals['_ANALYZESTREAMREQUEST'].fields_by_name['symbol']._serialized_options = b'\272H\036r\034\020\001\030 2\026^[A-Z0-9][A-Z0-9._-]*$'
   _globals['_ANALYZESTREAMREQUEST'].fields_by_name['question']._loaded_options = None
@@ -54,16 +57,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYZESTREAMREQUEST'].fields_by_name['max_tokens']._serialized_options = b'\272H\007\032\005\030\200\020(\001'
   _globals['_ANALYZESTREAMREQUEST'].fields_by_name['temperature']._loaded_options = None
   _globals['_ANALYZESTREAMREQUEST'].fields_by_name['temperature']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\000@)\000\000\000\000\000\000\000\000'
-  _globals['_ANALYZEREQUEST']._serialized_start=159
-  _globals['_ANALYZEREQUEST']._serialized_end=436
-  _globals['_ANALYZERESPONSE']._serialized_start=439
-  _globals['_ANALYZERESPONSE']._serialized_end=582
-  _globals['_ANALYZESTREAMREQUEST']._serialized_start=585
-  _globals['_ANALYZESTREAMREQUEST']._serialized_end=868
-  _globals['_ANALYZESTREAMRESPONSE']._serialized_start=871
-  _globals['_ANALYZESTREAMRESPONSE']._serialized_end=1067
-  _globals['_GETLLMSTATUSREQUEST']._serialized_start=1069
-  _globals['_GETLLMSTATUSREQUEST']._serialized_end=1090
-  _globals['_GETLLMSTATUSRESPONSE']._serialized_start=1093
-  _globals['_GETLLMSTATUSRESPONSE']._serialized_end=1378
+  _globals['_ANALYZESTREAMREQUEST'].fields_by_name['direction']._loaded_options = None
+  _globals['_ANALYZESTREAMREQUEST'].fields_by_name['direction']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_ANALYZEREQUEST']._serialized_start=196
+  _globals['_ANALYZEREQUEST']._serialized_end=535
+  _globals['_ANALYZERESPONSE']._serialized_start=538
+  _globals['_ANALYZERESPONSE']._serialized_end=681
+  _globals['_ANALYZESTREAMREQUEST']._serialized_start=684
+  _globals['_ANALYZESTREAMREQUEST']._serialized_end=1029
+  _globals['_ANALYZESTREAMRESPONSE']._serialized_start=1032
+  _globals['_ANALYZESTREAMRESPONSE']._serialized_end=1228
+  _globals['_GETLLMSTATUSREQUEST']._serialized_start=1230
+  _globals['_GETLLMSTATUSREQUEST']._serialized_end=1251
+  _globals['_GETLLMSTATUSRESPONSE']._serialized_start=1254
+  _globals['_GETLLMSTATUSRESPONSE']._serialized_end=1539
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,8 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from kitrading.common.v1 import market_pb2 as _market_pb2
-from kitrading.llm.v1 import resources_pb2 as _resources_pb2
+from kitrading.llm.v1 import resources_pb2 as _resources_pb2_1
+from kitrading.regime.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,6 +30,7 @@ class AnalyzeRequest(_message.Message):
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     question: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
@@ -37,6 +39,10 @@ class AnalyzeRequest(_message.Message):
     """Unset: the service default."""
     temperature: _builtins.float
     """Unset: the service default."""
+    direction: _resources_pb2.SignalSide.ValueType
+    """The trade direction the question is about, for the regime service's signal score. Unset: read
+    from the question (buy / long, sell / short), else both directions are scored.
+    """
     def __init__(
         self,
         *,
@@ -45,10 +51,11 @@ class AnalyzeRequest(_message.Message):
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         max_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
+        direction: _resources_pb2.SignalSide.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "question", b"question", "symbol", b"symbol", "temperature", b"temperature", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "direction", b"direction", "max_tokens", b"max_tokens", "question", b"question", "symbol", b"symbol", "temperature", b"temperature", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -72,15 +79,15 @@ class AnalyzeResponse(_message.Message):
     COMPLETION_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     @_builtins.property
-    def context(self) -> _resources_pb2.AnalysisContext: ...
+    def context(self) -> _resources_pb2_1.AnalysisContext: ...
     @_builtins.property
-    def completion(self) -> _resources_pb2.AnalysisCompletion: ...
+    def completion(self) -> _resources_pb2_1.AnalysisCompletion: ...
     def __init__(
         self,
         *,
         answer: _builtins.str = ...,
-        context: _resources_pb2.AnalysisContext | None = ...,
-        completion: _resources_pb2.AnalysisCompletion | None = ...,
+        context: _resources_pb2_1.AnalysisContext | None = ...,
+        completion: _resources_pb2_1.AnalysisCompletion | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -101,6 +108,7 @@ class AnalyzeStreamRequest(_message.Message):
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     question: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
@@ -109,6 +117,10 @@ class AnalyzeStreamRequest(_message.Message):
     """Unset: the service default."""
     temperature: _builtins.float
     """Unset: the service default."""
+    direction: _resources_pb2.SignalSide.ValueType
+    """The trade direction the question is about, for the regime service's signal score. Unset: read
+    from the question (buy / long, sell / short), else both directions are scored.
+    """
     def __init__(
         self,
         *,
@@ -117,10 +129,11 @@ class AnalyzeStreamRequest(_message.Message):
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         max_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
+        direction: _resources_pb2.SignalSide.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "question", b"question", "symbol", b"symbol", "temperature", b"temperature", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "direction", b"direction", "max_tokens", b"max_tokens", "question", b"question", "symbol", b"symbol", "temperature", b"temperature", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -143,23 +156,23 @@ class AnalyzeStreamResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def context(self) -> _resources_pb2.AnalysisContext:
+    def context(self) -> _resources_pb2_1.AnalysisContext:
         """Exactly once, first."""
 
     @_builtins.property
-    def token(self) -> _resources_pb2.AnalysisToken:
+    def token(self) -> _resources_pb2_1.AnalysisToken:
         """Zero or more, in order."""
 
     @_builtins.property
-    def completion(self) -> _resources_pb2.AnalysisCompletion:
+    def completion(self) -> _resources_pb2_1.AnalysisCompletion:
         """Exactly once, last."""
 
     def __init__(
         self,
         *,
-        context: _resources_pb2.AnalysisContext | None = ...,
-        token: _resources_pb2.AnalysisToken | None = ...,
-        completion: _resources_pb2.AnalysisCompletion | None = ...,
+        context: _resources_pb2_1.AnalysisContext | None = ...,
+        token: _resources_pb2_1.AnalysisToken | None = ...,
+        completion: _resources_pb2_1.AnalysisCompletion | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "context", b"context", "event", b"event", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -204,7 +217,7 @@ class GetLlmStatusResponse(_message.Message):
     BASE_URL_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     GPU_BUDGET_FIELD_NUMBER: _builtins.int
-    engine: _resources_pb2.LlmEngine.ValueType
+    engine: _resources_pb2_1.LlmEngine.ValueType
     model: _builtins.str
     """OLLAMA_MODEL, or the embedded model's name."""
     loaded: _builtins.bool
@@ -222,13 +235,13 @@ class GetLlmStatusResponse(_message.Message):
     detail: _builtins.str
     """What the engine runs on, or why it is not loaded."""
     @_builtins.property
-    def gpu_budget(self) -> _resources_pb2.GpuBudget:
+    def gpu_budget(self) -> _resources_pb2_1.GpuBudget:
         """The GPU memory budget and what the engine holds against it; absent when no budget is set."""
 
     def __init__(
         self,
         *,
-        engine: _resources_pb2.LlmEngine.ValueType = ...,
+        engine: _resources_pb2_1.LlmEngine.ValueType = ...,
         model: _builtins.str = ...,
         loaded: _builtins.bool = ...,
         queue_depth: _builtins.int = ...,
@@ -237,7 +250,7 @@ class GetLlmStatusResponse(_message.Message):
         recent_tokens_per_second: _builtins.float = ...,
         base_url: _builtins.str = ...,
         detail: _builtins.str = ...,
-        gpu_budget: _resources_pb2.GpuBudget | None = ...,
+        gpu_budget: _resources_pb2_1.GpuBudget | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gpu_budget", b"gpu_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

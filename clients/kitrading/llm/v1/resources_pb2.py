@@ -27,32 +27,33 @@ from kitrading.common.v1 import market_pb2 as kitrading_dot_common_dot_v1_dot_ma
 from kitrading.forecast.v1 import resources_pb2 as kitrading_dot_forecast_dot_v1_dot_resources__pb2
 from kitrading.pattern.v1 import resources_pb2 as kitrading_dot_pattern_dot_v1_dot_resources__pb2
 from kitrading.rag.v1 import resources_pb2 as kitrading_dot_rag_dot_v1_dot_resources__pb2
+from kitrading.regime.v1 import request_response_pb2 as kitrading_dot_regime_dot_v1_dot_request__response__pb2
 from kitrading.regime.v1 import resources_pb2 as kitrading_dot_regime_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kitrading/llm/v1/resources.proto\x12\x10kitrading.llm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\x1a%kitrading/forecast/v1/resources.proto\x1a$kitrading/pattern/v1/resources.proto\x1a kitrading/rag/v1/resources.proto\x1a#kitrading/regime/v1/resources.proto\"\xa8\x01\n\x0b\x43\x61ndleStats\x12\x30\n\x0blast_candle\x18\x01 \x01(\x0b\x32\x1b.kitrading.common.v1.Candle\x12\x0c\n\x04\x62\x61rs\x18\x02 \x01(\x05\x12\x16\n\x0e\x63hange_percent\x18\x03 \x01(\x01\x12\x12\n\nvolatility\x18\x04 \x01(\x01\x12\x0c\n\x04high\x18\x05 \x01(\x01\x12\x0b\n\x03low\x18\x06 \x01(\x01\x12\x12\n\nmean_close\x18\x07 \x01(\x01\"b\n\x11UnavailableSource\x12/\n\x06source\x18\x01 \x01(\x0e\x32\x1f.kitrading.llm.v1.ContextSource\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xdc\x03\n\x0f\x41nalysisContext\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x33\n\x0c\x63\x61ndle_stats\x18\x03 \x01(\x0b\x32\x1d.kitrading.llm.v1.CandleStats\x12\x31\n\x08\x66orecast\x18\x04 \x01(\x0b\x32\x1f.kitrading.forecast.v1.Forecast\x12\x30\n\x06regime\x18\x05 \x01(\x0b\x32 .kitrading.regime.v1.RegimeState\x12\x41\n\x11pattern_detection\x18\x06 \x01(\x0b\x32&.kitrading.pattern.v1.PatternDetection\x12+\n\x08passages\x18\x07 \x03(\x0b\x32\x19.kitrading.rag.v1.Passage\x12\x38\n\x0bunavailable\x18\x08 \x03(\x0b\x32#.kitrading.llm.v1.UnavailableSource\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tgather_ms\x18\n \x01(\x01\",\n\rAnalysisToken\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"\x86\x02\n\x12\x41nalysisCompletion\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.kitrading.llm.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12+\n\x06\x65ngine\x18\x07 \x01(\x0e\x32\x1b.kitrading.llm.v1.LlmEngine\x12\r\n\x05model\x18\x08 \x01(\t\"\xb3\x01\n\tGpuBudget\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x14\n\x0c\x62udget_bytes\x18\x03 \x01(\x03\x12\x18\n\x10offloaded_layers\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_layers\x18\x05 \x01(\x05\x12\x12\n\nused_bytes\x18\x06 \x01(\x03\x12\x15\n\rused_measured\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t*W\n\tLlmEngine\x12\x1a\n\x16LLM_ENGINE_UNSPECIFIED\x10\x00\x12\x17\n\x13LLM_ENGINE_EMBEDDED\x10\x01\x12\x15\n\x11LLM_ENGINE_OLLAMA\x10\x02*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xbe\x01\n\rContextSource\x12\x1e\n\x1a\x43ONTEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONTEXT_SOURCE_CANDLES\x10\x01\x12\x1b\n\x17\x43ONTEXT_SOURCE_FORECAST\x10\x02\x12\x19\n\x15\x43ONTEXT_SOURCE_REGIME\x10\x03\x12\x1b\n\x17\x43ONTEXT_SOURCE_PATTERNS\x10\x04\x12\x1c\n\x18\x43ONTEXT_SOURCE_KNOWLEDGE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kitrading/llm/v1/resources.proto\x12\x10kitrading.llm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\x1a%kitrading/forecast/v1/resources.proto\x1a$kitrading/pattern/v1/resources.proto\x1a kitrading/rag/v1/resources.proto\x1a*kitrading/regime/v1/request_response.proto\x1a#kitrading/regime/v1/resources.proto\"\xa8\x01\n\x0b\x43\x61ndleStats\x12\x30\n\x0blast_candle\x18\x01 \x01(\x0b\x32\x1b.kitrading.common.v1.Candle\x12\x0c\n\x04\x62\x61rs\x18\x02 \x01(\x05\x12\x16\n\x0e\x63hange_percent\x18\x03 \x01(\x01\x12\x12\n\nvolatility\x18\x04 \x01(\x01\x12\x0c\n\x04high\x18\x05 \x01(\x01\x12\x0b\n\x03low\x18\x06 \x01(\x01\x12\x12\n\nmean_close\x18\x07 \x01(\x01\"b\n\x11UnavailableSource\x12/\n\x06source\x18\x01 \x01(\x0e\x32\x1f.kitrading.llm.v1.ContextSource\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9d\x04\n\x0f\x41nalysisContext\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x33\n\x0c\x63\x61ndle_stats\x18\x03 \x01(\x0b\x32\x1d.kitrading.llm.v1.CandleStats\x12\x31\n\x08\x66orecast\x18\x04 \x01(\x0b\x32\x1f.kitrading.forecast.v1.Forecast\x12\x30\n\x06regime\x18\x05 \x01(\x0b\x32 .kitrading.regime.v1.RegimeState\x12\x41\n\x11pattern_detection\x18\x06 \x01(\x0b\x32&.kitrading.pattern.v1.PatternDetection\x12+\n\x08passages\x18\x07 \x03(\x0b\x32\x19.kitrading.rag.v1.Passage\x12\x38\n\x0bunavailable\x18\x08 \x03(\x0b\x32#.kitrading.llm.v1.UnavailableSource\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tgather_ms\x18\n \x01(\x01\x12?\n\rsignal_scores\x18\x0b \x03(\x0b\x32(.kitrading.regime.v1.ScoreSignalResponse\",\n\rAnalysisToken\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"\x86\x02\n\x12\x41nalysisCompletion\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.kitrading.llm.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12+\n\x06\x65ngine\x18\x07 \x01(\x0e\x32\x1b.kitrading.llm.v1.LlmEngine\x12\r\n\x05model\x18\x08 \x01(\t\"\xb3\x01\n\tGpuBudget\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x14\n\x0c\x62udget_bytes\x18\x03 \x01(\x03\x12\x18\n\x10offloaded_layers\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_layers\x18\x05 \x01(\x05\x12\x12\n\nused_bytes\x18\x06 \x01(\x03\x12\x15\n\rused_measured\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t*W\n\tLlmEngine\x12\x1a\n\x16LLM_ENGINE_UNSPECIFIED\x10\x00\x12\x17\n\x13LLM_ENGINE_EMBEDDED\x10\x01\x12\x15\n\x11LLM_ENGINE_OLLAMA\x10\x02*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\xbe\x01\n\rContextSource\x12\x1e\n\x1a\x43ONTEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONTEXT_SOURCE_CANDLES\x10\x01\x12\x1b\n\x17\x43ONTEXT_SOURCE_FORECAST\x10\x02\x12\x19\n\x15\x43ONTEXT_SOURCE_REGIME\x10\x03\x12\x1b\n\x17\x43ONTEXT_SOURCE_PATTERNS\x10\x04\x12\x1c\n\x18\x43ONTEXT_SOURCE_KNOWLEDGE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kitrading.llm.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LLMENGINE']._serialized_start=1512
-  _globals['_LLMENGINE']._serialized_end=1599
-  _globals['_FINISHREASON']._serialized_start=1601
-  _globals['_FINISHREASON']._serialized_end=1725
-  _globals['_CONTEXTSOURCE']._serialized_start=1728
-  _globals['_CONTEXTSOURCE']._serialized_end=1918
-  _globals['_CANDLESTATS']._serialized_start=270
-  _globals['_CANDLESTATS']._serialized_end=438
-  _globals['_UNAVAILABLESOURCE']._serialized_start=440
-  _globals['_UNAVAILABLESOURCE']._serialized_end=538
-  _globals['_ANALYSISCONTEXT']._serialized_start=541
-  _globals['_ANALYSISCONTEXT']._serialized_end=1017
-  _globals['_ANALYSISTOKEN']._serialized_start=1019
-  _globals['_ANALYSISTOKEN']._serialized_end=1063
-  _globals['_ANALYSISCOMPLETION']._serialized_start=1066
-  _globals['_ANALYSISCOMPLETION']._serialized_end=1328
-  _globals['_GPUBUDGET']._serialized_start=1331
-  _globals['_GPUBUDGET']._serialized_end=1510
+  _globals['_LLMENGINE']._serialized_start=1621
+  _globals['_LLMENGINE']._serialized_end=1708
+  _globals['_FINISHREASON']._serialized_start=1710
+  _globals['_FINISHREASON']._serialized_end=1834
+  _globals['_CONTEXTSOURCE']._serialized_start=1837
+  _globals['_CONTEXTSOURCE']._serialized_end=2027
+  _globals['_CANDLESTATS']._serialized_start=314
+  _globals['_CANDLESTATS']._serialized_end=482
+  _globals['_UNAVAILABLESOURCE']._serialized_start=484
+  _globals['_UNAVAILABLESOURCE']._serialized_end=582
+  _globals['_ANALYSISCONTEXT']._serialized_start=585
+  _globals['_ANALYSISCONTEXT']._serialized_end=1126
+  _globals['_ANALYSISTOKEN']._serialized_start=1128
+  _globals['_ANALYSISTOKEN']._serialized_end=1172
+  _globals['_ANALYSISCOMPLETION']._serialized_start=1175
+  _globals['_ANALYSISCOMPLETION']._serialized_end=1437
+  _globals['_GPUBUDGET']._serialized_start=1440
+  _globals['_GPUBUDGET']._serialized_end=1619
 # @@protoc_insertion_point(module_scope)

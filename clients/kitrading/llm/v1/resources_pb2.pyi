@@ -13,6 +13,7 @@ from kitrading.common.v1 import market_pb2 as _market_pb2
 from kitrading.forecast.v1 import resources_pb2 as _resources_pb2
 from kitrading.pattern.v1 import resources_pb2 as _resources_pb2_2
 from kitrading.rag.v1 import resources_pb2 as _resources_pb2_3
+from kitrading.regime.v1 import request_response_pb2 as _request_response_pb2
 from kitrading.regime.v1 import resources_pb2 as _resources_pb2_1
 import builtins as _builtins
 import sys
@@ -195,6 +196,7 @@ class AnalysisContext(_message.Message):
     UNAVAILABLE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     GATHER_MS_FIELD_NUMBER: _builtins.int
+    SIGNAL_SCORES_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
     gather_ms: _builtins.float
@@ -225,6 +227,12 @@ class AnalysisContext(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signal_scores(self) -> _containers.RepeatedCompositeFieldContainer[_request_response_pb2.ScoreSignalResponse]:
+        """The regime service's score of a trade in the asked direction (both directions when the request and
+        the question name none); empty when REGIME is unavailable or has no scorer for the symbol.
+        """
+
     def __init__(
         self,
         *,
@@ -238,10 +246,11 @@ class AnalysisContext(_message.Message):
         unavailable: _abc.Iterable[Global___UnavailableSource] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         gather_ms: _builtins.float = ...,
+        signal_scores: _abc.Iterable[_request_response_pb2.ScoreSignalResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candle_stats", b"candle_stats", "create_time", b"create_time", "forecast", b"forecast", "pattern_detection", b"pattern_detection", "regime", b"regime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candle_stats", b"candle_stats", "create_time", b"create_time", "forecast", b"forecast", "gather_ms", b"gather_ms", "passages", b"passages", "pattern_detection", b"pattern_detection", "regime", b"regime", "symbol", b"symbol", "timeframe", b"timeframe", "unavailable", b"unavailable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candle_stats", b"candle_stats", "create_time", b"create_time", "forecast", b"forecast", "gather_ms", b"gather_ms", "passages", b"passages", "pattern_detection", b"pattern_detection", "regime", b"regime", "signal_scores", b"signal_scores", "symbol", b"symbol", "timeframe", b"timeframe", "unavailable", b"unavailable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
