@@ -124,3 +124,12 @@ async def test_start_loads_the_configured_models(tmp_path: object) -> None:
         assert (await domain.sentiment(["profit"])).results[0].label == "positive"
     finally:
         await domain.stop()
+
+
+async def test_throughput_measurement_runs_both_paths() -> None:
+    from services.embedder.throughput import measure, texts
+
+    assert len(set(texts(64))) == 64
+    result = await measure(SETTINGS, clients=4, rounds=1)
+    assert result.batched_texts_per_s > 0 and result.direct_texts_per_s > 0
+    assert 1 <= result.encode_calls <= 2 and result.ratio > 0
