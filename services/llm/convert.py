@@ -22,6 +22,7 @@ from kitrading.llm.v1 import request_response_pb2 as rr
 from kitrading.llm.v1 import resources_pb2 as pb
 from kitrading.pattern.v1 import resources_pb2 as pattern_pb
 from kitrading.rag.v1 import resources_pb2 as rag_pb
+from kitrading.regime.v1 import request_response_pb2 as regime_rr
 from kitrading.regime.v1 import resources_pb2 as regime_pb
 from services.llm import figures as fg
 from services.llm.analyst import LlmStatus
@@ -129,6 +130,7 @@ def context_of(g: Gathered) -> pb.AnalysisContext:
         context.forecast.CopyFrom(forecast_out(g.forecast))
     if g.regime is not None:
         context.regime.CopyFrom(regime_out(g.regime))
+    context.signal_scores.extend(score_out(sc) for sc in g.scores)
     if g.patterns is not None:
         context.pattern_detection.CopyFrom(patterns_out(g.patterns))
     return context
@@ -179,6 +181,27 @@ def regime_out(r: fg.RegimeState) -> regime_pb.RegimeState:
     time_out(r.since_time, out.since_time)
     time_out(r.last_candle_time, out.last_candle_time)
     return out
+
+
+def direction_label(value: int) -> str:
+    """A request's trade direction as "buy" / "sell", "" when unset."""
+    if value == regime_pb.SIGNAL_SIDE_BUY:
+        return "buy"
+    return "sell" if value == regime_pb.SIGNAL_SIDE_SELL else ""
+
+
+def score_out(sc: fg.SignalScore) -> regime_rr.ScoreSignalResponse:
+    return regime_rr.ScoreSignalResponse(
+        symbol=sc.symbol,
+        side=regime_pb.SIGNAL_SIDE_BUY if sc.side == "buy" else regime_pb.SIGNAL_SIDE_SELL,
+        score=sc.probability,
+        expected_return=sc.expected_return,
+        regime=_regime(sc.regime),
+        edge=sc.edge,
+        model_version=sc.model_version,
+        horizon=sc.horizon,
+        features=[regime_pb.ScoreFeature(name=n, contribution=c) for n, c in sc.features],
+    )
 
 
 def _regime(label: str) -> regime_pb.Regime.ValueType:

@@ -95,6 +95,22 @@ class RegimeState:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalScore:
+    """The regime service's score of a trade: P(target before stop), its setting and drivers."""
+
+    symbol: str
+    side: str  # "buy" or "sell"
+    probability: float
+    expected_return: float
+    regime: str
+    edge: bool
+    model_version: str = ""
+    horizon: int = 0
+    #: (feature, contribution in log-odds), largest first; the top few only.
+    features: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class DetectedPattern:
     pattern_type: str
     confidence: float

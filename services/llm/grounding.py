@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from services.llm.figures import (
     Passage,
     PatternDetection,
     RegimeState,
+    SignalScore,
     SymbolStats,
 )
 from services.llm.grounding_settings import (
@@ -50,8 +52,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: The regime service's signal scores: asked beside REGIME; a failure is logged, not listed (the
+#: regime figures say whether the service answered).
+SCORE = "score"
 #: Sources asked for the symbol's timeframe (asked again for D1 after the candles fell back to it).
-TIMEFRAME_SOURCES = (FORECAST, REGIME, PATTERN)
+TIMEFRAME_SOURCES = (FORECAST, REGIME, PATTERN, SCORE)
+#: Words of a question that name a trade direction.
+_BUY_WORDS = frozenset({"buy", "long", "buying", "bullish"})
+_SELL_WORDS = frozenset({"sell", "short", "selling", "bearish"})
 DEFAULT_TIMEFRAME = "H1"
 FALLBACK_TIMEFRAME = "D1"
 #: The shortest deadline a call gets: a call is never sent with no deadline at all.
@@ -89,6 +97,10 @@ class Sources(Protocol):
 
     async def patterns(self, symbol: str, timeframe: str, *, deadline: float) -> PatternDetection: ...
 
+    async def signal_scores(
+        self, symbol: str, timeframe: str, sides: tuple[str, ...], *, deadline: float
+    ) -> tuple[SignalScore, ...]: ...
+
     async def passages(
         self, symbol: str, query: str, *, top_k: int, deadline: float
     ) -> tuple[Passage, ...]: ...
@@ -115,6 +127,8 @@ class Gathered:
     regime: RegimeState | None = None
     patterns: PatternDetection | None = None
     passages: tuple[Passage, ...] = ()
+    #: The regime service's scores of a trade in the asked direction(s).
+    scores: tuple[SignalScore, ...] = ()
     #: Sources that failed, in SOURCE_SERVICES order.
     unavailable: tuple[SourceFailure, ...] = ()
     create_time: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -155,12 +169,14 @@ class Grounder:
         share = per_call if math.isinf(left) else min(per_call, left * self.settings.deadline_share)
         return Budget(per_call=per_call, until=time.monotonic() + share)
 
-    async def gather(self, symbol: str, question: str, timeframe: str = "") -> Gathered:
+    async def gather(self, symbol: str, question: str, timeframe: str = "", direction: str = "") -> Gathered:
         """Every source at once; NotFound when Data does not know the symbol (see the module docstring).
 
         `timeframe` "" means H1 with a fallback to D1 when the symbol has no H1 candles; an explicit
-        timeframe (`H1`, `D1`...) is used as given.
+        timeframe (`H1`, `D1`...) is used as given. `direction` ("buy", "sell") is the trade the
+        signal score is for; "" reads it from the question, else both directions are scored.
         """
+        sides = trade_sides(question, direction)
         started = time.perf_counter()
         budget = self.budget()
         chosen = timeframe or DEFAULT_TIMEFRAME
@@ -170,12 +186,12 @@ class Grounder:
             tasks[RAG] = _ask(
                 RAG, budget, lambda t: self.sources.passages(symbol, question, top_k=s.passages, deadline=t)
             )
-            tasks.update(self._timeframe_tasks(symbol, chosen, budget))
+            tasks.update(self._timeframe_tasks(symbol, chosen, budget, sides))
             stats = await self._candles(symbol, chosen, budget, fallback=not timeframe)
             used = (stats.timeframe or chosen) if isinstance(stats, SymbolStats) else chosen
             if used != chosen:  # the candles fell back to D1: ask the other sources about D1 too
                 await _settle([tasks.pop(name) for name in TIMEFRAME_SOURCES])
-                tasks.update(self._timeframe_tasks(symbol, used, budget))
+                tasks.update(self._timeframe_tasks(symbol, used, budget, sides))
             outcomes: dict[str, object] = {CANDLES: stats}
             for name, task in tasks.items():
                 outcomes[name] = await task
@@ -187,7 +203,9 @@ class Grounder:
             if isinstance(outcome, SourceFailure):
                 log.info("grounding source %s unavailable: %s %s", name, outcome.code, outcome.reason)
                 failures.append(outcome)
-        passages = outcomes[RAG]
+        passages, scores = outcomes[RAG], outcomes[SCORE]
+        if isinstance(scores, SourceFailure):
+            log.info("signal scores unavailable: %s %s", scores.code, scores.reason)
         return Gathered(
             symbol=symbol,
             timeframe=used,
@@ -196,14 +214,18 @@ class Grounder:
             regime=_ok(outcomes[REGIME], RegimeState),
             patterns=_ok(outcomes[PATTERN], PatternDetection),
             passages=passages if isinstance(passages, tuple) else (),
+            scores=scores if isinstance(scores, tuple) else (),
             unavailable=tuple(failures),
             gather_ms=(time.perf_counter() - started) * 1000.0,
         )
 
-    def _timeframe_tasks(self, symbol: str, timeframe: str, budget: Budget) -> dict[str, asyncio.Task[Any]]:
+    def _timeframe_tasks(
+        self, symbol: str, timeframe: str, budget: Budget, sides: tuple[str, ...]
+    ) -> dict[str, asyncio.Task[Any]]:
         horizon = self.settings.forecast_horizon
         src = self.sources
         return {
+            SCORE: _ask(SCORE, budget, lambda t: src.signal_scores(symbol, timeframe, sides, deadline=t)),
             FORECAST: _ask(
                 FORECAST, budget, lambda t: src.forecast(symbol, timeframe, horizon=horizon, deadline=t)
             ),
@@ -262,7 +284,13 @@ def grounding_of(g: Gathered) -> prompt.Grounding:
         )
     regime = None
     if g.regime is not None and g.regime.regime:
-        regime = prompt.Regime(name=_words(g.regime.regime), probability=g.regime.confidence)
+        scores = tuple(prompt.SignalScore(s.side, s.probability, s.edge) for s in g.scores)
+        regime = prompt.Regime(
+            name=_words(g.regime.regime),
+            probability=g.regime.confidence,
+            signal_score=scores[0].probability if len(scores) == 1 else None,
+            scores=scores,
+        )
     patterns: tuple[prompt.PatternHit, ...] = ()
     if g.patterns is not None:
         patterns = tuple(
@@ -283,6 +311,17 @@ def grounding_of(g: Gathered) -> prompt.Grounding:
         passages=passages,
         unavailable=tuple(u.source for u in g.unavailable),
     )
+
+
+def trade_sides(question: str, direction: str = "") -> tuple[str, ...]:
+    """The directions to score: the given one, else the one the question names, else both."""
+    if direction:
+        return (direction,)
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    buy, sell = bool(words & _BUY_WORDS), bool(words & _SELL_WORDS)
+    if buy != sell:
+        return ("buy",) if buy else ("sell",)
+    return ("buy", "sell")
 
 
 def _forecast_point(step: int, p: ForecastPoint) -> prompt.ForecastPoint:

@@ -95,12 +95,23 @@ class Forecast:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalScore:
+    """The regime service's probability that a `side` ("buy"/"sell") trade reaches its target first;
+    `edge` False when its walk-forward evaluation did not beat the base rate."""
+
+    side: str
+    probability: float
+    edge: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Regime:
-    """Market phase from the regime service (HMM), with its probability and signal score if known."""
+    """Market phase from the regime service (HMM), with its probability and signal score(s) if known."""
 
     name: str
     probability: float | None = None
     signal_score: float | None = None
+    scores: tuple[SignalScore, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +294,17 @@ def format_market_data(g: Grounding, lim: PromptLimits) -> str:
         extra = []
         if r.probability is not None:
             extra.append(f"probability {_num(r.probability * 100, 3)}%")
-        if r.signal_score is not None:
+        if r.scores:
+            each = ", ".join(
+                f"{neutralise(sc.side, limit=8)} {_num(sc.probability * 100, 3)}%" for sc in r.scores
+            )
+            edge = (
+                ""
+                if all(sc.edge for sc in r.scores)
+                else "; no edge over the base rate in its walk-forward test"
+            )
+            extra.append(f"probability the trade reaches its target first: {each}{edge}")
+        elif r.signal_score is not None:
             extra.append(f"signal score {_num(r.signal_score, 3)}")
         details = f" ({', '.join(extra)})" if extra else ""
         lines.append(f"- Market regime: {neutralise(r.name, limit=label)}{details}")

@@ -49,7 +49,12 @@ class LlmServicer(service_pb2_grpc.LlmServiceServicer):
         question = validate_question(request.question)
         validate_symbol(request.symbol)
         refuse_when_full(self.analyst.limiter)
-        gathered = await self.grounder.gather(request.symbol, question, cv.timeframe_label(request.timeframe))
+        gathered = await self.grounder.gather(
+            request.symbol,
+            question,
+            cv.timeframe_label(request.timeframe),
+            cv.direction_label(request.direction),
+        )
         tokens = self.analyst.analyze(
             request.question,
             grounding_of(gathered),

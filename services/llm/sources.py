@@ -99,6 +99,21 @@ class MeshSources:
         request = regime_rr.GetRegimeRequest(symbol=symbol, timeframe=timeframe_value(timeframe))
         return regime_in((await _answer(stub.GetRegime(request, timeout=deadline))).state)
 
+    async def signal_scores(
+        self, symbol: str, timeframe: str, sides: tuple[str, ...], *, deadline: float
+    ) -> tuple[fg.SignalScore, ...]:
+        stub = regime_grpc.RegimeServiceStub(self._channel("regime"))
+        request = regime_rr.BatchScoreSignalsRequest(
+            requests=[
+                regime_rr.ScoreSignalRequest(
+                    symbol=symbol, side=SIDES[side], timeframe=timeframe_value(timeframe)
+                )
+                for side in sides
+            ]
+        )
+        reply = await _answer(stub.BatchScoreSignals(request, timeout=deadline))
+        return tuple(score_in(r) for r in reply.responses)
+
     async def patterns(self, symbol: str, timeframe: str, *, deadline: float) -> fg.PatternDetection:
         stub = pattern_grpc.PatternServiceStub(self._channel("pattern"))
         request = pattern_rr.DetectSymbolPatternsRequest(symbol=symbol, timeframe=timeframe_value(timeframe))
@@ -165,6 +180,25 @@ def forecast_in(f: forecast_pb.Forecast) -> fg.Forecast:
         last_candle_time=time_in(f.last_candle_time),
         cached=f.cached,
         create_time=time_in(f.create_time),
+    )
+
+
+SIDES = {"buy": regime_pb.SIGNAL_SIDE_BUY, "sell": regime_pb.SIGNAL_SIDE_SELL}
+#: Features of a score kept for the grounding (largest contributions).
+TOP_FEATURES = 3
+
+
+def score_in(r: regime_rr.ScoreSignalResponse) -> fg.SignalScore:
+    return fg.SignalScore(
+        symbol=r.symbol,
+        side="buy" if r.side == regime_pb.SIGNAL_SIDE_BUY else "sell",
+        probability=r.score,
+        expected_return=r.expected_return,
+        regime=enum_label(REGIME_ENUM, r.regime),
+        edge=r.edge,
+        model_version=r.model_version,
+        horizon=r.horizon,
+        features=tuple((f.name, f.contribution) for f in r.features[:TOP_FEATURES]),
     )
 
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 import pytest
 
 from services.llm import figures as fg
-from services.llm.grounding import Gathered, Grounder, SourceError, grounding_of
+from services.llm.grounding import Gathered, Grounder, SourceError, grounding_of, trade_sides
 from services.llm.grounding_settings import GroundingSettings
-from services.llm.prompt import build_messages
+from services.llm.prompt import PromptLimits, build_messages, format_market_data
 from services.runtime.deadline import set_deadline
 from services.runtime.errors import NotFound
 
@@ -55,6 +55,8 @@ class FakeSources:
     #: Timeframes that have candles; asking another one raises CANDLES_NOT_FOUND.
     candle_frames: tuple[str, ...] = ("H1", "D1")
     calls: list[tuple[str, str, float]] = field(default_factory=list)
+    #: The directions the last signal-score call asked for.
+    sides: tuple[str, ...] = ()
 
     async def start(self) -> None:
         pass
@@ -86,6 +88,13 @@ class FakeSources:
     async def regime(self, symbol: str, timeframe: str, *, deadline: float) -> fg.RegimeState:
         await self._enter("regime", timeframe, deadline)
         return fg.RegimeState(symbol, timeframe, "BULL_TREND", 0.82)
+
+    async def signal_scores(
+        self, symbol: str, timeframe: str, sides: tuple[str, ...], *, deadline: float
+    ) -> tuple[fg.SignalScore, ...]:
+        await self._enter("score", timeframe, deadline)
+        self.sides = sides
+        return tuple(fg.SignalScore(symbol, side, 0.4, 0.001, "BULL_TREND", edge=False) for side in sides)
 
     async def patterns(self, symbol: str, timeframe: str, *, deadline: float) -> fg.PatternDetection:
         await self._enter("pattern", timeframe, deadline)
@@ -211,3 +220,34 @@ def test_grounding_of_without_intervals_or_figures() -> None:
         and g.forecast.points[0].timestamp == ""
     )
     assert g.regime is None and g.candles is None
+
+
+@pytest.mark.parametrize(
+    ("question", "direction", "sides"),
+    [
+        ("Should I buy EURUSD now?", "", ("buy",)),
+        ("Is it time to go short?", "", ("sell",)),
+        ("What is the outlook?", "", ("buy", "sell")),
+        ("Buy or sell?", "", ("buy", "sell")),
+        ("What is the outlook?", "sell", ("sell",)),
+    ],
+)
+def test_the_scored_direction_comes_from_the_request_or_the_question(
+    question: str, direction: str, sides: tuple[str, ...]
+) -> None:
+    assert trade_sides(question, direction) == sides
+
+
+async def test_the_signal_score_of_the_asked_direction_is_in_the_prompt() -> None:
+    sources = FakeSources()
+    gathered = await grounder(sources).gather("EURUSD", "Should I buy?")
+    assert sources.sides == ("buy",) and [s.side for s in gathered.scores] == ["buy"]
+    text = format_market_data(grounding_of(gathered), PromptLimits())
+    assert "Market regime: bull trend" in text
+    assert "target first: buy 40%; no edge over the base rate" in text
+
+
+async def test_a_failed_score_keeps_the_regime_and_is_not_listed() -> None:
+    sources = FakeSources(errors={"score": SourceError("FAILED_PRECONDITION", "too few bars")})
+    gathered = await grounder(sources).gather("EURUSD", "Buy?")
+    assert gathered.regime is not None and gathered.scores == () and not gathered.unavailable

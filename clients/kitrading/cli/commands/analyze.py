@@ -91,6 +91,13 @@ def context_lines(context: llm_res.AnalysisContext) -> list[str]:
         r = context.regime
         name = _label(regime_res.Regime, r.regime, "REGIME_").lower().replace("_", " ")
         lines.append(f"  regime    {name} ({r.confidence * 100:.0f}%)")
+    for sc in context.signal_scores:
+        side = _label(regime_res.SignalSide, sc.side, "SIGNAL_SIDE_").lower()
+        edge = "" if sc.edge else ", no edge over the base rate in walk-forward tests"
+        lines.append(
+            f"  score     {side}: {sc.score * 100:.0f}% to reach its target first "
+            f"within {sc.horizon} bars{edge}"
+        )
     if context.HasField("pattern_detection"):
         found = ", ".join(
             f"{p.pattern_type} ({p.confidence * 100:.0f}%)" for p in context.pattern_detection.patterns
