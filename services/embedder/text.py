@@ -27,6 +27,7 @@ def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm bars in the service's log
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -53,6 +54,9 @@ class TextEncoder:
             return self
         offline()
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         local = Path(self.model).expanduser()
         source = str(local) if local.exists() else self.model
