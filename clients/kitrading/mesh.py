@@ -89,6 +89,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         "services.regime",
         gpu=False,
         title="Market regimes (HMM) and signal scoring (LightGBM)",
+        implemented=True,
     ),
     ServiceInfo(
         "embedder",

@@ -83,8 +83,13 @@ SPECS: dict[str, Spec] = {
         gpu_memory_fraction=0.10,
         startup_s=180,
     ),
+    # Users' plan: 4 GB, no GPU; the first start trains the active symbols (minutes on one core).
     "regime": Spec(
-        "250m", "512Mi", "2Gi", volumes=(Volume("regime-models", f"{HOME}/models/regime", "2Gi"),)
+        "500m",
+        "1Gi",
+        "4Gi",
+        volumes=(Volume("regime-models", f"{HOME}/models/regime", "2Gi"),),
+        startup_s=300,
     ),
     "embedder": Spec(
         "500m",

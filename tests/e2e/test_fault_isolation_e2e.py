@@ -57,6 +57,7 @@ CALLS = {
     "data": "/api/v1/symbols?pageSize=5",
     "forecast": "/api/v1/forecast/training/progress",
     "pattern": "/api/v1/patterns/types",
+    "regime": "/api/v1/regime/status",
     "embedder": "/api/v1/embeddings/info",
     "rag": "/api/v1/rag/status",
     "llm": "/api/v1/llm/status",
@@ -228,6 +229,8 @@ def env() -> Iterator[Env]:
                 # forecast trains every symbol at start (in its low-priority worker) while the
                 # faults are injected: isolation is proven under training load, kept short here
                 "NHITS_MAX_STEPS": "30",
+                "KITRADING_REGIME_RESTARTS": "1",
+                "KITRADING_REGIME_BOOSTING_ROUNDS": "50",
             },
         )
         traffic = Traffic(running.gateway)
