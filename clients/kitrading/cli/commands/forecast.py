@@ -193,7 +193,8 @@ def follow(
                 elif kind == "result":
                     final = event.result
         except KeyboardInterrupt:
-            bar.line(f"stopped following; the job goes on (kitrading train --job {job_id} -f)")
+            again = "train" if service == "forecast" else f"train-{service}"
+            bar.line(f"stopped following; the job goes on (kitrading {again} --job {job_id} -f)")
             raise
     if final is None:
         bar.line(f"the stream of job {job_id} ended without a result")
