@@ -99,6 +99,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         "services.embedder",
         gpu=True,
         title="Text, sentiment and time-series embeddings",
+        implemented=True,
     ),
     ServiceInfo(
         "rag",

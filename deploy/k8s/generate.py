@@ -91,11 +91,13 @@ SPECS: dict[str, Spec] = {
         volumes=(Volume("regime-models", f"{HOME}/models/regime", "2Gi"),),
         startup_s=300,
     ),
+    # Users' plan: 12 GB; Hugging Face models a production box names are cached in the volume.
     "embedder": Spec(
         "500m",
         "1Gi",
-        "4Gi",
+        "12Gi",
         volumes=(Volume("embedder-cache", f"{HOME}/cache", "10Gi"),),
+        env={"HF_HOME": f"{HOME}/cache/huggingface"},
         gpu_memory_fraction=0.05,
         startup_s=300,
     ),

@@ -23,6 +23,7 @@ from services.forecast import settings as forecast_settings
 from services.forecast.model import NHITSConfig
 from services.llm import settings as llm_settings
 from services.llm.grounding_settings import GroundingSettings
+from services.embedder import settings as embedder_settings
 from services.regime import settings as regime_settings
 from services.runtime import database_settings, threads
 from services.runtime.config import (
@@ -98,6 +99,7 @@ LOADERS: dict[str, Loader] = {
     "llm": Loader(llm_settings.LlmSettings.from_env, llm_settings.VARIABLES, OLLAMA, also=({},)),
     "grounding": Loader(GroundingSettings.from_env, GROUNDING, {}),
     "regime": Loader(regime_settings.RegimeSettings.from_env, regime_settings.VARIABLES, {}),
+    "embedder": Loader(embedder_settings.EmbedderSettings.from_env, embedder_settings.VARIABLES, {}),
 }
 
 # ---- values to try, by kind of variable ----
@@ -261,6 +263,7 @@ NO_VARIABLE: dict[type, dict[str, str]] = {
     llm_settings.OllamaSettings: {"extra_options": "OLLAMA_OPTIONS"},
     llm_settings.EmbeddedSettings: {},
     regime_settings.RegimeSettings: {},
+    embedder_settings.EmbedderSettings: {},
 }
 FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     RuntimeSettings: RuntimeSettings.variables(SERVICE)._asdict(),
@@ -273,6 +276,7 @@ FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     llm_settings.OllamaSettings: llm_settings.OLLAMA_FIELDS,
     llm_settings.EmbeddedSettings: llm_settings.EMBEDDED_FIELDS,
     regime_settings.RegimeSettings: regime_settings.FIELDS,
+    embedder_settings.EmbedderSettings: embedder_settings.FIELDS,
 }
 
 
@@ -365,6 +369,7 @@ DOCUMENTED: tuple[Var, ...] = (
     *watchdog_settings.VARIABLES,
     *llm_settings.VARIABLES,
     *regime_settings.VARIABLES,
+    *embedder_settings.VARIABLES,
 )
 
 
