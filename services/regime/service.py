@@ -147,6 +147,9 @@ class RegimeDomain:
                 types=("CANDLES_INGESTED",),
             )
         self.first_job: TrainingJob | None = None
+        #: True while the first training waits for the Data service to list the symbols.
+        self.bootstrapping = False
+        self._bootstrap: asyncio.Task[None] | None = None
         self._loaded: dict[str, _Loaded] = {}
 
     async def start(self, *, schedule: bool = True, train_on_start: bool | None = None) -> None:
@@ -160,19 +163,41 @@ class RegimeDomain:
         if self.events is not None and self.settings.event_retrain:
             # The monitor's tasks outlive the caller: a fresh context inherits no deadline.
             await asyncio.create_task(self.events.start(), context=contextvars.Context())
-        if self.settings.train_on_start if train_on_start is None else train_on_start:
-            await self._train_missing()
+        if (self.settings.train_on_start if train_on_start is None else train_on_start) and not (
+            await self._queue_missing()
+        ):
+            self.bootstrapping = True
+            # A fresh context: the task outlives the caller and must not inherit its deadline.
+            self._bootstrap = asyncio.create_task(
+                self._retry_missing(), name="regime-first-training", context=contextvars.Context()
+            )
 
-    async def _train_missing(self) -> None:
-        trained = set(await asyncio.to_thread(self.registry.trained_keys))
+    async def _queue_missing(self) -> bool:
+        """Queue the training of the active symbols without a model; False while the Data
+        service cannot list them (at `kitrading up` it starts beside this one)."""
         try:
+            trained = set(await asyncio.to_thread(self.registry.trained_keys))
             missing = [k for k in await self.trainer.all_keys() if k not in trained]
             if missing:
                 self.first_job = await self.jobs.train(missing, trigger="first start")
-        except DomainError as exc:  # Data unreachable: the scheduler trains them later
-            log.warning("first training not queued: %s", exc)
+        except DomainError as exc:
+            log.info("first training waits for the data service: %s", exc)
+            return False
+        return True
+
+    async def _retry_missing(self, retry_s: float = 2.0) -> None:
+        try:
+            while True:
+                await asyncio.sleep(retry_s)
+                if await self._queue_missing():
+                    return
+        finally:
+            self.bootstrapping = False
 
     async def stop(self) -> None:
+        if self._bootstrap is not None:
+            self._bootstrap.cancel()
+            await asyncio.gather(self._bootstrap, return_exceptions=True)
         if self.events is not None:
             await self.events.stop()
         await self.scheduler.stop()
@@ -220,6 +245,8 @@ class RegimeDomain:
                 f"training the active symbols at first start (job {first.job_id}): "
                 f"{done} of {len(first.items)} done"
             )
+        elif self.bootstrapping and not models:
+            message = "waiting for the data service to queue the first training of the active symbols"
         elif models:
             message = f"serving {len(models)} model(s)" + (
                 f"; job {job.job_id} is {job.state}" if job else ""

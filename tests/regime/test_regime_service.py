@@ -3,6 +3,7 @@ the facade serves its regime from filtered probabilities, a retrain is picked up
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from services.regime.service import RegimeDomain, Signal
 from services.regime.settings import RegimeSettings
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.runtime.jobs import JobState
 from services.training.sources import InMemoryCandleSource, SymbolInfo
 
@@ -129,3 +130,38 @@ async def test_first_start_trains_the_active_symbols_and_says_so(
         assert again.first_job is None
     finally:
         await again.stop()
+
+
+class StartingData(InMemoryCandleSource):
+    """The Data service while it starts beside this one (`kitrading up`): its first listings fail."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def list_symbols(self) -> list[SymbolInfo]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise Unavailable("data is starting; retry shortly")
+        return list(await super().list_symbols())
+
+
+async def test_the_first_training_waits_for_a_starting_data_service(
+    tmp_path: Path, candles: Callable[[str], pd.DataFrame]
+) -> None:
+    source = StartingData(failures=2)
+    source.put(SymbolInfo("EURUSD", "FX", timeframe="H1"), "H1", candles("EURUSD").tail(1200))
+    settings = RegimeSettings(home=tmp_path, restarts=1, max_iter=20, n_states=2, boosting_rounds=1)
+    domain = RegimeDomain(settings, source)
+    await domain.start(schedule=False)
+    try:
+        assert domain.first_job is None and domain.bootstrapping
+        assert "waiting for the data service" in (await domain.status()).message
+        deadline = asyncio.get_running_loop().time() + 30
+        while domain.first_job is None:
+            assert asyncio.get_running_loop().time() < deadline, "the first training was never queued"
+            await asyncio.sleep(0.1)
+        assert not domain.bootstrapping and source.failures == 0
+        assert (await domain.jobs.wait(domain.first_job.job_id)).state is JobState.SUCCEEDED
+    finally:
+        await domain.stop()
