@@ -15,6 +15,12 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
+from scipy.special import logsumexp
+
+try:  # hmmlearn's compiled forward recursion; the pure-Python one below is the reference
+    from hmmlearn import _hmmc
+except ImportError:  # pragma: no cover - a hmmlearn without the extension
+    _hmmc = None
 
 #: Number of state counts tried by BIC when `n_states` is None.
 STATE_RANGE: tuple[int, ...] = (2, 3, 4)
@@ -137,6 +143,8 @@ class RegimeHMM:
             self._log_start = np.log(self.startprob_)
             self._log_trans = np.log(self.transmat_)
         self._chol = np.stack([cholesky(c, lower=True) for c in self.covars_])
+        # L^-1 of each state (f x f, tiny): z = (x - mean) @ L^-T is one matmul per state
+        self._chol_inv_t = np.stack([solve_triangular(L, np.eye(len(L)), lower=True).T for L in self._chol])
         diag = np.clip(1.0 - np.diag(self.transmat_), 1e-12, None)
         self.expected_durations_ = 1.0 / diag
 
@@ -149,12 +157,23 @@ class RegimeHMM:
         out = np.empty((n, self.n_states_))
         for j in range(self.n_states_):
             L = self._chol[j]
-            z = solve_triangular(L, (X - self.means_[j]).T, lower=True)
+            z = (X - self.means_[j]) @ self._chol_inv_t[j]  # (n, f), rows L^-1 (x - mean)
             log_det = 2.0 * np.log(np.diag(L)).sum()
-            out[:, j] = -0.5 * (f * math.log(2 * math.pi) + log_det + (z * z).sum(axis=0))
+            out[:, j] = -0.5 * (f * math.log(2 * math.pi) + log_det + (z * z).sum(axis=1))
         return out
 
     def _forward(self, X: np.ndarray) -> tuple[np.ndarray, float]:
+        """(normalised log alpha (n, k), log-likelihood): hmmlearn's compiled forward pass (the same
+        recursion, `_forward_loop`, in C++: ~1 ms for 5,000 bars instead of ~100), normalised per row."""
+        if _hmmc is None:
+            return self._forward_loop(X)
+        log_b = self.log_emission(X)
+        with np.errstate(divide="ignore"):
+            _, joint = _hmmc.forward_log(self.startprob_, self.transmat_, np.ascontiguousarray(log_b))
+        norms = logsumexp(joint, axis=1)
+        return joint - norms[:, None], float(norms[-1])
+
+    def _forward_loop(self, X: np.ndarray) -> tuple[np.ndarray, float]:
         # log alpha_t(j) = log b_t(j) + logsumexp_i(log alpha_{t-1}(i) + log a_ij), normalised per row;
         # the logsumexp is taken as m + log(exp(log alpha_{t-1} - m) @ A), m = max log alpha_{t-1}.
         log_b = self.log_emission(X)
@@ -186,6 +205,10 @@ class RegimeHMM:
     def viterbi(self, X: np.ndarray) -> np.ndarray:
         """(n, f) -> (n,) int most likely state path given ALL rows (hindsight: uses the future)."""
         log_b = self.log_emission(X)
+        if _hmmc is not None:  # the same dynamic programme, compiled
+            with np.errstate(divide="ignore"):
+                _, path = _hmmc.viterbi(self.startprob_, self.transmat_, np.ascontiguousarray(log_b))
+            return np.asarray(path, dtype=np.int64)
         n, k = log_b.shape
         back = np.zeros((n, k), dtype=np.int64)
         delta = self._log_start + log_b[0]

@@ -158,6 +158,7 @@ class RegimeDomain:
         settings'), queue the first training of every active symbol that has no model yet (all of
         them on a first start; the rest of an interrupted first training after a restart)."""
         await self.jobs.start()
+        await self._warmup()
         if schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
         if self.events is not None and self.settings.event_retrain:
@@ -171,6 +172,14 @@ class RegimeDomain:
             self._bootstrap = asyncio.create_task(
                 self._retry_missing(), name="regime-first-training", context=contextvars.Context()
             )
+
+    async def _warmup(self) -> None:
+        """Load every current model (and the libraries they need), so the first call pays no load."""
+        for symbol in await asyncio.to_thread(self.registry.trained_keys):
+            try:
+                await self._model(symbol)
+            except DomainError as exc:  # a symbol removed from Data: its calls say so later
+                log.info("regime model of %s not loaded at start: %s", symbol, exc)
 
     async def _queue_missing(self) -> bool:
         """Queue the training of the active symbols without a model; False while the Data

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -333,3 +334,12 @@ def test_labels_survive_a_real_refit_on_more_data(fitted):
     fresh = np.array(name_states(new_stats))[path]
     assert np.mean(matched == before) > 0.85
     assert np.mean(matched == before) > np.mean(fresh == before)
+
+
+@pytest.mark.parametrize("symbol", SYMBOLS)
+def test_the_compiled_forward_pass_matches_the_reference_recursion(fitted, symbol):
+    _, X, model = fitted[symbol]
+    log_alpha, loglik = model._forward(X)
+    ref_alpha, ref_loglik = model._forward_loop(X)
+    assert np.allclose(log_alpha, ref_alpha, rtol=0, atol=1e-9)
+    assert math.isclose(loglik, ref_loglik, rel_tol=1e-9)
