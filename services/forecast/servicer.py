@@ -8,7 +8,6 @@ training servicer (services.training.servicer).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 from kitrading.forecast.v1 import request_response_pb2 as rr
@@ -17,15 +16,16 @@ from services.forecast import convert as cv
 from services.forecast.service import ForecastDomain
 from services.runtime.pagination import paginate
 from services.training.convert import job_out
-from services.training.servicer import TrainingRpcs
+from services.training.servicer import TrainingJobMethods, TrainingRpcs
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
 
-class ForecastServicer(service_pb2_grpc.ForecastServiceServicer):
+class ForecastServicer(TrainingJobMethods, service_pb2_grpc.ForecastServiceServicer):
     def __init__(self, domain: ForecastDomain) -> None:
         self.domain = domain
         self.training = TrainingRpcs(domain.jobs)
+        self.messages = rr
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -54,26 +54,6 @@ class ForecastServicer(service_pb2_grpc.ForecastServiceServicer):
         return cv.training_progress_out(
             self.domain.training_progress(), self.domain.settings.auto_retrain_days
         )
-
-    async def GetTrainingJob(
-        self, request: rr.GetTrainingJobRequest, context: Context
-    ) -> rr.GetTrainingJobResponse:
-        return await self.training.get(request, rr.GetTrainingJobResponse)
-
-    async def ListTrainingJobs(
-        self, request: rr.ListTrainingJobsRequest, context: Context
-    ) -> rr.ListTrainingJobsResponse:
-        return await self.training.list(request, rr.ListTrainingJobsResponse)
-
-    async def CancelTrainingJob(
-        self, request: rr.CancelTrainingJobRequest, context: Context
-    ) -> rr.CancelTrainingJobResponse:
-        return await self.training.cancel(request, rr.CancelTrainingJobResponse)
-
-    def WatchTrainingJob(
-        self, request: rr.WatchTrainingJobRequest, context: Context
-    ) -> AsyncIterator[rr.WatchTrainingJobResponse]:
-        return self.training.watch(request, rr.WatchTrainingJobResponse)
 
     # -- forecasts --------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ servicer (services.training.servicer).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from kitrading.regime.v1 import request_response_pb2 as rr
@@ -16,15 +15,16 @@ from services.regime import convert as cv
 from services.regime.service import RegimeDomain
 from services.runtime.errors import InvalidArgument
 from services.training.convert import job_out
-from services.training.servicer import TrainingRpcs
+from services.training.servicer import TrainingJobMethods, TrainingRpcs
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
 
-class RegimeServicer(service_pb2_grpc.RegimeServiceServicer):
+class RegimeServicer(TrainingJobMethods, service_pb2_grpc.RegimeServiceServicer):
     def __init__(self, domain: RegimeDomain) -> None:
         self.domain = domain
         self.training = TrainingRpcs(domain.jobs)
+        self.messages = rr
 
     # -- regimes ----------------------------------------------------------------------------------
 
@@ -90,23 +90,3 @@ class RegimeServicer(service_pb2_grpc.RegimeServiceServicer):
             timeframe=cv.timeframe_in(request.timeframe) or None,
         )
         return rr.TrainRegimeModelsResponse(job=job_out(job))
-
-    async def GetTrainingJob(
-        self, request: rr.GetTrainingJobRequest, context: Context
-    ) -> rr.GetTrainingJobResponse:
-        return await self.training.get(request, rr.GetTrainingJobResponse)
-
-    async def ListTrainingJobs(
-        self, request: rr.ListTrainingJobsRequest, context: Context
-    ) -> rr.ListTrainingJobsResponse:
-        return await self.training.list(request, rr.ListTrainingJobsResponse)
-
-    async def CancelTrainingJob(
-        self, request: rr.CancelTrainingJobRequest, context: Context
-    ) -> rr.CancelTrainingJobResponse:
-        return await self.training.cancel(request, rr.CancelTrainingJobResponse)
-
-    def WatchTrainingJob(
-        self, request: rr.WatchTrainingJobRequest, context: Context
-    ) -> AsyncIterator[rr.WatchTrainingJobResponse]:
-        return self.training.watch(request, rr.WatchTrainingJobResponse)

@@ -1,15 +1,18 @@
 """The training RPCs every model service has (Get, List, Cancel, Watch a training job), once.
 
-Each service's servicer delegates in one line, naming its own generated response type:
+A service's servicer mixes them in and names its runner and its generated messages module:
 
-    async def GetTrainingJob(self, request, context):
-        return await self.training.get(request, rr.GetTrainingJobResponse)
+    class RegimeServicer(TrainingJobMethods, service_pb2_grpc.RegimeServiceServicer):
+        def __init__(self, domain):
+            self.training = TrainingRpcs(domain.jobs)
+            self.messages = rr   # kitrading.regime.v1.request_response_pb2
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 from services.runtime.protos import job_state_in
@@ -65,3 +68,24 @@ def _has(request: Any, name: str) -> bool:
         return bool(request.HasField(name))
     except ValueError:  # no such (optional) field in this service's request
         return False
+
+
+class TrainingJobMethods:
+    """Get / List / Cancel / WatchTrainingJob as servicer methods (mix in before the generated
+    servicer base): `training` is the service's `TrainingRpcs`, `messages` its request_response
+    module, whose `<Rpc>Response` classes the answers are built with."""
+
+    training: TrainingRpcs
+    messages: ModuleType
+
+    async def GetTrainingJob(self, request: Any, context: Any) -> Any:
+        return await self.training.get(request, self.messages.GetTrainingJobResponse)
+
+    async def ListTrainingJobs(self, request: Any, context: Any) -> Any:
+        return await self.training.list(request, self.messages.ListTrainingJobsResponse)
+
+    async def CancelTrainingJob(self, request: Any, context: Any) -> Any:
+        return await self.training.cancel(request, self.messages.CancelTrainingJobResponse)
+
+    def WatchTrainingJob(self, request: Any, context: Any) -> Any:
+        return self.training.watch(request, self.messages.WatchTrainingJobResponse)

@@ -1,5 +1,5 @@
 """A second model service on the shared machinery, over real gRPC: the regime contract's training
-RPCs served by a tiny trainer, the servicer one line per RPC, the app a few lines on the base.
+RPCs served by a tiny trainer, the job RPCs mixed in (TrainingJobMethods), the app a few lines on the base.
 
 This is the shape every new model service takes (its contract, domain code, a Trainer, settings
 and a small app); the toy trainer stands in for the HMM, which is its own issue.
@@ -21,17 +21,18 @@ from services.runtime.app import ServiceAppBase
 from services.runtime.server import RunningServer
 from services.training.convert import job_out
 from services.training.jobs import JobRunner, RunnerSettings
-from services.training.servicer import TrainingRpcs
+from services.training.servicer import TrainingJobMethods, TrainingRpcs
 from services.training.worker import WorkerOptions
 from tests.grpc_helpers import details, start_server
 
 from .toy_trainer import ToyTrainer
 
 
-class ToyRegimeServicer(service_pb2_grpc.RegimeServiceServicer):
+class ToyRegimeServicer(TrainingJobMethods, service_pb2_grpc.RegimeServiceServicer):
     def __init__(self, runner: JobRunner) -> None:
         self.runner = runner
         self.training = TrainingRpcs(runner)
+        self.messages = rr
 
     async def TrainRegimeModels(self, request: rr.TrainRegimeModelsRequest, context: Any) -> Any:
         job = await (
@@ -40,18 +41,6 @@ class ToyRegimeServicer(service_pb2_grpc.RegimeServiceServicer):
             else self.runner.train_all(force=request.force, background=request.background)
         )
         return rr.TrainRegimeModelsResponse(job=job_out(job))
-
-    async def GetTrainingJob(self, request: rr.GetTrainingJobRequest, context: Any) -> Any:
-        return await self.training.get(request, rr.GetTrainingJobResponse)
-
-    async def ListTrainingJobs(self, request: rr.ListTrainingJobsRequest, context: Any) -> Any:
-        return await self.training.list(request, rr.ListTrainingJobsResponse)
-
-    async def CancelTrainingJob(self, request: rr.CancelTrainingJobRequest, context: Any) -> Any:
-        return await self.training.cancel(request, rr.CancelTrainingJobResponse)
-
-    def WatchTrainingJob(self, request: rr.WatchTrainingJobRequest, context: Any) -> Any:
-        return self.training.watch(request, rr.WatchTrainingJobResponse)
 
 
 class ToyRegimeApp(ServiceAppBase):
