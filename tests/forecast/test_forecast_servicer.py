@@ -7,38 +7,30 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import grpc
 import grpc.aio
 import numpy as np
 import pandas as pd
 import pytest
-from google.protobuf import timestamp_pb2
 
 from kitrading.cli.commands.forecast import run_forecast, run_train
 from kitrading.cli.main import build_parser
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
-from kitrading.data.v1 import resources_pb2 as data_pb
 from kitrading.data.v1 import service_pb2_grpc as data_grpc
 from kitrading.forecast.v1 import request_response_pb2 as rr
 from kitrading.forecast.v1 import resources_pb2 as pb
 from kitrading.forecast.v1 import service_pb2_grpc
-from services.data import convert as data_cv
-from services.data.app import DataApp
 from services.data.samples import SAMPLES, load_candles
 from services.forecast.app import ForecastApp
 from services.forecast.calendar import EQUITY, FX
 from services.runtime import metrics
 from tests.conftest import PostgresForTests
-from tests.data.conftest import make_settings
-from tests.grpc_helpers import details, start_server
+from tests.grpc_helpers import data_service, details, fails, start_server, utc
 
 from .conftest import TINY_NHITS, tiny_settings
 
@@ -67,17 +59,6 @@ class Stack:
     goog_last: pd.Timestamp
 
 
-async def fails(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
-
-
-def utc(ts: timestamp_pb2.Timestamp) -> pd.Timestamp:
-    return pd.Timestamp(ts.ToDatetime(), tz="UTC")
-
-
 async def wait_job(stack: Stack, job_id: str, within: float = 120.0) -> training_pb2.TrainingJob:
     deadline = time.monotonic() + within
     while True:
@@ -92,51 +73,28 @@ async def wait_job(stack: Stack, job_id: str, within: float = 120.0) -> training
 async def stack(postgres: PostgresForTests, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """Data with EURUSD (FX, H1), GOOG (EQUITY, D1) and NOMODEL (FX, inactive: never trained) on its
     own database; the forecast service with tiny NHITS settings and no scheduler."""
-    name = f"test_forecast_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres.url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    data_server = await start_server(DataApp(make_settings(postgres.database_url(name))), "data")
     candles = load_candles([s for s in SAMPLES if s.symbol in ("EURUSD", "GOOG")])
-    data_channel = grpc.aio.insecure_channel(data_server.target)
-    data = data_grpc.DataServiceStub(data_channel)
     rows = [
         ("EURUSD", market_pb2.ASSET_CLASS_FX, True, H1, candles["EURUSD"]),
         ("GOOG", market_pb2.ASSET_CLASS_EQUITY, True, D1, candles["GOOG"]),
         ("NOMODEL", market_pb2.ASSET_CLASS_FX, False, H1, candles["EURUSD"][-500:]),
     ]
-    for symbol, asset, active, timeframe, series in rows:
-        await data.CreateSymbol(
-            data_rr.CreateSymbolRequest(
-                symbol=data_pb.Symbol(symbol=symbol, asset_class=asset, active=active)
+    async with data_service(postgres, "test_forecast", rows) as data:
+        home = tmp_path_factory.mktemp("forecast-servicer")
+        settings = tiny_settings(home, event_debounce_s=0.3, event_max_delay_s=2.0)
+        app = ForecastApp(settings, data=data.target, schedule=False)
+        server = await start_server(app, "forecast")
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            yield Stack(
+                target=server.target,
+                forecast=service_pb2_grpc.ForecastServiceStub(channel),
+                data=data.stub,
+                app=app,
+                home=home,
+                eurusd_last=pd.Timestamp(candles["EURUSD"][-1].time),
+                goog_last=pd.Timestamp(candles["GOOG"][-1].time),
             )
-        )
-        await data.UpsertCandles(
-            data_rr.UpsertCandlesRequest(
-                symbol=symbol, timeframe=timeframe, candles=[data_cv.candle_out(c) for c in series]
-            )
-        )
-    home = tmp_path_factory.mktemp("forecast-servicer")
-    settings = tiny_settings(home, event_debounce_s=0.3, event_max_delay_s=2.0)
-    app = ForecastApp(settings, data=data_server.target, schedule=False)
-    server = await start_server(app, "forecast")
-    channel = grpc.aio.insecure_channel(server.target)
-    yield Stack(
-        target=server.target,
-        forecast=service_pb2_grpc.ForecastServiceStub(channel),
-        data=data,
-        app=app,
-        home=home,
-        eurusd_last=pd.Timestamp(candles["EURUSD"][-1].time),
-        goog_last=pd.Timestamp(candles["GOOG"][-1].time),
-    )
-    await channel.close()
-    await server.stop(0)
-    await data_channel.close()
-    await data_server.stop(0)
-    conn = await asyncpg.connect(postgres.url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+        await server.stop(0)
 
 
 @dataclass

@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import io
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TextIO
 
-import asyncpg
 import grpc.aio
 import pytest
 
@@ -24,19 +22,13 @@ from kitrading.cli.commands.forecast import follow
 from kitrading.cli.commands.regime import NO_EDGE, run_regime, run_regime_model, run_score, run_train_regime
 from kitrading.cli.main import build_parser, main
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
-from kitrading.data.v1 import request_response_pb2 as data_rr
-from kitrading.data.v1 import resources_pb2 as data_pb
-from kitrading.data.v1 import service_pb2_grpc as data_grpc
 from kitrading.regime.v1 import request_response_pb2 as rr
 from kitrading.regime.v1 import service_pb2_grpc
-from services.data import convert as data_cv
-from services.data.app import DataApp
 from services.data.samples import SAMPLES, load_candles
 from services.regime.app import RegimeApp
 from services.regime.settings import RegimeSettings
 from tests.conftest import PostgresForTests
-from tests.data.conftest import make_settings
-from tests.grpc_helpers import start_server
+from tests.grpc_helpers import data_service, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -55,43 +47,24 @@ class Stack:
 async def stack(postgres: PostgresForTests, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """Data with EURUSD (2000 H1 bars) active and NOMODEL inactive; the regime service with small
     settings, no scheduler, no event retraining."""
-    name = f"test_regime_cli_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres.url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    data_server = await start_server(DataApp(make_settings(postgres.database_url(name))), "data")
     candles = load_candles([s for s in SAMPLES if s.symbol == "EURUSD"])["EURUSD"]
-    data_channel = grpc.aio.insecure_channel(data_server.target)
-    data = data_grpc.DataServiceStub(data_channel)
-    for symbol, active, series in (("EURUSD", True, candles[-2000:]), ("NOMODEL", False, candles[-500:])):
-        await data.CreateSymbol(
-            data_rr.CreateSymbolRequest(
-                symbol=data_pb.Symbol(symbol=symbol, asset_class=market_pb2.ASSET_CLASS_FX, active=active)
-            )
+    rows = [
+        ("EURUSD", market_pb2.ASSET_CLASS_FX, True, H1, candles[-2000:]),
+        ("NOMODEL", market_pb2.ASSET_CLASS_FX, False, H1, candles[-500:]),
+    ]
+    async with data_service(postgres, "test_regime_cli", rows) as data:
+        settings = RegimeSettings(
+            home=tmp_path_factory.mktemp("regime-cli"),
+            restarts=1,
+            max_iter=30,
+            boosting_rounds=20,
+            worker_nice=0,
+            event_retrain=False,
         )
-        await data.UpsertCandles(
-            data_rr.UpsertCandlesRequest(
-                symbol=symbol, timeframe=H1, candles=[data_cv.candle_out(c) for c in series]
-            )
-        )
-    settings = RegimeSettings(
-        home=tmp_path_factory.mktemp("regime-cli"),
-        restarts=1,
-        max_iter=30,
-        boosting_rounds=20,
-        worker_nice=0,
-        event_retrain=False,
-    )
-    server = await start_server(RegimeApp(settings, data=data_server.target, schedule=False), "regime")
-    channel = grpc.aio.insecure_channel(server.target)
-    yield Stack(service_pb2_grpc.RegimeServiceStub(channel), server.target, data_server.target)
-    await channel.close()
-    await server.stop(0)
-    await data_channel.close()
-    await data_server.stop(0)
-    conn = await asyncpg.connect(postgres.url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+        server = await start_server(RegimeApp(settings, data=data.target, schedule=False), "regime")
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            yield Stack(service_pb2_grpc.RegimeServiceStub(channel), server.target, data.target)
+        await server.stop(0)
 
 
 @pytest.fixture(scope="module")

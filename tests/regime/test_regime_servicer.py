@@ -10,13 +10,10 @@ import math
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import grpc
 import grpc.aio
 import pandas as pd
@@ -25,19 +22,15 @@ from google.protobuf import timestamp_pb2
 
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
-from kitrading.data.v1 import resources_pb2 as data_pb
 from kitrading.data.v1 import service_pb2_grpc as data_grpc
 from kitrading.regime.v1 import request_response_pb2 as rr
 from kitrading.regime.v1 import resources_pb2 as pb
 from kitrading.regime.v1 import service_pb2_grpc
-from services.data import convert as data_cv
-from services.data.app import DataApp
 from services.data.samples import SAMPLES, load_candles
 from services.regime.app import RegimeApp
 from services.regime.settings import RegimeSettings
 from tests.conftest import PostgresForTests
-from tests.data.conftest import make_settings
-from tests.grpc_helpers import details, start_server
+from tests.grpc_helpers import data_service, details, fails, start_server, utc
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +47,6 @@ class Stack:
     home: Path
 
 
-async def fails(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
-
-
-def utc(ts: timestamp_pb2.Timestamp) -> pd.Timestamp:
-    return pd.Timestamp(ts.ToDatetime(), tz="UTC")
-
-
 async def wait_job(stack: Stack, job_id: str, within: float = 180.0) -> training_pb2.TrainingJob:
     deadline = time.monotonic() + within
     while True:
@@ -79,52 +61,29 @@ async def wait_job(stack: Stack, job_id: str, within: float = 180.0) -> training
 async def stack(postgres: PostgresForTests, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """Data with EURUSD (H1) and GOOG (D1) active, TINY (200 H1 bars) and NOMODEL inactive; the
     regime service with small settings, no scheduler, the event monitor on a short debounce."""
-    name = f"test_regime_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(postgres.url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    data_server = await start_server(DataApp(make_settings(postgres.database_url(name))), "data")
     candles = load_candles([s for s in SAMPLES if s.symbol in ("EURUSD", "GOOG")])
-    data_channel = grpc.aio.insecure_channel(data_server.target)
-    data = data_grpc.DataServiceStub(data_channel)
     rows = [
         ("EURUSD", market_pb2.ASSET_CLASS_FX, True, H1, candles["EURUSD"][-3000:]),
         ("GOOG", market_pb2.ASSET_CLASS_EQUITY, True, D1, candles["GOOG"]),
         ("TINY", market_pb2.ASSET_CLASS_FX, False, H1, candles["EURUSD"][-200:]),
         ("NOMODEL", market_pb2.ASSET_CLASS_FX, False, H1, candles["EURUSD"][-500:]),
     ]
-    for symbol, asset, active, timeframe, series in rows:
-        await data.CreateSymbol(
-            data_rr.CreateSymbolRequest(
-                symbol=data_pb.Symbol(symbol=symbol, asset_class=asset, active=active)
-            )
+    async with data_service(postgres, "test_regime", rows) as data:
+        home = tmp_path_factory.mktemp("regime-servicer")
+        settings = RegimeSettings(
+            home=home,
+            restarts=1,
+            max_iter=30,
+            boosting_rounds=20,
+            worker_nice=0,
+            event_debounce_s=0.3,
+            event_max_delay_s=2.0,
         )
-        await data.UpsertCandles(
-            data_rr.UpsertCandlesRequest(
-                symbol=symbol, timeframe=timeframe, candles=[data_cv.candle_out(c) for c in series]
-            )
-        )
-    home = tmp_path_factory.mktemp("regime-servicer")
-    settings = RegimeSettings(
-        home=home,
-        restarts=1,
-        max_iter=30,
-        boosting_rounds=20,
-        worker_nice=0,
-        event_debounce_s=0.3,
-        event_max_delay_s=2.0,
-    )
-    app = RegimeApp(settings, data=data_server.target, schedule=False)
-    server = await start_server(app, "regime")
-    channel = grpc.aio.insecure_channel(server.target)
-    yield Stack(service_pb2_grpc.RegimeServiceStub(channel), data, app, home)
-    await channel.close()
-    await server.stop(0)
-    await data_channel.close()
-    await data_server.stop(0)
-    conn = await asyncpg.connect(postgres.url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+        app = RegimeApp(settings, data=data.target, schedule=False)
+        server = await start_server(app, "regime")
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            yield Stack(service_pb2_grpc.RegimeServiceStub(channel), data.stub, app, home)
+        await server.stop(0)
 
 
 @pytest.fixture(scope="module")
