@@ -302,6 +302,18 @@ class RegimeDomain:
         self._loaded[symbol] = loaded
         return loaded
 
+    async def _candles(self, symbol: str, timeframe: str, *, since: datetime | None = None) -> pd.DataFrame:
+        """The newest `serve_bars` candles (the source caches them while it follows Data's events);
+        the whole history when a signal asks for a bar before them."""
+        candles = await self.source.fetch(symbol, timeframe, limit=self.settings.serve_bars)
+        if since is not None and len(candles) >= self.settings.serve_bars:
+            first = pd.Timestamp(candles["time"].iloc[0])
+            first = first.tz_localize("UTC") if first.tzinfo is None else first
+            at = pd.Timestamp(since)
+            if (at.tz_localize("UTC") if at.tzinfo is None else at) < first:
+                candles = await self.source.fetch(symbol, timeframe)
+        return candles
+
     @staticmethod
     def _check_timeframe(loaded: _Loaded, symbol: str, timeframe: str, field: str = "timeframe") -> None:
         if timeframe and timeframe != loaded.timeframe:
@@ -316,7 +328,7 @@ class RegimeDomain:
         """The regime of the symbol's last bar, from filtered probabilities, and the model's version."""
         loaded = await self._model(symbol)
         self._check_timeframe(loaded, symbol, timeframe)
-        candles = await self.source.fetch(symbol, loaded.timeframe)
+        candles = await self._candles(symbol, loaded.timeframe)
         view = await asyncio.to_thread(
             describe, loaded.model, candles, lookback=lookback or DEFAULT_LOOKBACK, symbol=symbol
         )
@@ -326,7 +338,7 @@ class RegimeDomain:
         """HINDSIGHT (Viterbi over the history, later bars included): for charts, never for signals."""
         loaded = await self._model(symbol)
         self._check_timeframe(loaded, symbol, timeframe)
-        candles = await self.source.fetch(symbol, loaded.timeframe)
+        candles = await self._candles(symbol, loaded.timeframe)
         return await asyncio.to_thread(
             hindsight_segments, loaded.model, candles, lookback=lookback or DEFAULT_LOOKBACK
         )
@@ -363,7 +375,8 @@ class RegimeDomain:
             for i in indices:
                 self._check_timeframe(loaded, symbol, signals[i].timeframe, name(i, "timeframe"))
                 _check_signal(signals[i], loaded.scorer.config, functools.partial(name, i))
-            candles = await self.source.fetch(symbol, loaded.timeframe)
+            asked = [t for t in (signals[i].time for i in indices) if t is not None]
+            candles = await self._candles(symbol, loaded.timeframe, since=min(asked) if asked else None)
             times = pd.DatetimeIndex(pd.to_datetime(candles["time"], utc=True))
             positions = [_position(times, signals[i].time, name(i, "time")) for i in indices]
             need = max(min_history(), loaded.scorer.regimes.vol_window + 1)

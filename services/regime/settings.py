@@ -38,6 +38,8 @@ class RegimeSettings:
     embargo: int = 24
     boosting_rounds: int = 200
     signal_step: int = 4  # a candidate signal every N bars
+    # Serving: the newest bars a regime or score call reads (cached while the Data events follow).
+    serve_bars: int = 10_000
     # Retraining and jobs.
     train_on_start: bool = True  # no model at all at start: train the active symbols in the background
     schedule: bool = True
@@ -94,6 +96,7 @@ FIELDS: dict[str, Var] = {
     "embargo": IntVar(_P + "EMBARGO", 0, 10_000),
     "boosting_rounds": IntVar(_P + "BOOSTING_ROUNDS", 1, 100_000),
     "signal_step": IntVar(_P + "SIGNAL_STEP", 1, 1000),
+    "serve_bars": IntVar(_P + "SERVE_BARS", 500, 1_000_000),
     "train_on_start": BoolVar(_P + "TRAIN_ON_START"),
     "schedule": BoolVar(_P + "SCHEDULE"),
     "auto_retrain_days": FloatVar(_P + "AUTO_RETRAIN_DAYS", 0.0, 3650.0),

@@ -23,7 +23,7 @@ async def domain(tmp_path: Path, candles: Callable[[str], pd.DataFrame]) -> Asyn
     source.put(SymbolInfo("EURUSD", "FX", timeframe="H1"), "H1", candles("EURUSD"))
     source.put(SymbolInfo("TINY", "FX", timeframe="H1"), "H1", candles("EURUSD").head(200))
     settings = RegimeSettings(
-        home=tmp_path, restarts=1, max_iter=30, n_states=3, boosting_rounds=1, worker_nice=0
+        home=tmp_path, restarts=1, max_iter=30, n_states=3, boosting_rounds=1, worker_nice=0, serve_bars=1000
     )
     domain = RegimeDomain(settings, source)
     await domain.start(schedule=False, train_on_start=False)
@@ -83,7 +83,10 @@ async def test_train_then_serve_the_filtered_regime(domain: RegimeDomain) -> Non
         with pytest.raises(InvalidArgument) as error:
             await domain.score([wrong])
         assert error.value.violations[0].field == field
+    # serve_bars=1000: a signal before the newest 1000 bars reads the whole history
     first_bar = (await domain.source.fetch("EURUSD", "H1"))["time"].iloc[0]
+    (old,) = await domain.score([Signal("EURUSD", "buy", time=first_bar + pd.Timedelta(days=30))])
+    assert old.time < (await domain.source.fetch("EURUSD", "H1", limit=1000))["time"].iloc[0]
     with pytest.raises(InvalidArgument) as early:
         await domain.score([Signal("EURUSD", "buy", time=first_bar - pd.Timedelta(hours=1))])
     assert early.value.violations[0].field == "time"
