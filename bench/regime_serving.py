@@ -49,6 +49,7 @@ import pandas as pd  # noqa: E402
 from google.protobuf import timestamp_pb2  # noqa: E402
 
 from bench._mesh import free_port, wait_serving  # noqa: E402
+from bench.gateway_latency import added_per_round  # noqa: E402
 from gateway.envoy_config import GatewaySettings  # noqa: E402
 from gateway.run import build_config, start_envoy, stop_envoy, wait_until_ready, write_config  # noqa: E402
 from kitrading.common.v1 import market_pb2  # noqa: E402
@@ -306,6 +307,13 @@ async def bench_regime(
         "direct_added_over_in_process_p50_ms": round(
             p50("GetRegime direct gRPC") - p50("in-process, in-memory candles"), 3
         ),
+        "service_over_domain_same_source_p50_ms": round(
+            p50("GetRegime direct gRPC") - p50("in-process, Data source over gRPC"), 3
+        ),
+        "gateway_over_direct_p50_ms": {
+            kind: added_per_round(per_round, f"GetRegime gateway {kind}", "GetRegime direct gRPC")
+            for kind in ("gRPC", "HTTP JSON")
+        },
         "candle_read_p50_ms": round(
             p50("in-process, Data source over gRPC") - p50("in-process, in-memory candles"), 3
         ),
@@ -441,8 +449,15 @@ def report(result: dict[str, Any]) -> None:
         f"| one batch of {n} >= {TARGET_BATCH:g}x {n} single calls | {b['batch_speedup']}x | "
         f">= {TARGET_BATCH:g}x | {verdict(b['met'])} |"
     )
+    hop = a["gateway_over_direct_p50_ms"]
     print(
-        f"\ndirect GetRegime adds {a['direct_added_over_in_process_p50_ms']:+.3f} ms over in-process on "
+        "\nGetRegime through the gateway over direct gRPC, p50 per round (median [min, max]): "
+        + ", ".join(f"{k} {v['median']:+.3f} [{v['min']:+.3f}, {v['max']:+.3f}] ms" for k, v in hop.items())
+        + f"; direct GetRegime over the same domain call on a Data source in-process: "
+        f"{a['service_over_domain_same_source_p50_ms']:+.3f} ms"
+    )
+    print(
+        f"direct GetRegime adds {a['direct_added_over_in_process_p50_ms']:+.3f} ms over in-process on "
         f"in-memory candles; reading the candles from Data over gRPC costs "
         f"{a['candle_read_p50_ms']:+.3f} ms in-process; the batch takes {b['batch_vs_in_process']}x "
         "the in-process score of the same signals"
