@@ -6,7 +6,8 @@ Starts the mesh in a fresh `$KITRADING_HOME` (embedded PostgreSQL, Envoy, every 
 marks implemented), waits until every `/<prefix>/health` is 200 and no service is training (the
 first-start trainings of forecast and regime end and their workers exit after their idle time), then
 sums the resident memory (RSS, and PSS where the kernel reports it: shared pages split among the
-processes that map them) of the launcher's whole process tree and the embedded PostgreSQL's. Target (the brief): under 3 GB.
+processes that map them) of the launcher's whole process tree and the embedded PostgreSQL's.
+Target (the brief): under 3 GB.
 
 To keep the run short the forecast's first training uses few NHITS steps (`NHITS_MAX_STEPS=30`),
 which does not change what a serving process holds; everything else is the embedded default.
