@@ -14,7 +14,8 @@ directory (the same model version, checked) and the candles the service reads.
     candle read costs, on a Data source over gRPC); the floor is a trivial call (`GetSymbol EURUSD`
     on Data) direct, through the gateway over gRPC and over HTTP JSON. All paths are interleaved round
     by round. Target (issue 19): gateway p50 - in-process p50 <= (trivial via gateway p50 - trivial
-    direct p50) + 0.5 ms, for gRPC and for HTTP JSON, each against its own trivial call.
+    direct p50) + 0.5 ms, for gRPC and for HTTP JSON, each against its own trivial call; also checked
+    with the issue's words read literally (the whole trivial call through the gateway, + 0.5 ms).
 (b) Scoring N signals (EURUSD, alternating buy/sell, one per bar over the last N bars): one
     `BatchScoreSignals` of N requests against N sequential `ScoreSignal` calls, direct gRPC (target
     >= 20x), with the in-process `RegimeDomain.score` of the N signals as the floor.
@@ -292,11 +293,15 @@ async def bench_regime(
         added = p50(f"GetRegime gateway {kind}") - p50("in-process, in-memory candles")
         floor = p50(f"trivial gateway {kind}") - p50("trivial direct gRPC")
         added, allowed = round(added, 3), round(floor + TARGET_SLACK_MS, 3)
+        # The issue's words read literally: the whole trivial call through the gateway is the floor.
+        whole = round(p50(f"trivial gateway {kind}") + TARGET_SLACK_MS, 3)
         checks[kind] = {
             "added_p50_ms": added,
             "trivial_added_p50_ms": round(floor, 3),
             "allowed_ms": allowed,
             "met": added <= allowed,
+            "allowed_whole_trivial_call_ms": whole,
+            "met_whole_trivial_call": added <= whole,
         }
     return {
         "paths": out,
@@ -410,6 +415,8 @@ async def run(calls: int, rounds: int, signals: int, score_rounds: int, bars: in
         "targets_met": {
             "a_gateway_grpc": regime["target"]["gRPC"]["met"],
             "a_gateway_http_json": regime["target"]["HTTP JSON"]["met"],
+            "a_gateway_grpc_whole_trivial_call": regime["target"]["gRPC"]["met_whole_trivial_call"],
+            "a_gateway_http_json_whole_trivial_call": regime["target"]["HTTP JSON"]["met_whole_trivial_call"],
             "b_batch": scoring["met"],
         },
     }
@@ -444,6 +451,12 @@ def report(result: dict[str, Any]) -> None:
             f"| gateway {kind} p50 - in-process p50 <= trivial call's gateway cost + {TARGET_SLACK_MS} ms "
             f"| {t['added_p50_ms']:+.3f} ms | {t['allowed_ms']:+.3f} ms "
             f"(trivial {t['trivial_added_p50_ms']:+.3f}) | {verdict(t['met'])} |"
+        )
+    for kind, t in a["target"].items():
+        print(
+            f"| (issue's words) gateway {kind} p50 - in-process p50 <= trivial call via the gateway p50 "
+            f"+ {TARGET_SLACK_MS} ms | {t['added_p50_ms']:+.3f} ms | "
+            f"{t['allowed_whole_trivial_call_ms']:+.3f} ms | {verdict(t['met_whole_trivial_call'])} |"
         )
     print(
         f"| one batch of {n} >= {TARGET_BATCH:g}x {n} single calls | {b['batch_speedup']}x | "

@@ -40,9 +40,16 @@ def test_tiny_run_measures_every_path_and_writes_the_json(
         t = a["target"][kind]
         assert t["allowed_ms"] == pytest.approx(t["trivial_added_p50_ms"] + 0.5, abs=1e-3)
         assert t["met"] == (t["added_p50_ms"] <= t["allowed_ms"])
+        assert t["met_whole_trivial_call"] == (t["added_p50_ms"] <= t["allowed_whole_trivial_call_ms"])
     assert set(a["gateway_over_direct_p50_ms"]["gRPC"]) == {"median", "min", "max"}
     assert b["signals"] == 20 and b["same_scores_everywhere"]
     assert b["batch_speedup"] > 0 and b["met"] == (b["batch_speedup"] >= 20)
-    assert set(result["targets_met"]) == {"a_gateway_grpc", "a_gateway_http_json", "b_batch"}
+    assert set(result["targets_met"]) == {
+        "a_gateway_grpc",
+        "a_gateway_http_json",
+        "a_gateway_grpc_whole_trivial_call",
+        "a_gateway_http_json_whole_trivial_call",
+        "b_batch",
+    }
     printed = capsys.readouterr().out
     assert "| GetRegime gateway HTTP JSON |" in printed and "one batch of 20" in printed
