@@ -19,11 +19,11 @@ import pytest
 
 from kitrading import mesh
 from services.data import settings as data_settings
+from services.embedder import settings as embedder_settings
 from services.forecast import settings as forecast_settings
 from services.forecast.model import NHITSConfig
 from services.llm import settings as llm_settings
 from services.llm.grounding_settings import GroundingSettings
-from services.embedder import settings as embedder_settings
 from services.regime import settings as regime_settings
 from services.runtime import database_settings, threads
 from services.runtime.config import (
