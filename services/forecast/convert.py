@@ -193,10 +193,18 @@ def method_metrics_out(name: str, values: dict[str, float | None]) -> pb.MethodM
         # 0 where undefined: Naive never predicts a direction.
         directional_accuracy=values.get("directional_accuracy") or 0.0,
         interval_coverage=[
-            pb.IntervalCoverage(level=level, coverage=float(values[f"coverage_{level}"] or 0.0))
+            pb.IntervalCoverage(
+                level=level,
+                coverage=float(values[f"coverage_{level}"] or 0.0),
+                width=float(values.get(f"width_{level}") or 0.0),
+                interval_score=float(values.get(f"interval_score_{level}") or 0.0),
+            )
             for level in LEVELS
             if values.get(f"coverage_{level}") is not None
         ],
+        dm_statistic_vs_nhits=_float(values.get("dm_statistic_vs_nhits")),
+        dm_p_value_vs_nhits=_float(values.get("dm_p_value_vs_nhits")),
+        directional_p_value=_float(values.get("directional_p_value")),
     )
 
 

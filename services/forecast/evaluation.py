@@ -13,6 +13,8 @@ A series of n bars (bar index, no gaps) is split, oldest to newest, into::
 - Test: W origins `step` bars apart (non-overlapping by default) ending at the last bar. NHITS,
   Naive and SeasonalNaive (statsforecast, same origins) are scored there; NHITS intervals use the
   calibration quantiles only, so the reported coverage is out of sample.
+- Each baseline's difference from NHITS gets a Diebold-Mariano p-value (services.forecast.significance)
+  and every model's directional accuracy a Pesaran-Timmermann p-value; intervals an interval score.
 - The served model is exactly the evaluated one; its intervals use quantiles from calibration and
   test origins together (every one of them out of sample for the served weights).
 """
@@ -24,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from services.forecast.significance import diebold_mariano, interval_score, pesaran_timmermann
 
 LEVELS: tuple[int, ...] = (80, 95)
 
@@ -165,9 +169,12 @@ def score(
     out["directional_accuracy"] = (
         float(np.mean(pred_dir[moving] == true_dir[moving])) if moving.any() else None
     )
+    p_dir = pesaran_timmermann(pred_dir[moving], true_dir[moving])[1] if moving.any() else math.nan
+    out["directional_p_value"] = None if math.isnan(p_dir) else p_dir
     for level, (lo, hi) in bounds.items():
         out[f"coverage_{level}"] = float(np.mean((actual >= lo) & (actual <= hi)))
         out[f"width_{level}"] = float(np.mean(hi - lo))
+        out[f"interval_score_{level}"] = interval_score(actual, lo, hi, level)
     return out
 
 
@@ -250,10 +257,19 @@ def evaluate(y: np.ndarray, split: Split, predict: PredictFn, *, season_length: 
     nhits = score(t_act, t_pred, t_last, interval_bounds(t_pred, widths[test_rows], cal_q), mase_scale)
     nhits["validation_mae_vs_naive"] = validation_ratio
     metrics = {"NHITS": nhits}
-    for name, (point, bounds) in baseline_forecasts(y, split, season_length).items():
+    baselines = baseline_forecasts(y, split, season_length)
+    for name, (point, bounds) in baselines.items():
         metrics[name] = score(t_act, point, t_last, bounds, mase_scale)
     naive_mae = metrics["Naive"]["mae"]
     for values in metrics.values():
         mae = values["mae"]
         values["mae_vs_naive"] = mae / naive_mae if mae is not None and naive_mae else None
+    # Is NHITS's difference from each baseline more than noise? Diebold-Mariano on the test windows'
+    # mean absolute errors (windows `step` apart: their losses overlap over ceil(h / step) windows).
+    nhits_loss = np.abs(t_pred - t_act).mean(axis=1)
+    overlap = max(1, math.ceil(h / split.step))
+    for name, (point, _) in baselines.items():
+        stat, p = diebold_mariano(np.abs(point - t_act).mean(axis=1), nhits_loss, h=overlap)
+        metrics[name]["dm_statistic_vs_nhits"] = None if math.isnan(stat) else stat
+        metrics[name]["dm_p_value_vs_nhits"] = None if math.isnan(p) else p
     return EvaluationResult(metrics, serve_q, n_cal, len(origins), season_length)

@@ -35,8 +35,9 @@ def table(rows: list[ModelPerformance]) -> str:
     """Markdown table: one line per (symbol, model)."""
     head = (
         "| symbol | timeframe | test windows x h | model | MAE | RMSE | MASE | MAE / Naive "
-        "| (validation) | directional acc. | coverage 80% | coverage 95% | width 95% |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| (validation) | DM p vs NHITS | directional acc. | PT p | coverage 80% | coverage 95% | width 95% "
+        "| interval score 80% | interval score 95% |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for perf in rows:
@@ -55,10 +56,14 @@ def table(rows: list[ModelPerformance]) -> str:
                 _fmt(m["mase"], 2),
                 _fmt(m["mae_vs_naive"], 3),
                 _fmt(m.get("validation_mae_vs_naive"), 3),
+                _fmt(m.get("dm_p_value_vs_nhits"), 3),
                 _fmt(m["directional_accuracy"], 3),
+                _fmt(m.get("directional_p_value"), 3),
                 _fmt(m["coverage_80"], 3),
                 _fmt(m["coverage_95"], 3),
                 _fmt(m["width_95"], digits),
+                _fmt(m.get("interval_score_80"), digits),
+                _fmt(m.get("interval_score_95"), digits),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

@@ -369,6 +369,12 @@ async def test_performance_table_against_baselines(stack: Stack, trained: Watche
         assert [c.level for c in nhits.interval_coverage] == [80, 95]
         assert all(0 <= c.coverage <= 1 for c in nhits.interval_coverage)
         assert naive.mae > 0 and naive.directional_accuracy == 0  # Naive predicts no direction
+        # widths and interval scores beside coverage; significance of each baseline's difference
+        assert all(c.width > 0 and c.interval_score >= c.width for c in nhits.interval_coverage)
+        assert not nhits.HasField("dm_p_value_vs_nhits")
+        for baseline in perf.metrics[1:]:
+            assert baseline.HasField("dm_p_value_vs_nhits") and 0 <= baseline.dm_p_value_vs_nhits <= 1
+        assert nhits.HasField("directional_p_value") and not naive.HasField("directional_p_value")
     one = await stack.forecast.ListModelPerformance(
         rr.ListModelPerformanceRequest(symbol="GOOG", page_size=1)
     )

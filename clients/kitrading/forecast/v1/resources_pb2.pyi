@@ -268,19 +268,27 @@ class IntervalCoverage(_message.Message):
 
     LEVEL_FIELD_NUMBER: _builtins.int
     COVERAGE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    INTERVAL_SCORE_FIELD_NUMBER: _builtins.int
     level: _builtins.int
     """Confidence level in percent: 80, 95."""
     coverage: _builtins.float
     """Fraction 0..1; well calibrated when close to level / 100."""
+    width: _builtins.float
+    """Mean width of the intervals, in price units (a wide band that covers everything is no achievement)."""
+    interval_score: _builtins.float
+    """Mean interval (Winkler) score: width plus 2 / (1 - level/100) times each miss; lower is better."""
     def __init__(
         self,
         *,
         level: _builtins.int = ...,
         coverage: _builtins.float = ...,
+        width: _builtins.float = ...,
+        interval_score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "level", b"level"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "interval_score", b"interval_score", "level", b"level", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -298,6 +306,9 @@ class MethodMetrics(_message.Message):
     MASE_FIELD_NUMBER: _builtins.int
     DIRECTIONAL_ACCURACY_FIELD_NUMBER: _builtins.int
     INTERVAL_COVERAGE_FIELD_NUMBER: _builtins.int
+    DM_STATISTIC_VS_NHITS_FIELD_NUMBER: _builtins.int
+    DM_P_VALUE_VS_NHITS_FIELD_NUMBER: _builtins.int
+    DIRECTIONAL_P_VALUE_FIELD_NUMBER: _builtins.int
     method: Global___ForecastMethod.ValueType
     mae: _builtins.float
     rmse: _builtins.float
@@ -305,6 +316,16 @@ class MethodMetrics(_message.Message):
     """Mean absolute scaled error (against the in-sample naive forecast); below 1 beats naive."""
     directional_accuracy: _builtins.float
     """Fraction 0..1 of steps whose up/down direction was right."""
+    dm_statistic_vs_nhits: _builtins.float
+    """Baselines only: Diebold-Mariano test of this method's absolute errors against NHITS's on the same
+    test windows (Harvey-Leybourne-Newbold small-sample correction). A positive statistic: this method
+    errs more; the two-sided p-value says whether the difference is more than noise.
+    """
+    dm_p_value_vs_nhits: _builtins.float
+    directional_p_value: _builtins.float
+    """Pesaran-Timmermann test of the directional accuracy (one-sided: better than chance); unset when
+    the method predicts no direction.
+    """
     @_builtins.property
     def interval_coverage(self) -> _containers.RepeatedCompositeFieldContainer[Global___IntervalCoverage]:
         """Empty for methods without intervals."""
@@ -318,12 +339,26 @@ class MethodMetrics(_message.Message):
         mase: _builtins.float = ...,
         directional_accuracy: _builtins.float = ...,
         interval_coverage: _abc.Iterable[Global___IntervalCoverage] | None = ...,
+        dm_statistic_vs_nhits: _builtins.float | None = ...,
+        dm_p_value_vs_nhits: _builtins.float | None = ...,
+        directional_p_value: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_directional_p_value", b"_directional_p_value", "_dm_p_value_vs_nhits", b"_dm_p_value_vs_nhits", "_dm_statistic_vs_nhits", b"_dm_statistic_vs_nhits", "directional_p_value", b"directional_p_value", "dm_p_value_vs_nhits", b"dm_p_value_vs_nhits", "dm_statistic_vs_nhits", b"dm_statistic_vs_nhits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directional_accuracy", b"directional_accuracy", "interval_coverage", b"interval_coverage", "mae", b"mae", "mase", b"mase", "method", b"method", "rmse", b"rmse"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_directional_p_value", b"_directional_p_value", "_dm_p_value_vs_nhits", b"_dm_p_value_vs_nhits", "_dm_statistic_vs_nhits", b"_dm_statistic_vs_nhits", "directional_accuracy", b"directional_accuracy", "directional_p_value", b"directional_p_value", "dm_p_value_vs_nhits", b"dm_p_value_vs_nhits", "dm_statistic_vs_nhits", b"dm_statistic_vs_nhits", "interval_coverage", b"interval_coverage", "mae", b"mae", "mase", b"mase", "method", b"method", "rmse", b"rmse"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__directional_p_value: _TypeAlias = _typing.Literal["directional_p_value"]  # noqa: Y015
+    _WhichOneofArgType__directional_p_value: _TypeAlias = _typing.Literal["_directional_p_value", b"_directional_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__dm_p_value_vs_nhits: _TypeAlias = _typing.Literal["dm_p_value_vs_nhits"]  # noqa: Y015
+    _WhichOneofArgType__dm_p_value_vs_nhits: _TypeAlias = _typing.Literal["_dm_p_value_vs_nhits", b"_dm_p_value_vs_nhits"]  # noqa: Y015
+    _WhichOneofReturnType__dm_statistic_vs_nhits: _TypeAlias = _typing.Literal["dm_statistic_vs_nhits"]  # noqa: Y015
+    _WhichOneofArgType__dm_statistic_vs_nhits: _TypeAlias = _typing.Literal["_dm_statistic_vs_nhits", b"_dm_statistic_vs_nhits"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__directional_p_value) -> _WhichOneofReturnType__directional_p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dm_p_value_vs_nhits) -> _WhichOneofReturnType__dm_p_value_vs_nhits | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dm_statistic_vs_nhits) -> _WhichOneofReturnType__dm_statistic_vs_nhits | None: ...
 
 Global___MethodMetrics: _TypeAlias = MethodMetrics  # noqa: Y015
 
