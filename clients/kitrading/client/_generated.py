@@ -47,6 +47,7 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     ("kitrading.forecast.v1.ForecastService", "GetEventMonitorStatus"),
     ("kitrading.forecast.v1.ForecastService", "GetSystemMetrics"),
     ("kitrading.pattern.v1.PatternService", "DetectSymbolPatterns"),
+    ("kitrading.pattern.v1.PatternService", "ScanPatterns"),
     ("kitrading.pattern.v1.PatternService", "ListPatternTypes"),
     ("kitrading.pattern.v1.PatternService", "GetTrainingJob"),
     ("kitrading.pattern.v1.PatternService", "ListTrainingJobs"),
@@ -1692,6 +1693,26 @@ class PatternServiceClient(SyncServiceClient):
             metadata=metadata,
         )
 
+    def scan_patterns(
+        self,
+        request: pattern_v1_request_response_pb2.ScanPatternsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.ScanPatternsResponse:
+        """ScanPatterns detects patterns on every active symbol in one call.
+
+        HTTP: `GET /api/v1/patterns:scan`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.pattern.v1.PatternService/ScanPatterns",
+            pattern_v1_request_response_pb2.ScanPatternsRequest() if request is None else request,
+            pattern_v1_request_response_pb2.ScanPatternsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
     def list_pattern_types(
         self,
         request: pattern_v1_request_response_pb2.ListPatternTypesRequest | None = None,
@@ -1700,7 +1721,7 @@ class PatternServiceClient(SyncServiceClient):
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> pattern_v1_request_response_pb2.ListPatternTypesResponse:
-        """ListPatternTypes pages through the pattern types the model knows.
+        """ListPatternTypes pages through the pattern types of the catalogue.
 
         HTTP: `GET /api/v1/patterns/types`. Retried on UNAVAILABLE.
         """
@@ -1862,6 +1883,26 @@ class AsyncPatternServiceClient(AsyncServiceClient):
             metadata=metadata,
         )
 
+    async def scan_patterns(
+        self,
+        request: pattern_v1_request_response_pb2.ScanPatternsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.ScanPatternsResponse:
+        """ScanPatterns detects patterns on every active symbol in one call.
+
+        HTTP: `GET /api/v1/patterns:scan`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.pattern.v1.PatternService/ScanPatterns",
+            pattern_v1_request_response_pb2.ScanPatternsRequest() if request is None else request,
+            pattern_v1_request_response_pb2.ScanPatternsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
     async def list_pattern_types(
         self,
         request: pattern_v1_request_response_pb2.ListPatternTypesRequest | None = None,
@@ -1870,7 +1911,7 @@ class AsyncPatternServiceClient(AsyncServiceClient):
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> pattern_v1_request_response_pb2.ListPatternTypesResponse:
-        """ListPatternTypes pages through the pattern types the model knows.
+        """ListPatternTypes pages through the pattern types of the catalogue.
 
         HTTP: `GET /api/v1/patterns/types`. Retried on UNAVAILABLE.
         """

@@ -29,7 +29,7 @@ from kitrading.common.v1 import training_pb2 as kitrading_dot_common_dot_v1_dot_
 from kitrading.pattern.v1 import resources_pb2 as kitrading_dot_pattern_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+kitrading/pattern/v1/request_response.proto\x12\x14kitrading.pattern.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1dkitrading/common/v1/job.proto\x1a kitrading/common/v1/market.proto\x1a\"kitrading/common/v1/training.proto\x1a$kitrading/pattern/v1/resources.proto\"\xdc\x01\n\x1b\x44\x65tectSymbolPatternsRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x88\'(\x00\x12/\n\x0emin_confidence\x18\x04 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\"Y\n\x1c\x44\x65tectSymbolPatternsResponse\x12\x39\n\tdetection\x18\x01 \x01(\x0b\x32&.kitrading.pattern.v1.PatternDetection\"\x83\x02\n\x15\x44\x65tectPatternsRequest\x12\x39\n\x07\x63\x61ndles\x18\x01 \x03(\x0b\x32\x1b.kitrading.common.v1.CandleB\x0b\xbaH\x08\x92\x01\x05\x08\x10\x10\x88\'\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12/\n\x0emin_confidence\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\x12\x36\n\x06symbol\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x42\t\n\x07_symbol\"S\n\x16\x44\x65tectPatternsResponse\x12\x39\n\tdetection\x18\x01 \x01(\x0b\x32&.kitrading.pattern.v1.PatternDetection\"V\n\x17ListPatternTypesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"m\n\x18ListPatternTypesResponse\x12\x38\n\rpattern_types\x18\x01 \x03(\x0b\x32!.kitrading.pattern.v1.PatternType\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd6\x01\n\x18TrainPatternModelRequest\x12:\n\x07symbols\x18\x01 \x03(\tB)\xbaH&\x92\x01#\x10\xf4\x03\"\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x12\n\nbackground\x18\x04 \x01(\x08\x12\x1e\n\tmax_steps\x18\x05 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x00\"J\n\x19TrainPatternModelResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"O\n\x15GetTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"G\n\x16GetTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\x8e\x01\n\x17ListTrainingJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\x1d.kitrading.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\"c\n\x18ListTrainingJobsResponse\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .kitrading.common.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18\x43\x61ncelTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"J\n\x19\x43\x61ncelTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"Q\n\x17WatchTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"P\n\x18WatchTrainingJobResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32%.kitrading.common.v1.TrainingJobEventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+kitrading/pattern/v1/request_response.proto\x12\x14kitrading.pattern.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1dkitrading/common/v1/job.proto\x1a kitrading/common/v1/market.proto\x1a\"kitrading/common/v1/training.proto\x1a$kitrading/pattern/v1/resources.proto\"\xdc\x01\n\x1b\x44\x65tectSymbolPatternsRequest\x12\x31\n\x06symbol\x18\x01 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x88\'(\x00\x12/\n\x0emin_confidence\x18\x04 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\"Y\n\x1c\x44\x65tectSymbolPatternsResponse\x12\x39\n\tdetection\x18\x01 \x01(\x0b\x32&.kitrading.pattern.v1.PatternDetection\"\x83\x02\n\x15\x44\x65tectPatternsRequest\x12\x39\n\x07\x63\x61ndles\x18\x01 \x03(\x0b\x32\x1b.kitrading.common.v1.CandleB\x0b\xbaH\x08\x92\x01\x05\x08\x10\x10\x88\'\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12/\n\x0emin_confidence\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\x12\x36\n\x06symbol\x18\x04 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x42\t\n\x07_symbol\"S\n\x16\x44\x65tectPatternsResponse\x12\x39\n\tdetection\x18\x01 \x01(\x0b\x32&.kitrading.pattern.v1.PatternDetection\"\xa1\x01\n\x13ScanPatternsRequest\x12;\n\ttimeframe\x18\x01 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1c\n\x08lookback\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x88\'(\x00\x12/\n\x0emin_confidence\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\"\x83\x01\n\x14ScanPatternsResponse\x12:\n\ndetections\x18\x01 \x03(\x0b\x32&.kitrading.pattern.v1.PatternDetection\x12/\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1f.kitrading.pattern.v1.ScanError\":\n\tScanError\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"V\n\x17ListPatternTypesRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"m\n\x18ListPatternTypesResponse\x12\x38\n\rpattern_types\x18\x01 \x03(\x0b\x32!.kitrading.pattern.v1.PatternType\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd6\x01\n\x18TrainPatternModelRequest\x12:\n\x07symbols\x18\x01 \x03(\tB)\xbaH&\x92\x01#\x10\xf4\x03\"\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$\x12;\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.TimeframeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x12\n\nbackground\x18\x04 \x01(\x08\x12\x1e\n\tmax_steps\x18\x05 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06(\x00\"J\n\x19TrainPatternModelResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"O\n\x15GetTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"G\n\x16GetTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"\x8e\x01\n\x17ListTrainingJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\x1d.kitrading.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\"c\n\x18ListTrainingJobsResponse\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .kitrading.common.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x18\x43\x61ncelTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"J\n\x19\x43\x61ncelTrainingJobResponse\x12-\n\x03job\x18\x01 \x01(\x0b\x32 .kitrading.common.v1.TrainingJob\"Q\n\x17WatchTrainingJobRequest\x12\x36\n\x06job_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"P\n\x18WatchTrainingJobResponse\x12\x34\n\x05\x65vent\x18\x01 \x01(\x0b\x32%.kitrading.common.v1.TrainingJobEventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,6 +52,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DETECTPATTERNSREQUEST'].fields_by_name['min_confidence']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\360?)\000\000\000\000\000\000\000\000'
   _globals['_DETECTPATTERNSREQUEST'].fields_by_name['symbol']._loaded_options = None
   _globals['_DETECTPATTERNSREQUEST'].fields_by_name['symbol']._serialized_options = b'\272H\036r\034\020\001\030 2\026^[A-Z0-9][A-Z0-9._-]*$'
+  _globals['_SCANPATTERNSREQUEST'].fields_by_name['timeframe']._loaded_options = None
+  _globals['_SCANPATTERNSREQUEST'].fields_by_name['timeframe']._serialized_options = b'\272H\005\202\001\002\020\001'
+  _globals['_SCANPATTERNSREQUEST'].fields_by_name['lookback']._loaded_options = None
+  _globals['_SCANPATTERNSREQUEST'].fields_by_name['lookback']._serialized_options = b'\272H\007\032\005\030\210\'(\000'
+  _globals['_SCANPATTERNSREQUEST'].fields_by_name['min_confidence']._loaded_options = None
+  _globals['_SCANPATTERNSREQUEST'].fields_by_name['min_confidence']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\360?)\000\000\000\000\000\000\000\000'
   _globals['_LISTPATTERNTYPESREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTPATTERNTYPESREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_LISTPATTERNTYPESREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -82,28 +88,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DETECTPATTERNSREQUEST']._serialized_end=811
   _globals['_DETECTPATTERNSRESPONSE']._serialized_start=813
   _globals['_DETECTPATTERNSRESPONSE']._serialized_end=896
-  _globals['_LISTPATTERNTYPESREQUEST']._serialized_start=898
-  _globals['_LISTPATTERNTYPESREQUEST']._serialized_end=984
-  _globals['_LISTPATTERNTYPESRESPONSE']._serialized_start=986
-  _globals['_LISTPATTERNTYPESRESPONSE']._serialized_end=1095
-  _globals['_TRAINPATTERNMODELREQUEST']._serialized_start=1098
-  _globals['_TRAINPATTERNMODELREQUEST']._serialized_end=1312
-  _globals['_TRAINPATTERNMODELRESPONSE']._serialized_start=1314
-  _globals['_TRAINPATTERNMODELRESPONSE']._serialized_end=1388
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1390
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1469
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1471
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1542
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1545
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1687
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1689
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1788
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1790
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1872
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=1874
-  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=1948
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1950
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=2031
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=2033
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=2113
+  _globals['_SCANPATTERNSREQUEST']._serialized_start=899
+  _globals['_SCANPATTERNSREQUEST']._serialized_end=1060
+  _globals['_SCANPATTERNSRESPONSE']._serialized_start=1063
+  _globals['_SCANPATTERNSRESPONSE']._serialized_end=1194
+  _globals['_SCANERROR']._serialized_start=1196
+  _globals['_SCANERROR']._serialized_end=1254
+  _globals['_LISTPATTERNTYPESREQUEST']._serialized_start=1256
+  _globals['_LISTPATTERNTYPESREQUEST']._serialized_end=1342
+  _globals['_LISTPATTERNTYPESRESPONSE']._serialized_start=1344
+  _globals['_LISTPATTERNTYPESRESPONSE']._serialized_end=1453
+  _globals['_TRAINPATTERNMODELREQUEST']._serialized_start=1456
+  _globals['_TRAINPATTERNMODELREQUEST']._serialized_end=1670
+  _globals['_TRAINPATTERNMODELRESPONSE']._serialized_start=1672
+  _globals['_TRAINPATTERNMODELRESPONSE']._serialized_end=1746
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1748
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1827
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=1829
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=1900
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1903
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=2045
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=2047
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=2146
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=2148
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=2230
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_start=2232
+  _globals['_CANCELTRAININGJOBRESPONSE']._serialized_end=2306
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=2308
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=2389
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=2391
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=2471
 # @@protoc_insertion_point(module_scope)

@@ -141,6 +141,90 @@ class DetectPatternsResponse(_message.Message):
 Global___DetectPatternsResponse: _TypeAlias = DetectPatternsResponse  # noqa: Y015
 
 @_typing.final
+class ScanPatternsRequest(_message.Message):
+    """ScanPatternsRequest detects patterns on every active symbol in one call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMEFRAME_FIELD_NUMBER: _builtins.int
+    LOOKBACK_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    timeframe: _market_pb2.Timeframe.ValueType
+    """Unset: each symbol's own timeframe."""
+    lookback: _builtins.int
+    """Bars to scan per symbol; 0 means the default (200)."""
+    min_confidence: _builtins.float
+    """Drop patterns below this confidence; 0 means the default (0.5)."""
+    def __init__(
+        self,
+        *,
+        timeframe: _market_pb2.Timeframe.ValueType = ...,
+        lookback: _builtins.int = ...,
+        min_confidence: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback", "min_confidence", b"min_confidence", "timeframe", b"timeframe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanPatternsRequest: _TypeAlias = ScanPatternsRequest  # noqa: Y015
+
+@_typing.final
+class ScanPatternsResponse(_message.Message):
+    """ScanPatternsResponse carries one detection per active symbol, and why a symbol has none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETECTIONS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def detections(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.PatternDetection]: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScanError]: ...
+    def __init__(
+        self,
+        *,
+        detections: _abc.Iterable[_resources_pb2.PatternDetection] | None = ...,
+        errors: _abc.Iterable[Global___ScanError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detections", b"detections", "errors", b"errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanPatternsResponse: _TypeAlias = ScanPatternsResponse  # noqa: Y015
+
+@_typing.final
+class ScanError(_message.Message):
+    """ScanError says why one symbol was not scanned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    code: _builtins.str
+    """gRPC status code name: NOT_FOUND, FAILED_PRECONDITION..."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanError: _TypeAlias = ScanError  # noqa: Y015
+
+@_typing.final
 class ListPatternTypesRequest(_message.Message):
     """ListPatternTypesRequest pages through the pattern types the model knows."""
 

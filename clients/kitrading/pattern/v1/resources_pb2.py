@@ -26,19 +26,25 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kitrading.common.v1 import market_pb2 as kitrading_dot_common_dot_v1_dot_market__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kitrading/pattern/v1/resources.proto\x12\x14kitrading.pattern.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\"\x9b\x01\n\x0bPatternType\x12\x14\n\x0cpattern_type\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x39\n\tdirection\x18\x04 \x01(\x0e\x32&.kitrading.pattern.v1.PatternDirection\x12\x10\n\x08min_bars\x18\x05 \x01(\x05\"\xd4\x01\n\x0f\x44\x65tectedPattern\x12\x14\n\x0cpattern_type\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\tdirection\x18\x05 \x01(\x0e\x32&.kitrading.pattern.v1.PatternDirection\"\x9f\x02\n\x10PatternDetection\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x37\n\x08patterns\x18\x03 \x03(\x0b\x32%.kitrading.pattern.v1.DetectedPattern\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0c\n\x04\x62\x61rs\x18\x05 \x01(\x05\x12\x35\n\x11window_start_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fwindow_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x92\x01\n\x10PatternDirection\x12!\n\x1dPATTERN_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19PATTERN_DIRECTION_BULLISH\x10\x01\x12\x1d\n\x19PATTERN_DIRECTION_BEARISH\x10\x02\x12\x1d\n\x19PATTERN_DIRECTION_NEUTRAL\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$kitrading/pattern/v1/resources.proto\x12\x14kitrading.pattern.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/common/v1/market.proto\"Q\n\x08KeyPoint\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x0c\n\x04role\x18\x03 \x01(\t\"\xd6\x02\n\rFollowThrough\x12\x14\n\x0chorizon_bars\x18\x01 \x01(\x05\x12\x0f\n\x07samples\x18\x02 \x01(\x05\x12\x10\n\x08hit_rate\x18\x03 \x01(\x01\x12\x14\n\x0chit_rate_low\x18\x04 \x01(\x01\x12\x15\n\rhit_rate_high\x18\x05 \x01(\x01\x12\x13\n\x0bmean_return\x18\x06 \x01(\x01\x12\x17\n\x0fmean_return_low\x18\x07 \x01(\x01\x12\x18\n\x10mean_return_high\x18\x08 \x01(\x01\x12\x11\n\tbase_rate\x18\t \x01(\x01\x12\x18\n\x10\x62\x61se_mean_return\x18\n \x01(\x01\x12\x35\n\x11period_start_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x0bPatternType\x12\x14\n\x0cpattern_type\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x39\n\tdirection\x18\x04 \x01(\x0e\x32&.kitrading.pattern.v1.PatternDirection\x12\x10\n\x08min_bars\x18\x05 \x01(\x05\"\xfa\x02\n\x0f\x44\x65tectedPattern\x12\x14\n\x0cpattern_type\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\tdirection\x18\x05 \x01(\x0e\x32&.kitrading.pattern.v1.PatternDirection\x12\x33\n\x06\x65ngine\x18\x06 \x01(\x0e\x32#.kitrading.pattern.v1.PatternEngine\x12\x32\n\nkey_points\x18\x07 \x03(\x0b\x32\x1e.kitrading.pattern.v1.KeyPoint\x12;\n\x0e\x66ollow_through\x18\x08 \x01(\x0b\x32#.kitrading.pattern.v1.FollowThrough\"\xe9\x02\n\x10PatternDetection\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x31\n\ttimeframe\x18\x02 \x01(\x0e\x32\x1e.kitrading.common.v1.Timeframe\x12\x37\n\x08patterns\x18\x03 \x03(\x0b\x32%.kitrading.pattern.v1.DetectedPattern\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0c\n\x04\x62\x61rs\x18\x05 \x01(\x05\x12\x35\n\x11window_start_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fwindow_end_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06\x65ngine\x18\x08 \x01(\x0e\x32#.kitrading.pattern.v1.PatternEngine\x12\x13\n\x0b\x65ngine_note\x18\t \x01(\t*\x92\x01\n\x10PatternDirection\x12!\n\x1dPATTERN_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19PATTERN_DIRECTION_BULLISH\x10\x01\x12\x1d\n\x19PATTERN_DIRECTION_BEARISH\x10\x02\x12\x1d\n\x19PATTERN_DIRECTION_NEUTRAL\x10\x03*a\n\rPatternEngine\x12\x1e\n\x1aPATTERN_ENGINE_UNSPECIFIED\x10\x00\x12\x18\n\x14PATTERN_ENGINE_RULES\x10\x01\x12\x16\n\x12PATTERN_ENGINE_TCN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kitrading.pattern.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PATTERNDIRECTION']._serialized_start=793
-  _globals['_PATTERNDIRECTION']._serialized_end=939
-  _globals['_PATTERNTYPE']._serialized_start=130
-  _globals['_PATTERNTYPE']._serialized_end=285
-  _globals['_DETECTEDPATTERN']._serialized_start=288
-  _globals['_DETECTEDPATTERN']._serialized_end=500
-  _globals['_PATTERNDETECTION']._serialized_start=503
-  _globals['_PATTERNDETECTION']._serialized_end=790
+  _globals['_PATTERNDIRECTION']._serialized_start=1461
+  _globals['_PATTERNDIRECTION']._serialized_end=1607
+  _globals['_PATTERNENGINE']._serialized_start=1609
+  _globals['_PATTERNENGINE']._serialized_end=1706
+  _globals['_KEYPOINT']._serialized_start=129
+  _globals['_KEYPOINT']._serialized_end=210
+  _globals['_FOLLOWTHROUGH']._serialized_start=213
+  _globals['_FOLLOWTHROUGH']._serialized_end=555
+  _globals['_PATTERNTYPE']._serialized_start=558
+  _globals['_PATTERNTYPE']._serialized_end=713
+  _globals['_DETECTEDPATTERN']._serialized_start=716
+  _globals['_DETECTEDPATTERN']._serialized_end=1094
+  _globals['_PATTERNDETECTION']._serialized_start=1097
+  _globals['_PATTERNDETECTION']._serialized_end=1458
 # @@protoc_insertion_point(module_scope)

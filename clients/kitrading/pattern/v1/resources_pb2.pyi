@@ -41,9 +41,125 @@ PATTERN_DIRECTION_BEARISH: PatternDirection.ValueType  # 2
 PATTERN_DIRECTION_NEUTRAL: PatternDirection.ValueType  # 3
 Global___PatternDirection: _TypeAlias = PatternDirection  # noqa: Y015
 
+class _PatternEngine:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PatternEngineEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PatternEngine.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PATTERN_ENGINE_UNSPECIFIED: _PatternEngine.ValueType  # 0
+    PATTERN_ENGINE_RULES: _PatternEngine.ValueType  # 1
+    """The rule-based detector: the catalogue's geometry on zig-zag pivots."""
+    PATTERN_ENGINE_TCN: _PatternEngine.ValueType  # 2
+    """The temporal convolutional network trained on the rules' labels."""
+
+class PatternEngine(_PatternEngine, metaclass=_PatternEngineEnumTypeWrapper):
+    """PatternEngine is what found a pattern."""
+
+PATTERN_ENGINE_UNSPECIFIED: PatternEngine.ValueType  # 0
+PATTERN_ENGINE_RULES: PatternEngine.ValueType  # 1
+"""The rule-based detector: the catalogue's geometry on zig-zag pivots."""
+PATTERN_ENGINE_TCN: PatternEngine.ValueType  # 2
+"""The temporal convolutional network trained on the rules' labels."""
+Global___PatternEngine: _TypeAlias = PatternEngine  # noqa: Y015
+
+@_typing.final
+class KeyPoint(_message.Message):
+    """KeyPoint is one pivot that defines a pattern."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    price: _builtins.float
+    role: _builtins.str
+    """"left shoulder", "head", "neckline", "top", "high", "low", "pole top", "level"..."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        price: _builtins.float = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price", b"price", "role", b"role", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyPoint: _TypeAlias = KeyPoint  # noqa: Y015
+
+@_typing.final
+class FollowThrough(_message.Message):
+    """FollowThrough is what followed a pattern type on held-out bars, beside the base rate. Output only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HORIZON_BARS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    HIT_RATE_LOW_FIELD_NUMBER: _builtins.int
+    HIT_RATE_HIGH_FIELD_NUMBER: _builtins.int
+    MEAN_RETURN_FIELD_NUMBER: _builtins.int
+    MEAN_RETURN_LOW_FIELD_NUMBER: _builtins.int
+    MEAN_RETURN_HIGH_FIELD_NUMBER: _builtins.int
+    BASE_RATE_FIELD_NUMBER: _builtins.int
+    BASE_MEAN_RETURN_FIELD_NUMBER: _builtins.int
+    PERIOD_START_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_END_TIME_FIELD_NUMBER: _builtins.int
+    horizon_bars: _builtins.int
+    """Bars after the pattern's confirming bar that the forward return spans."""
+    samples: _builtins.int
+    """Patterns of this type the figures rest on."""
+    hit_rate: _builtins.float
+    """Share that moved in the pattern's direction (an up move for a neutral one), with a Wilson 95%
+    interval; NaN when samples is 0.
+    """
+    hit_rate_low: _builtins.float
+    hit_rate_high: _builtins.float
+    mean_return: _builtins.float
+    """Mean forward log return signed by the pattern's direction, with a Student-t 95% interval."""
+    mean_return_low: _builtins.float
+    mean_return_high: _builtins.float
+    base_rate: _builtins.float
+    """The same for every bar of the period: what to compare hit_rate and mean_return with."""
+    base_mean_return: _builtins.float
+    @_builtins.property
+    def period_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The held-out period."""
+
+    @_builtins.property
+    def period_end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        horizon_bars: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        hit_rate: _builtins.float = ...,
+        hit_rate_low: _builtins.float = ...,
+        hit_rate_high: _builtins.float = ...,
+        mean_return: _builtins.float = ...,
+        mean_return_low: _builtins.float = ...,
+        mean_return_high: _builtins.float = ...,
+        base_rate: _builtins.float = ...,
+        base_mean_return: _builtins.float = ...,
+        period_start_time: _timestamp_pb2.Timestamp | None = ...,
+        period_end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end_time", b"period_end_time", "period_start_time", b"period_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_mean_return", b"base_mean_return", "base_rate", b"base_rate", "hit_rate", b"hit_rate", "hit_rate_high", b"hit_rate_high", "hit_rate_low", b"hit_rate_low", "horizon_bars", b"horizon_bars", "mean_return", b"mean_return", "mean_return_high", b"mean_return_high", "mean_return_low", b"mean_return_low", "period_end_time", b"period_end_time", "period_start_time", b"period_start_time", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowThrough: _TypeAlias = FollowThrough  # noqa: Y015
+
 @_typing.final
 class PatternType(_message.Message):
-    """PatternType is one chart pattern the TCN model recognises. Output only."""
+    """PatternType is one chart pattern of the catalogue. Output only."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -88,18 +204,34 @@ class DetectedPattern(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     DIRECTION_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    KEY_POINTS_FIELD_NUMBER: _builtins.int
+    FOLLOW_THROUGH_FIELD_NUMBER: _builtins.int
     pattern_type: _builtins.str
     """A PatternType.pattern_type slug."""
     confidence: _builtins.float
-    """Model confidence 0..1."""
+    """0..1. From the rules engine: how well the pivots fit the geometry (0.5 at the tolerance edge),
+    not a probability of what follows: see follow_through for that.
+    """
     direction: Global___PatternDirection.ValueType
+    engine: Global___PatternEngine.ValueType
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Open time of the first bar of the pattern."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Open time of the last bar of the pattern."""
+        """Open time of the bar that confirmed the pattern: it uses no later bar."""
+
+    @_builtins.property
+    def key_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyPoint]:
+        """The pivots that define it, oldest first."""
+
+    @_builtins.property
+    def follow_through(self) -> Global___FollowThrough:
+        """What followed this pattern type historically on the symbol's held-out bars (unset for a
+        caller-given window).
+        """
 
     def __init__(
         self,
@@ -109,10 +241,13 @@ class DetectedPattern(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         direction: Global___PatternDirection.ValueType = ...,
+        engine: Global___PatternEngine.ValueType = ...,
+        key_points: _abc.Iterable[Global___KeyPoint] | None = ...,
+        follow_through: Global___FollowThrough | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "follow_through", b"follow_through", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "direction", b"direction", "end_time", b"end_time", "pattern_type", b"pattern_type", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "direction", b"direction", "end_time", b"end_time", "engine", b"engine", "follow_through", b"follow_through", "key_points", b"key_points", "pattern_type", b"pattern_type", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,12 +266,17 @@ class PatternDetection(_message.Message):
     BARS_FIELD_NUMBER: _builtins.int
     WINDOW_START_TIME_FIELD_NUMBER: _builtins.int
     WINDOW_END_TIME_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    ENGINE_NOTE_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """Empty for a caller-given window without a symbol."""
     timeframe: _market_pb2.Timeframe.ValueType
     model_version: _builtins.str
     bars: _builtins.int
     """Bars the model read."""
+    engine: Global___PatternEngine.ValueType
+    """The engine that answered, and why when it is not the TCN."""
+    engine_note: _builtins.str
     @_builtins.property
     def patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___DetectedPattern]:
         """Most confident first."""
@@ -155,10 +295,12 @@ class PatternDetection(_message.Message):
         bars: _builtins.int = ...,
         window_start_time: _timestamp_pb2.Timestamp | None = ...,
         window_end_time: _timestamp_pb2.Timestamp | None = ...,
+        engine: Global___PatternEngine.ValueType = ...,
+        engine_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "model_version", b"model_version", "patterns", b"patterns", "symbol", b"symbol", "timeframe", b"timeframe", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "engine", b"engine", "engine_note", b"engine_note", "model_version", b"model_version", "patterns", b"patterns", "symbol", b"symbol", "timeframe", b"timeframe", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

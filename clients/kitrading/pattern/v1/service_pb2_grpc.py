@@ -45,6 +45,11 @@ class PatternServiceStub:
                 request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.DetectPatternsRequest.SerializeToString,
                 response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.DetectPatternsResponse.FromString,
                 _registered_method=True)
+        self.ScanPatterns = channel.unary_unary(
+                '/kitrading.pattern.v1.PatternService/ScanPatterns',
+                request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ScanPatternsRequest.SerializeToString,
+                response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ScanPatternsResponse.FromString,
+                _registered_method=True)
         self.ListPatternTypes = channel.unary_unary(
                 '/kitrading.pattern.v1.PatternService/ListPatternTypes',
                 request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesRequest.SerializeToString,
@@ -95,8 +100,15 @@ class PatternServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScanPatterns(self, request, context):
+        """ScanPatterns detects patterns on every active symbol in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPatternTypes(self, request, context):
-        """ListPatternTypes pages through the pattern types the model knows.
+        """ListPatternTypes pages through the pattern types of the catalogue.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +161,11 @@ def add_PatternServiceServicer_to_server(servicer, server):
                     servicer.DetectPatterns,
                     request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.DetectPatternsRequest.FromString,
                     response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.DetectPatternsResponse.SerializeToString,
+            ),
+            'ScanPatterns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScanPatterns,
+                    request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ScanPatternsRequest.FromString,
+                    response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ScanPatternsResponse.SerializeToString,
             ),
             'ListPatternTypes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPatternTypes,
@@ -236,6 +253,33 @@ class PatternService:
             '/kitrading.pattern.v1.PatternService/DetectPatterns',
             kitrading_dot_pattern_dot_v1_dot_request__response__pb2.DetectPatternsRequest.SerializeToString,
             kitrading_dot_pattern_dot_v1_dot_request__response__pb2.DetectPatternsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScanPatterns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.pattern.v1.PatternService/ScanPatterns',
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ScanPatternsRequest.SerializeToString,
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ScanPatternsResponse.FromString,
             options,
             channel_credentials,
             insecure,

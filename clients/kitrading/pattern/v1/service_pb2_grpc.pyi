@@ -37,8 +37,10 @@ class PatternServiceStub:
     """DetectSymbolPatterns finds patterns in a symbol's most recent candles."""
     DetectPatterns: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.DetectPatternsRequest, _request_response_pb2.DetectPatternsResponse]
     """DetectPatterns finds patterns in a caller-given window of candles."""
+    ScanPatterns: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ScanPatternsRequest, _request_response_pb2.ScanPatternsResponse]
+    """ScanPatterns detects patterns on every active symbol in one call."""
     ListPatternTypes: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListPatternTypesRequest, _request_response_pb2.ListPatternTypesResponse]
-    """ListPatternTypes pages through the pattern types the model knows."""
+    """ListPatternTypes pages through the pattern types of the catalogue."""
     TrainPatternModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.TrainPatternModelRequest, _request_response_pb2.TrainPatternModelResponse]
     """TrainPatternModel starts a training job for the TCN model."""
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]
@@ -59,8 +61,10 @@ class PatternServiceAsyncStub(PatternServiceStub):
     """DetectSymbolPatterns finds patterns in a symbol's most recent candles."""
     DetectPatterns: _aio.UnaryUnaryMultiCallable[_request_response_pb2.DetectPatternsRequest, _request_response_pb2.DetectPatternsResponse]  # type: ignore[assignment]
     """DetectPatterns finds patterns in a caller-given window of candles."""
+    ScanPatterns: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ScanPatternsRequest, _request_response_pb2.ScanPatternsResponse]  # type: ignore[assignment]
+    """ScanPatterns detects patterns on every active symbol in one call."""
     ListPatternTypes: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListPatternTypesRequest, _request_response_pb2.ListPatternTypesResponse]  # type: ignore[assignment]
-    """ListPatternTypes pages through the pattern types the model knows."""
+    """ListPatternTypes pages through the pattern types of the catalogue."""
     TrainPatternModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.TrainPatternModelRequest, _request_response_pb2.TrainPatternModelResponse]  # type: ignore[assignment]
     """TrainPatternModel starts a training job for the TCN model."""
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
@@ -92,12 +96,20 @@ class PatternServiceServicer(metaclass=_abc_1.ABCMeta):
         """DetectPatterns finds patterns in a caller-given window of candles."""
 
     @_abc_1.abstractmethod
+    def ScanPatterns(
+        self,
+        request: _request_response_pb2.ScanPatternsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.ScanPatternsResponse, _abc.Awaitable[_request_response_pb2.ScanPatternsResponse]]:
+        """ScanPatterns detects patterns on every active symbol in one call."""
+
+    @_abc_1.abstractmethod
     def ListPatternTypes(
         self,
         request: _request_response_pb2.ListPatternTypesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.ListPatternTypesResponse, _abc.Awaitable[_request_response_pb2.ListPatternTypesResponse]]:
-        """ListPatternTypes pages through the pattern types the model knows."""
+        """ListPatternTypes pages through the pattern types of the catalogue."""
 
     @_abc_1.abstractmethod
     def TrainPatternModel(
