@@ -430,6 +430,9 @@ def transcoder_filter(
         request_validation_options=GrpcJsonTranscoderRequestValidationOptions(
             reject_unknown_method=True,
             reject_unknown_query_parameters=True,
+            # PATCH /api/v1/symbols/ZZA with {"symbol": "ZZB"}: without this the body's id wins and
+            # ZZB is changed; with it Envoy answers 400, so the resource in the path is the one changed.
+            reject_binding_body_field_collisions=True,
         ),
         max_request_body_size=settings.max_request_body_bytes,
         max_response_body_size=settings.max_response_body_bytes,

@@ -2,7 +2,8 @@
 
 Message classes come from the set's own pool (no generated code), so the fake always matches the
 contracts the gateway transcodes. It serves ListSymbols (INVALID_ARGUMENT with BadRequest details for
-a bad `prefix`) and WatchEvents (three events, `EVENT_GAP_S` apart), plus gRPC health.
+a bad `prefix`), UpdateSymbol and UpdateStrategy (echo the resource they got) and WatchEvents
+(three events, `EVENT_GAP_S` apart), plus gRPC health.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ class FakeData:
         )
         return response
 
+    async def update_symbol(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
+        """Echoes the symbol it was asked to change, so a test sees which id reached the service."""
+        response: Message = self.m.UpdateSymbolResponse(symbol=request.symbol)
+        return response
+
+    async def update_strategy(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
+        response: Message = self.m.UpdateStrategyResponse(strategy=request.strategy)
+        return response
+
     async def watch_events(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
         for i in range(3):
             if i:
@@ -81,6 +91,16 @@ def data_handler(contracts: Contracts) -> grpc.GenericRpcHandler:
                 fake.list_symbols,
                 request_deserializer=m.ListSymbolsRequest.FromString,
                 response_serializer=m.ListSymbolsResponse.SerializeToString,
+            ),
+            "UpdateSymbol": grpc.unary_unary_rpc_method_handler(
+                fake.update_symbol,
+                request_deserializer=m.UpdateSymbolRequest.FromString,
+                response_serializer=m.UpdateSymbolResponse.SerializeToString,
+            ),
+            "UpdateStrategy": grpc.unary_unary_rpc_method_handler(
+                fake.update_strategy,
+                request_deserializer=m.UpdateStrategyRequest.FromString,
+                response_serializer=m.UpdateStrategyResponse.SerializeToString,
             ),
             "WatchEvents": grpc.unary_stream_rpc_method_handler(
                 fake.watch_events,

@@ -293,3 +293,66 @@ def test_access_log_is_json_lines(gateway: Gateway) -> None:
     assert lines, "no access log lines"
     entry = json.loads(lines[-1])
     assert {"method", "path", "status", "duration_ms", "cluster"} <= set(entry)
+
+
+# ---- updates: the resource named in the path is the one changed ----
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "id_field", "resource"),
+    [
+        ("/api/v1/symbols/ZZA", {"symbol": "ZZB", "displayName": "x"}, "symbol", "symbol"),
+        (
+            "/api/v1/strategies/alpha",
+            {"strategy_id": "beta", "displayName": "x"},
+            "strategyId",
+            "strategy",
+        ),
+    ],
+)
+async def test_patch_with_a_different_id_in_the_body_is_400(
+    gateway: Gateway, path: str, body: dict[str, str], id_field: str, resource: str
+) -> None:
+    async with gateway.client() as client:
+        response = await client.patch(path, params={"updateMask": "displayName"}, json=body)
+    assert response.status_code == 400, response.text
+
+
+async def test_patch_with_the_json_name_of_the_id_in_the_body_changes_the_path_resource(
+    gateway: Gateway,
+) -> None:
+    """Envoy's collision check matches the proto name (`strategy_id`); the JSON name (`strategyId`) in
+    the body is overridden by the path, so the resource named in the path is still the one changed."""
+    body = {"strategyId": "beta", "displayName": "x"}
+    async with gateway.client() as client:
+        response = await client.patch(
+            "/api/v1/strategies/alpha", params={"updateMask": "displayName"}, json=body
+        )
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 200:
+        assert response.json()["strategy"]["strategyId"] == "alpha"
+
+
+async def test_patch_with_the_same_id_in_the_body(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.patch(
+            "/api/v1/symbols/ZZA", params={"updateMask": "displayName"}, json={"symbol": "ZZA"}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["symbol"]["symbol"] == "ZZA"
+
+
+@pytest.mark.parametrize(
+    ("path", "id_field", "resource", "expected"),
+    [
+        ("/api/v1/symbols/ZZA", "symbol", "symbol", "ZZA"),
+        ("/api/v1/strategies/alpha", "strategyId", "strategy", "alpha"),
+    ],
+)
+async def test_patch_changes_the_resource_named_in_the_path(
+    gateway: Gateway, path: str, id_field: str, resource: str, expected: str
+) -> None:
+    async with gateway.client() as client:
+        response = await client.patch(path, params={"updateMask": "displayName"}, json={"displayName": "x"})
+    assert response.status_code == 200, response.text
+    assert response.json()[resource][id_field] == expected
