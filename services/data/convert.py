@@ -111,12 +111,14 @@ def symbol_out(s: models.Symbol) -> pb.Symbol:
     )
 
 
-def symbol_in(s: pb.Symbol) -> models.Symbol:
+def symbol_in(s: pb.Symbol, *, creating: bool = False) -> models.Symbol:
+    """`creating`: an omitted `active` (proto3 presence) means active, as the contract says."""
+    active = s.active if s.HasField("active") or not creating else True
     return models.Symbol(
         symbol=s.symbol,
         display_name=s.display_name,
         asset_class=asset_class_in(s.asset_class),
-        active=s.active,
+        active=active,
         description=s.description,
         source=s.source,
     )

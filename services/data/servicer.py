@@ -56,7 +56,7 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
     async def CreateSymbol(
         self, request: rr.CreateSymbolRequest, context: Context
     ) -> rr.CreateSymbolResponse:
-        created = await self.domain.create_symbol(cv.symbol_in(request.symbol))
+        created = await self.domain.create_symbol(cv.symbol_in(request.symbol, creating=True))
         return rr.CreateSymbolResponse(symbol=cv.symbol_out(created))
 
     async def UpdateSymbol(

@@ -153,3 +153,14 @@ async def test_events_stream_resumes_and_query_logs(stub: service_pb2_grpc.DataS
     logs = await stub.ListQueryLogs(rr.ListQueryLogsRequest(method="CreateSymbol"))
     assert logs.query_logs and logs.query_logs[0].code == "OK"
     assert '"symbol"' in logs.query_logs[0].parameters
+
+
+async def test_a_new_symbol_is_active_unless_the_caller_says_otherwise(
+    stub: service_pb2_grpc.DataServiceStub,
+) -> None:
+    omitted = await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="ZZA")))
+    assert omitted.symbol.active
+    explicit = await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="ZZB", active=False)))
+    assert not explicit.symbol.active
+    listed = await stub.ListSymbols(rr.ListSymbolsRequest(active_only=True))
+    assert [s.symbol for s in listed.symbols] == ["ZZA"]

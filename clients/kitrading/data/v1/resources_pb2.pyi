@@ -71,7 +71,10 @@ class Symbol(_message.Message):
     display_name: _builtins.str
     asset_class: _market_pb2.AssetClass.ValueType
     active: _builtins.bool
-    """Inactive symbols are kept with their candles but skipped by sync and training."""
+    """Inactive symbols are kept with their candles but skipped by sync and training.
+    On create, an omitted `active` means active (true); send `false` to create an inactive symbol.
+    On update it is changed only when named in the mask (or the mask is empty).
+    """
     description: _builtins.str
     source: _builtins.str
     """Where the candles came from: "sample:backtesting", "easyinsight", "manual"."""
@@ -93,18 +96,20 @@ class Symbol(_message.Message):
         symbol: _builtins.str = ...,
         display_name: _builtins.str = ...,
         asset_class: _market_pb2.AssetClass.ValueType = ...,
-        active: _builtins.bool = ...,
+        active: _builtins.bool | None = ...,
         description: _builtins.str = ...,
         source: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         series: _abc.Iterable[Global___CandleSeries] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "asset_class", b"asset_class", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "series", b"series", "source", b"source", "symbol", b"symbol", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_active", b"_active", "active", b"active", "asset_class", b"asset_class", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "series", b"series", "source", b"source", "symbol", b"symbol", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__active: _TypeAlias = _typing.Literal["active"]  # noqa: Y015
+    _WhichOneofArgType__active: _TypeAlias = _typing.Literal["_active", b"_active"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__active) -> _WhichOneofReturnType__active | None: ...
 
 Global___Symbol: _TypeAlias = Symbol  # noqa: Y015
 
