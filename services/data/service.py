@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -44,7 +44,7 @@ from services.data.models import (
 from services.data.querylog import QueryLogRecorder
 from services.data.samples import SampleImporter
 from services.data.settings import DataSettings
-from services.data.stats import summarize
+from services.data.stats import summarize, validate_candle_times
 from services.data.storage import Repository, SymbolFilter, init_connection, migrate
 from services.data.sync import SyncManager
 from services.runtime.database import DatabasePool, is_connection_error
@@ -318,10 +318,13 @@ class DataDomain:
     ) -> UpsertResult:
         """Insert or replace candles by time, atomically; emits CANDLES_INGESTED and MARKET_EVENTs.
 
-        `InvalidArgument` names the first bad bars (`candles[i].high` ...), `NotFound` an unknown symbol.
+        `InvalidArgument` names the first bad bars (`candles[i].high` ...), including times off the
+        timeframe's grid or outside [1970-01-01, now + 5 min] (`candles[i].time`); `NotFound` an
+        unknown symbol.
         """
         if not candles:
             raise InvalidArgument("candles", "must contain at least one candle")
+        validate_candle_times(candles, timeframe, datetime.now(UTC))
         return await self.ingestor.ingest(symbol, timeframe, candles)
 
     async def get_symbol_stats(self, symbol: str, timeframe: Timeframe, lookback: int = 0) -> SymbolStats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -54,6 +54,53 @@ def validate_candles(candles: Sequence[Candle], field: str = "candles", limit: i
             break
     if violations:
         raise InvalidArgument.of(violations[:limit], reason="INVALID_CANDLE")
+
+
+EARLIEST_CANDLE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+"""Upserted candles open at or after this instant (UTC)."""
+FUTURE_TOLERANCE = timedelta(minutes=5)
+"""Clock skew allowed beyond now: a bar opening later than now plus this is rejected."""
+
+
+def on_grid(time: datetime, timeframe: Timeframe) -> bool:
+    """Whether `time` opens a bar of `timeframe`: a multiple of its length since the Unix epoch (UTC);
+    W1 bars open at 00:00 UTC on any weekday (providers differ between Sunday and Monday)."""
+    seconds = (as_aware(time) - EARLIEST_CANDLE_TIME) // timedelta(microseconds=1)
+    unit = timedelta(days=1) if timeframe is Timeframe.W1 else timeframe.duration
+    return seconds % (unit // timedelta(microseconds=1)) == 0
+
+
+def validate_candle_times(
+    candles: Sequence[Candle],
+    timeframe: Timeframe,
+    now: datetime,
+    field: str = "candles",
+    limit: int = 20,
+) -> None:
+    """Raise `InvalidArgument` naming `candles[i].time` for a time off the timeframe's grid, before
+    `EARLIEST_CANDLE_TIME` or after `now + FUTURE_TOLERANCE`."""
+    latest = as_aware(now) + FUTURE_TOLERANCE
+    violations: list[FieldViolation] = []
+    for i, candle in enumerate(candles):
+        time = as_aware(candle.time)
+        if time < EARLIEST_CANDLE_TIME:
+            problem = f"must not be before {EARLIEST_CANDLE_TIME.isoformat()}"
+        elif time > latest:
+            problem = f"must not be later than now plus {int(FUTURE_TOLERANCE.total_seconds())} s"
+        elif not on_grid(time, timeframe):
+            problem = f"{time.isoformat()} is not on the {timeframe.value} grid"
+        else:
+            continue
+        violations.append(FieldViolation(f"{field}[{i}].time", problem))
+        if len(violations) >= limit:
+            break
+    if violations:
+        raise InvalidArgument.of(violations, reason="INVALID_CANDLE_TIME")
+
+
+def as_aware(time: datetime) -> datetime:
+    """Naive datetimes are UTC."""
+    return time if time.tzinfo else time.replace(tzinfo=UTC)
 
 
 def log_returns(closes: np.ndarray) -> np.ndarray:

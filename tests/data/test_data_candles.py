@@ -32,6 +32,45 @@ async def test_bad_candle_rejects_the_whole_batch(domain: DataDomain, eurusd: li
         await domain.upsert_candles("NOPE", H1, eurusd[:5])
 
 
+@pytest.mark.parametrize(
+    ("timeframe", "shift", "reason"),
+    [
+        (H1, timedelta(minutes=17), "grid"),  # an H1 candle at hh:17
+        (Timeframe.D1, timedelta(hours=5), "grid"),
+        (Timeframe.M5, timedelta(minutes=2), "grid"),
+        (H1, None, "future"),  # year 2999
+        (H1, None, "early"),  # before 1970
+    ],
+)
+async def test_candle_times_off_the_grid_or_out_of_range_are_rejected(
+    domain: DataDomain, eurusd: list[Candle], timeframe: Timeframe, shift: timedelta | None, reason: str
+) -> None:
+    await add_symbol(domain)
+    start = pd.Timestamp("2017-04-20", tz="UTC").to_pydatetime()
+    step = timeframe.duration
+    batch = [replace(c, time=start + i * step) for i, c in enumerate(eurusd[:5])]
+    if reason == "grid":
+        assert shift is not None
+        batch[3] = replace(batch[3], time=batch[3].time + shift)
+    elif reason == "future":
+        batch[3] = replace(batch[3], time=batch[3].time.replace(year=2999))
+    else:
+        batch[3] = replace(batch[3], time=batch[3].time.replace(year=1969))
+    with pytest.raises(InvalidArgument) as err:
+        await domain.upsert_candles("EURUSD", timeframe, batch)
+    assert [v.field for v in err.value.violations] == ["candles[3].time"]
+    with pytest.raises(NotFound):
+        await domain.get_latest_candle("EURUSD", timeframe)
+    assert (await domain.upsert_candles("EURUSD", timeframe, batch[:3])).upserted == 3  # on the grid
+
+
+async def test_the_current_bar_and_a_small_clock_skew_are_accepted(domain: DataDomain) -> None:
+    await add_symbol(domain)
+    now = pd.Timestamp.now(tz="UTC").floor("h").to_pydatetime()
+    bar = Candle(time=now, open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0)
+    assert (await domain.upsert_candles("EURUSD", H1, [bar])).upserted == 1
+
+
 async def test_upsert_is_idempotent_and_tracks_coverage(domain: DataDomain, eurusd: list[Candle]) -> None:
     await add_symbol(domain)
     first = await domain.upsert_candles("EURUSD", H1, eurusd[:3000])

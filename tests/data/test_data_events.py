@@ -73,7 +73,7 @@ async def test_live_events_reach_another_pool_by_notify(
     stream = reader.watch_events(types=[EventType.CANDLES_INGESTED], symbols=["EURUSD"])
     waiting = asyncio.ensure_future(anext(stream))
     await asyncio.sleep(0.2)
-    await writer.upsert_candles("GOOG", Timeframe.D1, eurusd[:5])  # filtered out by symbol
+    await writer.upsert_candles("GOOG", Timeframe.H1, eurusd[:5])  # filtered out by symbol
     await writer.update_symbol(Symbol("EURUSD", display_name="x"), ["display_name"])  # filtered by type
     started = time.perf_counter()
     await writer.upsert_candles("EURUSD", Timeframe.H1, eurusd[:10])
@@ -91,7 +91,7 @@ async def test_list_events_pages_and_filters(domain: DataDomain, eurusd: list[Ca
     for i in range(5):
         bar = eurusd[i]
         await domain.upsert_candles("EURUSD", Timeframe.H1, [bar])
-        await domain.upsert_candles("GOOG", Timeframe.D1, [bar])
+        await domain.upsert_candles("GOOG", Timeframe.H1, [bar])
     seen: list[Event] = []
     after = 0
     while True:

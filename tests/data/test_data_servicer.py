@@ -47,7 +47,7 @@ def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
 
 def candle(hour: int, close: float) -> market_pb2.Candle:
     c = market_pb2.Candle(open=close, high=close + 0.001, low=close - 0.001, close=close, volume=10)
-    c.time.FromSeconds(1_700_000_000 + hour * 3600)
+    c.time.FromSeconds(1_699_999_200 + hour * 3600)  # on the H1 grid
     return c
 
 
@@ -123,6 +123,12 @@ async def test_candles_range_stats_and_bad_bar(stub: service_pb2_grpc.DataServic
         )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert any(f.startswith("candles[1]") for f in bad_fields(bad.value))
+    off_grid = [candle(h, 1.2) for h in range(50, 54)]
+    off_grid[3].time.FromSeconds(off_grid[3].time.seconds + 17 * 60)  # an H1 candle at hh:17
+    with pytest.raises(grpc.aio.AioRpcError) as grid:
+        await stub.UpsertCandles(rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=off_grid))
+    assert grid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(grid.value) == ["candles[3].time"]
     after = await stub.GetLatestCandle(rr.GetLatestCandleRequest(symbol="EURUSD", timeframe=H1))
     assert after.candle.time == latest.candle.time  # nothing half-written
     reversed_range = rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1)
