@@ -4,7 +4,8 @@ One `JobRunner` per model service. A job trains one or more keys (symbols, or th
 after another in the worker process (services.training.worker): the trainer prepares each key's
 task in this process, the worker runs it. Jobs run one at a time in submission order; the worker
 stays warm for `worker_idle_s` between jobs. A job asked for while an equal one (same keys, force
-and options) is still queued is that job, not a second one. Every change is published to watchers
+and options) is queued or running is that job, not a second one; beyond `max_queued_jobs` queued
+jobs a new one is RESOURCE_EXHAUSTED with a `retry_after_s` hint. Every change is published to watchers
 as a `JobEvent` carrying a full snapshot of the job, so a slow watcher may skip intermediate
 progress without losing state, and a late watcher starts from a SNAPSHOT event.
 """
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.runtime.jobs import JobState
 from services.runtime.pagination import paginate
 from services.training.events import KIND, Phase, ProgressEvent, Step, Validation
@@ -126,6 +127,10 @@ class RunnerSettings:
     worker_idle_s: float = 60.0
     max_jobs_kept: int = 200
     subscriber_queue: int = 256
+    max_queued_jobs: int = 16
+    """Jobs waiting to run beyond which a new one is refused (RESOURCE_EXHAUSTED)."""
+    default_retry_after_s: float = 60.0
+    """The retry hint before any job has finished (after: the mean duration of recent jobs)."""
 
 
 @dataclass
@@ -137,6 +142,7 @@ class _Run:
     item_started: float = 0.0
     base_step: int = 0  # job steps of the items before the current one
     durations: list[float] = field(default_factory=list)
+    training: bool = False  # a task is in the worker
 
 
 def _now() -> datetime:
@@ -234,10 +240,11 @@ class JobRunner:
     ) -> TrainingJob:
         if self._runner is None:
             raise FailedPrecondition("the training job runner is not started", reason="NOT_STARTED")
-        same = self._queued_twin(names, force, timeframe)
+        same = self._twin(names, force, timeframe)
         if same is not None:
             job = same
         else:
+            self._admit()
             steps = self.trainer.planned_steps()
             job = TrainingJob(
                 job_id=uuid.uuid4().hex[:16],
@@ -261,17 +268,44 @@ class JobRunner:
             return await self.wait(job.job_id)
         return job.snapshot()
 
-    def _queued_twin(self, names: list[str], force: bool, timeframe: str | None) -> TrainingJob | None:
-        """A queued job that would do exactly this, so a repeated request does not train twice."""
+    def _twin(self, names: list[str], force: bool, timeframe: str | None) -> TrainingJob | None:
+        """A queued or running job (not being cancelled) that would do exactly this, so a repeated
+        request does not train twice."""
         for job in self._jobs.values():
+            run = self._runs.get(job.job_id)
             if (
-                job.state is JobState.QUEUED
+                run is not None
+                and not run.cancel
+                and not job.state.terminal
                 and job.keys == names
                 and job.force == force
                 and job.timeframe == timeframe
             ):
                 return job
         return None
+
+    def _admit(self) -> None:
+        queued = sum(1 for j in self._jobs.values() if j.state is JobState.QUEUED)
+        if queued >= self.settings.max_queued_jobs:
+            retry = self.retry_after_s()
+            raise ResourceExhausted(
+                f"{queued} {self.trainer.model} training jobs are queued (limit "
+                f"{self.settings.max_queued_jobs}); retry in about {retry:.0f} s",
+                reason="TRAINING_QUEUE_FULL",
+                metadata={"retry_after_s": f"{retry:.0f}", "queued": str(queued)},
+            )
+
+    def retry_after_s(self) -> float:
+        """When a slot in the queue is likely free: the mean duration of the last ten finished jobs
+        (the running one ends, the first queued starts), else `default_retry_after_s`; at least 1 s."""
+        durations = [
+            (j.end_time - j.start_time).total_seconds()
+            for j in self._jobs.values()
+            if j.state.terminal and j.start_time is not None and j.end_time is not None
+        ][-10:]
+        if not durations:
+            return max(1.0, self.settings.default_retry_after_s)
+        return max(1.0, sum(durations) / len(durations))
 
     # ---- read -----------------------------------------------------------------------------------
 
@@ -388,9 +422,14 @@ class JobRunner:
         run.cancel = True
         if job.state is JobState.QUEUED:
             self._finish(job, JobState.CANCELLED, "cancelled before it started")
-        elif self._worker is not None:
+        elif run.training and self._worker is not None:
             self._worker.kill()
             await self.wait(job_id)
+        else:
+            # Preparing or waiting for the worker to start: nothing to kill; the run sees
+            # `run.cancel` before it sends a task, and the answer is CANCELLED now, not when the
+            # worker is up (a cold start takes seconds).
+            self._finish(job, JobState.CANCELLED, "cancelled")
         return self.get(job_id)
 
     # ---- running --------------------------------------------------------------------------------
@@ -446,6 +485,8 @@ class JobRunner:
             self._finish(job, JobState.SUCCEEDED)
 
     def _set_item(self, job: TrainingJob, item: ItemProgress, state: JobState, message: str = "") -> None:
+        if item.state.terminal:  # already ended by a cancel that did not wait for the run
+            return
         item.state = state
         item.message = message
         if state is JobState.RUNNING:
@@ -483,7 +524,11 @@ class JobRunner:
             if run.cancel:  # cancelled while the worker was starting
                 self._set_item(job, item, JobState.CANCELLED, "cancelled")
                 return
-            result: TrainResult = await worker.run(task, on_event)
+            run.training = True
+            try:
+                result: TrainResult = await worker.run(task, on_event)
+            finally:
+                run.training = False
         except TaskFailed as exc:
             self._set_item(job, item, JobState.FAILED, str(exc))
         except WorkerCrashed as exc:
@@ -525,6 +570,8 @@ class JobRunner:
         return max(0.0, this_item - elapsed) + remaining * per_item
 
     def _finish(self, job: TrainingJob, state: JobState, error: str = "") -> None:
+        if job.state.terminal:  # a cancel that did not wait already ended it
+            return
         for item in job.items:
             if not item.state.terminal:
                 self._set_item(

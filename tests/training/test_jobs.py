@@ -10,13 +10,13 @@ import pytest
 
 from kitrading.common.v1 import training_pb2
 from kitrading.forecast.v1 import request_response_pb2 as rr
-from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.runtime.jobs import JobState
 from services.training.convert import job_out
 from services.training.events import Step
 from services.training.jobs import JobEventType, JobRunner, RunnerSettings
 from services.training.servicer import TrainingRpcs
-from services.training.worker import WorkerOptions
+from services.training.worker import TrainingWorker, WorkerOptions
 
 from .toy_trainer import ToyTrainer
 
@@ -143,3 +143,77 @@ async def test_rpcs_list_pages_with_opaque_tokens_and_watch_ends_with_the_result
 
 async def symbols_list(rpcs: TrainingRpcs, request: rr.ListTrainingJobsRequest) -> None:
     await asyncio.wait_for(rpcs.list(request, rr.ListTrainingJobsResponse), 5)
+
+
+async def test_an_identical_request_while_one_runs_is_that_job(tmp_path: Path) -> None:
+    trainer = ToyTrainer(tmp_path, ["EURUSD", "GOOG"], steps=200, sleep_s=0.02)
+    runner = runner_for(trainer, tmp_path)
+    await runner.start()
+    try:
+        running = await runner.train(["EURUSD"])
+        async for event in runner.watch(running.job_id):
+            if event.detail == "step":
+                break
+        again = await runner.train(["EURUSD"])
+        assert again.job_id == running.job_id and runner.active_count() == 1
+        everything = [await runner.train_all() for _ in range(20)]  # 20 identical train-all requests
+        assert len({j.job_id for j in everything}) == 1 and runner.active_count() == 2
+    finally:
+        await runner.stop()
+
+
+async def test_the_queue_has_a_bound_beyond_which_the_answer_is_resource_exhausted(tmp_path: Path) -> None:
+    trainer = ToyTrainer(tmp_path, ["EURUSD", "GOOG", "MSFT", "SP500"], steps=200, sleep_s=0.02)
+    options = WorkerOptions(spec=trainer.worker, models_dir=trainer.registry.root, nice=0, use_gpu=False)
+    runner = JobRunner(trainer, RunnerSettings(worker=options, worker_idle_s=5.0, max_queued_jobs=2))
+    await runner.start()
+    try:
+        first = await runner.train(["EURUSD"])
+        async for event in runner.watch(first.job_id):
+            if event.detail == "step":
+                break
+        await runner.train(["GOOG"])
+        await runner.train(["MSFT"])
+        with pytest.raises(ResourceExhausted) as full:
+            await runner.train(["SP500"])
+        assert full.value.reason == "TRAINING_QUEUE_FULL"
+        assert float(full.value.metadata["retry_after_s"]) >= 1
+        assert (await runner.train(["GOOG"])).state is JobState.QUEUED  # a twin is still that job
+    finally:
+        await runner.stop()
+
+
+class SlowStartWorker(TrainingWorker):
+    """A worker whose start takes as long as a cold torch import."""
+
+    async def start(self) -> dict[str, object]:
+        await asyncio.sleep(1.5)
+        return await super().start()
+
+
+async def test_cancel_while_the_worker_starts_is_cancelled_at_once(tmp_path: Path) -> None:
+    trainer = ToyTrainer(tmp_path, ["EURUSD"], steps=50, sleep_s=0.01)
+    options = WorkerOptions(spec=trainer.worker, models_dir=trainer.registry.root, nice=0, use_gpu=False)
+    runner = JobRunner(
+        trainer, RunnerSettings(worker=options, worker_idle_s=5.0), worker_factory=SlowStartWorker
+    )
+    await runner.start()
+    try:
+        job = await runner.train(["EURUSD"])
+        async for event in runner.watch(job.job_id):
+            if event.job.state is JobState.RUNNING:
+                break
+        await asyncio.sleep(0.2)  # the worker is starting
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        cancelled = await runner.cancel(job.job_id)
+        assert loop.time() - started < 0.5
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.items[0].state is JobState.CANCELLED
+        await asyncio.sleep(2.5)  # the worker has started by now and must not train
+        final = runner.get(job.job_id)
+        assert final.state is JobState.CANCELLED and final.step == 0
+        assert trainer.registry.trained_keys() == []
+        assert runner.active_count() == 0
+    finally:
+        await runner.stop()
