@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from kitrading.forecast.v1 import request_response_pb2 as rr
@@ -59,12 +59,8 @@ def training_progress_out(
 def schedule_out(
     scheduler: retraining.RetrainScheduler, *, enabled: bool, interval_days: float
 ) -> pb.RetrainSchedule:
-    last = scheduler.last_check
-    following = (
-        last + timedelta(seconds=scheduler.interval_s)
-        if enabled and last is not None and scheduler.running
-        else None
-    )
+    last = scheduler.last_check  # the last check that succeeded: a failed one is not a run
+    following = scheduler.next_check if enabled and scheduler.running else None
     return pb.RetrainSchedule(
         enabled=enabled,
         interval_days=round(interval_days),

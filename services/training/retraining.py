@@ -1,7 +1,10 @@
 """Automatic retraining of any trainer's models: on a schedule (stale models) and on data events.
 
 `RetrainScheduler` checks every `interval_s` for the keys the trainer calls stale (`stale_keys`: no
-model, or one older than the service's retrain age) and trains them in one job.
+model, or one older than the service's retrain age) and trains them in one job. A check that fails
+(the Data service not up yet at a cold start) is retried with exponential backoff from
+`retry_initial_s` to `retry_max_s`, logged as one warning line without a traceback, and is not a run:
+`last_check` is the time of the last check that succeeded, `last_error` says why the last one failed.
 
 `EventMonitor` consumes the Data service's event stream, collects the symbols of relevant events
 (CANDLES_INGESTED, MARKET_EVENT by default) and, once no new relevant event arrived for
@@ -21,9 +24,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from services.runtime.errors import DeadlineExceeded, Unavailable
 from services.runtime.jobs import JobState
 from services.training.jobs import JobRunner
 from services.training.registry import atomic_write_text
@@ -35,11 +39,18 @@ log = logging.getLogger(__name__)
 class RetrainScheduler:
     """Periodically trains the keys whose model is missing or stale."""
 
-    def __init__(self, jobs: JobRunner, *, interval_s: float) -> None:
+    def __init__(
+        self, jobs: JobRunner, *, interval_s: float, retry_initial_s: float = 5.0, retry_max_s: float = 300.0
+    ) -> None:
         self.jobs = jobs
         self.interval_s = interval_s
-        self.last_check: datetime | None = None
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = min(retry_max_s, interval_s)
+        self.last_check: datetime | None = None  # the last check that succeeded
         self.last_job_id: str | None = None
+        self.last_error = ""  # why the last check failed; "" after one succeeded
+        self.failures = 0  # checks failed in a row
+        self.next_check: datetime | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -60,22 +71,38 @@ class RetrainScheduler:
             self._task = None
 
     async def check_now(self) -> str | None:
-        """Submit one job for the stale symbols now; returns its id (None when none is stale)."""
-        self.last_check = datetime.now(UTC)
+        """Submit one job for the stale symbols now; returns its id (None when none is stale).
+        Raises what the trainer or the runner raised; then nothing is recorded as a run."""
+        started = datetime.now(UTC)
         stale = await self.jobs.trainer.stale_keys()
-        if not stale:
-            return None
-        job = await self.jobs.train(stale, force=True, background=True, trigger="scheduled")
-        self.last_job_id = job.job_id
-        return job.job_id
+        job_id = None
+        if stale:
+            job = await self.jobs.train(stale, force=True, background=True, trigger="scheduled")
+            self.last_job_id = job_id = job.job_id
+        self.last_check = started
+        return job_id
 
     async def _loop(self) -> None:
         while True:
             try:
                 await self.check_now()
-            except Exception:
-                log.exception("scheduled retrain check failed")
-            await asyncio.sleep(self.interval_s)
+            except (Unavailable, DeadlineExceeded) as exc:  # inputs not ready (cold start): no traceback
+                delay = self._failed(f"{type(exc).__name__}: {exc}")
+                log.warning("scheduled retrain check failed (%s); retrying in %.0fs", self.last_error, delay)
+            except Exception as exc:
+                delay = self._failed(f"{type(exc).__name__}: {exc}")
+                log.exception("scheduled retrain check failed; retrying in %.0fs", delay)
+            else:
+                self.failures = 0
+                self.last_error = ""
+                delay = self.interval_s
+            self.next_check = datetime.now(UTC) + timedelta(seconds=delay)
+            await asyncio.sleep(delay)
+
+    def _failed(self, error: str) -> float:
+        self.last_error = error
+        self.failures += 1
+        return float(min(self.retry_max_s, self.retry_initial_s * 2 ** min(self.failures - 1, 30)))
 
 
 @dataclass

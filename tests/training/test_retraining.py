@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from services.runtime.errors import Unavailable
 from services.runtime.jobs import JobState
 from services.training.retraining import EventMonitor, RetrainScheduler
 from services.training.sources import DataEvent, InMemoryCandleSource, SymbolInfo
@@ -211,3 +212,39 @@ def test_a_missing_or_broken_state_file_starts_from_zero(tmp_path: Path, raw: st
     if raw:
         path.write_text(raw)
     assert monitor(FakeStream(), FakeJobs([]), path).load_last_event_id() == 0
+
+
+class ColdStartJobs(FakeJobs):
+    """A trainer whose inputs (the Data service) are unavailable for the first `failures` checks."""
+
+    def __init__(self, symbols: list[str], failures: int) -> None:
+        super().__init__(symbols)
+        self.failures = failures
+        self.checks = 0
+        self.trainer.stale_keys = self._stale_keys  # type: ignore[method-assign]
+
+    async def _stale_keys(self) -> list[str]:
+        self.checks += 1
+        if self.checks <= self.failures:
+            raise Unavailable("the data service is unavailable", reason="DATA_UNAVAILABLE")
+        return list(self.stale)
+
+
+async def test_scheduled_retraining_at_a_cold_start_waits_for_its_inputs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    jobs = ColdStartJobs(["EURUSD"], failures=3)
+    jobs.stale = ["EURUSD"]
+    scheduler = RetrainScheduler(jobs, interval_s=3600, retry_initial_s=0.02, retry_max_s=0.05)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="services.training.retraining"):
+        await scheduler.start()
+        await eventually(lambda: jobs.checks == 2)
+        # a failed run is reported as failed, not as a run
+        assert scheduler.last_check is None and scheduler.last_job_id is None
+        assert "unavailable" in scheduler.last_error
+        assert scheduler.next_check is not None
+        await eventually(lambda: len(jobs.jobs) == 1, within_s=2)  # retried with backoff, not an hour later
+        await scheduler.stop()
+    assert scheduler.last_check is not None and scheduler.last_error == ""
+    assert scheduler.last_job_id == jobs.jobs[0].job_id
+    assert not any(r.exc_info for r in caplog.records)  # no traceback for an input not ready yet
