@@ -2,13 +2,16 @@
 
 `GenerationLimiter(max_concurrent=1, max_queued=8)`: up to `max_concurrent` generations run; up to
 `max_queued` more wait in FIFO order; one more is refused at once with `ResourceExhausted` (never a
-hang). A waiter that is cancelled leaves the queue. `queue_depth` and `active` are observable.
+hang), with a `retry_after_s` hint: the mean time a slot was held by the recent answers (the queue
+has room again when the running one ends), at least 1 s. A waiter that is cancelled leaves the queue.
+`queue_depth` and `active` are observable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +21,13 @@ from services.runtime.errors import ResourceExhausted
 
 
 class GenerationLimiter:
-    def __init__(self, max_concurrent: int, max_queued: int) -> None:
+    def __init__(self, max_concurrent: int, max_queued: int, *, default_retry_after_s: float = 10.0) -> None:
         if max_concurrent < 1 or max_queued < 0:
             raise ValueError("max_concurrent must be >= 1 and max_queued >= 0")
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
+        self.default_retry_after_s = default_retry_after_s
+        self._held: collections.deque[float] = collections.deque(maxlen=20)  # seconds per slot
         self._active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -40,22 +45,40 @@ class GenerationLimiter:
     async def slot(self) -> AsyncIterator[None]:
         """Hold one generation slot for the body; ResourceExhausted when the queue is full."""
         await self._acquire()
+        held_from = time.monotonic()
         try:
             yield
         finally:
+            self._held.append(time.monotonic() - held_from)
             self._release()
+
+    def refusal(self) -> ResourceExhausted:
+        """The error for a request that can neither run nor wait, with its retry hint."""
+        retry = self.retry_after_s()
+        return ResourceExhausted(
+            f"the LLM is busy: {self._active} answer(s) running and {len(self._waiters)} waiting "
+            f"(limit {self.max_queued}); retry in about {retry:.0f} s",
+            reason="LLM_QUEUE_FULL",
+            metadata={
+                "max_queued": str(self.max_queued),
+                "max_concurrent": str(self.max_concurrent),
+                "retry_after_s": f"{retry:.0f}",
+            },
+        )
+
+    def retry_after_s(self) -> float:
+        """Whole seconds until the queue likely has room: the recent mean time a slot was held
+        (`default_retry_after_s` before the first answer), at least 1."""
+        if not self._held:
+            return max(1.0, self.default_retry_after_s)
+        return float(max(1, math.ceil(sum(self._held) / len(self._held))))
 
     async def _acquire(self) -> None:
         if self._active < self.max_concurrent and not self._waiters:
             self._active += 1
             return
         if len(self._waiters) >= self.max_queued:
-            raise ResourceExhausted(
-                f"the LLM is busy: {self._active} answer(s) running and {len(self._waiters)} waiting "
-                f"(limit {self.max_queued}); retry later",
-                reason="LLM_QUEUE_FULL",
-                metadata={"max_queued": str(self.max_queued), "max_concurrent": str(self.max_concurrent)},
-            )
+            raise self.refusal()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:

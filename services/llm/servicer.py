@@ -21,7 +21,6 @@ from services.llm.engine import Token
 from services.llm.grounding import Gathered, Grounder, grounding_of
 from services.llm.limiter import GenerationLimiter
 from services.llm.prompt import validate_question, validate_symbol
-from services.runtime.errors import ResourceExhausted
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 AnalyzeRequest = rr.AnalyzeRequest | rr.AnalyzeStreamRequest
@@ -31,12 +30,7 @@ def refuse_when_full(limiter: GenerationLimiter) -> None:
     """ResourceExhausted now when a new answer could neither run nor wait (the limiter's own rule)."""
     can_run = limiter.active < limiter.max_concurrent and limiter.queue_depth == 0
     if not can_run and limiter.queue_depth >= limiter.max_queued:
-        raise ResourceExhausted(
-            f"the LLM is busy: {limiter.active} answer(s) running and {limiter.queue_depth} waiting "
-            f"(limit {limiter.max_queued}); retry later",
-            reason="LLM_QUEUE_FULL",
-            metadata={"max_queued": str(limiter.max_queued), "max_concurrent": str(limiter.max_concurrent)},
-        )
+        raise limiter.refusal()
 
 
 class LlmServicer(service_pb2_grpc.LlmServiceServicer):

@@ -88,3 +88,31 @@ def test_speed_meter() -> None:
     meter.record(AnswerStats(tokens=1, first_token_seconds=0.1, generation_seconds=0.0, finish_reason="stop"))
     assert meter.tokens_per_second() == pytest.approx(30.0)  # window of 2; a 1-token answer has no rate
     assert meter.answers_total == 3
+
+
+async def test_queue_full_carries_a_retry_delay_from_the_recent_service_rate() -> None:
+    limiter = GenerationLimiter(max_concurrent=1, max_queued=1)
+    for _ in range(3):  # three answers of about 0.2 s each
+        async with limiter.slot():
+            await asyncio.sleep(0.2)
+    release = asyncio.Event()
+
+    async def job() -> None:
+        async with limiter.slot():
+            await release.wait()
+
+    tasks = [asyncio.create_task(job()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhausted) as err:
+        await job()
+    retry = float(err.value.metadata["retry_after_s"])
+    # the queue has room when the running answer (~0.2 s) ends; rounded up to whole seconds
+    assert retry == 1.0
+    assert "retry in about 1 s" in err.value.message
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+def test_retry_delay_before_any_answer_is_the_default() -> None:
+    limiter = GenerationLimiter(max_concurrent=1, max_queued=0, default_retry_after_s=7.0)
+    assert limiter.retry_after_s() == 7.0
