@@ -8,6 +8,7 @@ from contextlib import aclosing
 
 import pytest
 
+from services.data.samples import SAMPLES, load_candles
 from services.llm.analyst import Analyst
 from services.llm.embedded import BUNDLED_MODEL_SHA256, LlamaCppEngine, bundled_model_path, file_sha256
 from services.llm.engine import ChatMessage
@@ -155,3 +156,34 @@ async def test_analyze_end_to_end_records_speed(embedded_engine: LlamaCppEngine)
     assert status.engine == "embedded" and status.loaded and status.answers_total == 1
     assert status.recent_tokens_per_second > 5
     assert 0 < status.recent_first_token_seconds < 10
+
+
+@pytest.mark.parametrize("symbol", ["EURUSD", "GOOG", "SP500", "NASDAQ", "MSFT"])
+async def test_a_grounded_answer_ends_on_its_own_below_the_limit(
+    embedded_engine: LlamaCppEngine, symbol: str
+) -> None:
+    """Temperature 0 is the worst case for loops: without the repetition controls and stop sequences
+    the bundled model repeated one line until the limit."""
+    series = load_candles([s for s in SAMPLES if s.symbol == symbol])[symbol][-100:]
+    closes = [c.close for c in series]
+    grounding = Grounding(
+        symbol=symbol,
+        candles=CandleStats(
+            last_close=closes[-1],
+            change_pct=(closes[-1] / closes[0] - 1) * 100,
+            volatility_pct=0.5,
+            high=max(c.high for c in series),
+            low=min(c.low for c in series),
+        ),
+        regime=Regime(name="bullish", probability=0.8),
+        unavailable=("forecast",),
+    )
+    analyst = Analyst(LlmSettings(), engine=embedded_engine)
+    limit = 128
+    tokens = [
+        t
+        async for t in analyst.analyze("Should I buy or sell?", grounding, max_tokens=limit, temperature=0.0)
+    ]
+    assert tokens[-1].finish_reason == "stop", "".join(t.text for t in tokens)[-200:]
+    assert len(tokens) < limit
+    assert "[END QUESTION" not in "".join(t.text for t in tokens)
