@@ -217,3 +217,21 @@ async def test_cancel_while_the_worker_starts_is_cancelled_at_once(tmp_path: Pat
         assert runner.active_count() == 0
     finally:
         await runner.stop()
+
+
+async def test_a_foreground_training_goes_on_when_its_caller_goes_away(tmp_path: Path) -> None:
+    """Decided: a client that hangs up on a foreground (background=False) call does not cancel the
+    job; it stays listed (ListTrainingJobs, state RUNNING) and is cancelled only by CancelTrainingJob."""
+    trainer = ToyTrainer(tmp_path, ["EURUSD"], steps=20, sleep_s=0.01)
+    runner = runner_for(trainer, tmp_path)
+    await runner.start()
+    try:
+        caller = asyncio.create_task(runner.train(["EURUSD"], background=False))
+        await asyncio.sleep(0.05)
+        caller.cancel()  # the gRPC handler of a client that hung up
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        (job,) = runner.active()
+        assert (await runner.wait(job.job_id)).state is JobState.SUCCEEDED
+    finally:
+        await runner.stop()
