@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kitrading.rag.v1 import resources_pb2 as kitrading_dot_rag_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'kitrading/rag/v1/request_response.proto\x12\x10kitrading.rag.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/rag/v1/resources.proto\"\xf7\x01\n\x12\x41\x64\x64\x44ocumentRequest\x12\x17\n\x05title\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x19\n\x04text\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x10\x01\x18\xc0\x84=\x12\x18\n\x06source\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1e\n\x04tags\x18\x04 \x03(\tB\x10\xbaH\r\x92\x01\n\x10 \"\x06r\x04\x10\x01\x18@\x12\x36\n\x06symbol\x18\x05 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x12\x30\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07_symbol\"C\n\x13\x41\x64\x64\x44ocumentResponse\x12,\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1a.kitrading.rag.v1.Document\"\xdf\x01\n\x19QueryKnowledgeBaseRequest\x12\x19\n\x05query\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\x12\x18\n\x05top_k\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x32(\x00\x12\x36\n\x06symbol\x18\x03 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x12\x1e\n\x04tags\x18\x04 \x03(\tB\x10\xbaH\r\x92\x01\n\x10 \"\x06r\x04\x10\x01\x18@\x12*\n\tmin_score\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\xf0\xbf\x42\t\n\x07_symbol\"I\n\x1aQueryKnowledgeBaseResponse\x12+\n\x08passages\x18\x01 \x03(\x0b\x32\x19.kitrading.rag.v1.Passage\"Q\n\x12GetDocumentRequest\x12;\n\x0b\x64ocument_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"C\n\x13GetDocumentResponse\x12,\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1a.kitrading.rag.v1.Document\"\xac\x01\n\x14ListDocumentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x06symbol\x18\x03 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x12\x14\n\x03tag\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@B\t\n\x07_symbol\"s\n\x15ListDocumentsResponse\x12-\n\tdocuments\x18\x01 \x03(\x0b\x32\x1a.kitrading.rag.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"T\n\x15\x44\x65leteDocumentRequest\x12;\n\x0b\x64ocument_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"0\n\x16\x44\x65leteDocumentResponse\x12\x16\n\x0e\x63hunks_deleted\x18\x01 \x01(\x05\"\x15\n\x13GetRagStatusRequest\"\xc7\x01\n\x14GetRagStatusResponse\x12/\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1e.kitrading.rag.v1.IndexBackend\x12\x11\n\tdocuments\x18\x02 \x01(\x05\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x05\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'kitrading/rag/v1/request_response.proto\x12\x10kitrading.rag.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kitrading/rag/v1/resources.proto\"\xf7\x01\n\x12\x41\x64\x64\x44ocumentRequest\x12\x17\n\x05title\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x19\n\x04text\x18\x02 \x01(\tB\x0b\xbaH\x08r\x06\x10\x01\x18\xc0\x84=\x12\x18\n\x06source\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1e\n\x04tags\x18\x04 \x03(\tB\x10\xbaH\r\x92\x01\n\x10 \"\x06r\x04\x10\x01\x18@\x12\x36\n\x06symbol\x18\x05 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x12\x30\n\x0cpublish_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07_symbol\"T\n\x13\x41\x64\x64\x44ocumentResponse\x12,\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1a.kitrading.rag.v1.Document\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x90\x03\n\x19QueryKnowledgeBaseRequest\x12\x19\n\x05query\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\x12\x18\n\x05top_k\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x32(\x00\x12\x36\n\x06symbol\x18\x03 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x12\x1e\n\x04tags\x18\x04 \x03(\tB\x10\xbaH\r\x92\x01\n\x10 \"\x06r\x04\x10\x01\x18@\x12*\n\tmin_score\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\xf0\xbf\x12\x18\n\x06source\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x04mode\x18\t \x01(\x0e\x32\x1f.kitrading.rag.v1.RetrievalModeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x42\t\n\x07_symbol\"I\n\x1aQueryKnowledgeBaseResponse\x12+\n\x08passages\x18\x01 \x03(\x0b\x32\x19.kitrading.rag.v1.Passage\"Q\n\x12GetDocumentRequest\x12;\n\x0b\x64ocument_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"C\n\x13GetDocumentResponse\x12,\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1a.kitrading.rag.v1.Document\"\xac\x01\n\x14ListDocumentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x36\n\x06symbol\x18\x03 \x01(\tB!\xbaH\x1er\x1c\x10\x01\x18 2\x16^[A-Z0-9][A-Z0-9._-]*$H\x00\x88\x01\x01\x12\x14\n\x03tag\x18\x04 \x01(\tB\x07\xbaH\x04r\x02\x18@B\t\n\x07_symbol\"s\n\x15ListDocumentsResponse\x12-\n\tdocuments\x18\x01 \x03(\x0b\x32\x1a.kitrading.rag.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"T\n\x15\x44\x65leteDocumentRequest\x12;\n\x0b\x64ocument_id\x18\x01 \x01(\tB&\xbaH#r!\x10\x01\x18@2\x1b^[A-Za-z0-9][A-Za-z0-9_-]*$\"0\n\x16\x44\x65leteDocumentResponse\x12\x16\n\x0e\x63hunks_deleted\x18\x01 \x01(\x05\"\x15\n\x13GetRagStatusRequest\"\xc9\x02\n\x14GetRagStatusResponse\x12/\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x1e.kitrading.rag.v1.IndexBackend\x12\x11\n\tdocuments\x18\x02 \x01(\x05\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x05\x12\x11\n\tdimension\x18\x04 \x01(\x05\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\nindex_kind\x18\x07 \x01(\x0e\x32\x1b.kitrading.rag.v1.IndexKind\x12\x1a\n\x12index_memory_bytes\x18\x08 \x01(\x03\x12\x18\n\x10\x65xact_max_chunks\x18\t \x01(\x05\x12\x19\n\x11index_description\x18\n \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +54,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['tags']._serialized_options = b'\272H\r\222\001\n\020 \"\006r\004\020\001\030@'
   _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['min_score']._loaded_options = None
   _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['min_score']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\360?)\000\000\000\000\000\000\360\277'
+  _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['source']._loaded_options = None
+  _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['source']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['mode']._loaded_options = None
+  _globals['_QUERYKNOWLEDGEBASEREQUEST'].fields_by_name['mode']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_GETDOCUMENTREQUEST'].fields_by_name['document_id']._loaded_options = None
   _globals['_GETDOCUMENTREQUEST'].fields_by_name['document_id']._serialized_options = b'\272H#r!\020\001\030@2\033^[A-Za-z0-9][A-Za-z0-9_-]*$'
   _globals['_LISTDOCUMENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -69,25 +73,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDDOCUMENTREQUEST']._serialized_start=158
   _globals['_ADDDOCUMENTREQUEST']._serialized_end=405
   _globals['_ADDDOCUMENTRESPONSE']._serialized_start=407
-  _globals['_ADDDOCUMENTRESPONSE']._serialized_end=474
-  _globals['_QUERYKNOWLEDGEBASEREQUEST']._serialized_start=477
-  _globals['_QUERYKNOWLEDGEBASEREQUEST']._serialized_end=700
-  _globals['_QUERYKNOWLEDGEBASERESPONSE']._serialized_start=702
-  _globals['_QUERYKNOWLEDGEBASERESPONSE']._serialized_end=775
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=777
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=858
-  _globals['_GETDOCUMENTRESPONSE']._serialized_start=860
-  _globals['_GETDOCUMENTRESPONSE']._serialized_end=927
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=930
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1102
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1104
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1219
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1221
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1305
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1307
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1355
-  _globals['_GETRAGSTATUSREQUEST']._serialized_start=1357
-  _globals['_GETRAGSTATUSREQUEST']._serialized_end=1378
-  _globals['_GETRAGSTATUSRESPONSE']._serialized_start=1381
-  _globals['_GETRAGSTATUSRESPONSE']._serialized_end=1580
+  _globals['_ADDDOCUMENTRESPONSE']._serialized_end=491
+  _globals['_QUERYKNOWLEDGEBASEREQUEST']._serialized_start=494
+  _globals['_QUERYKNOWLEDGEBASEREQUEST']._serialized_end=894
+  _globals['_QUERYKNOWLEDGEBASERESPONSE']._serialized_start=896
+  _globals['_QUERYKNOWLEDGEBASERESPONSE']._serialized_end=969
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=971
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1052
+  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1054
+  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1121
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1124
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1296
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1298
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1413
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1415
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1499
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1501
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1549
+  _globals['_GETRAGSTATUSREQUEST']._serialized_start=1551
+  _globals['_GETRAGSTATUSREQUEST']._serialized_end=1572
+  _globals['_GETRAGSTATUSRESPONSE']._serialized_start=1575
+  _globals['_GETRAGSTATUSRESPONSE']._serialized_end=1904
 # @@protoc_insertion_point(module_scope)

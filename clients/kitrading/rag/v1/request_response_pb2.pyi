@@ -71,16 +71,20 @@ class AddDocumentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when a document with the same text was already stored: `document` is that one, unchanged."""
     @_builtins.property
     def document(self) -> _resources_pb2.Document: ...
     def __init__(
         self,
         *,
         document: _resources_pb2.Document | None = ...,
+        created: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "document", b"document"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -97,6 +101,10 @@ class QueryKnowledgeBaseRequest(_message.Message):
     SYMBOL_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     MIN_SCORE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     top_k: _builtins.int
     """Passages to return; 0 means 5."""
@@ -104,9 +112,21 @@ class QueryKnowledgeBaseRequest(_message.Message):
     """Only passages of documents about this symbol or about no symbol."""
     min_score: _builtins.float
     """Drop passages scoring below this."""
+    source: _builtins.str
+    """Only passages of documents from this source (exact match)."""
+    mode: _resources_pb2.RetrievalMode.ValueType
+    """Vector search (the default) or hybrid vector + full-text search."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only passages of documents with any of these tags."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only passages of documents published at or after this time (documents without one are left out)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only passages of documents published before this time (documents without one are left out)."""
 
     def __init__(
         self,
@@ -116,10 +136,14 @@ class QueryKnowledgeBaseRequest(_message.Message):
         symbol: _builtins.str | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         min_score: _builtins.float = ...,
+        source: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        mode: _resources_pb2.RetrievalMode.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "symbol", b"symbol"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "end_time", b"end_time", "start_time", b"start_time", "symbol", b"symbol"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "min_score", b"min_score", "query", b"query", "symbol", b"symbol", "tags", b"tags", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "end_time", b"end_time", "min_score", b"min_score", "mode", b"mode", "query", b"query", "source", b"source", "start_time", b"start_time", "symbol", b"symbol", "tags", b"tags", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__symbol: _TypeAlias = _typing.Literal["symbol"]  # noqa: Y015
     _WhichOneofArgType__symbol: _TypeAlias = _typing.Literal["_symbol", b"_symbol"]  # noqa: Y015
@@ -326,6 +350,10 @@ class GetRagStatusResponse(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    INDEX_KIND_FIELD_NUMBER: _builtins.int
+    INDEX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    EXACT_MAX_CHUNKS_FIELD_NUMBER: _builtins.int
+    INDEX_DESCRIPTION_FIELD_NUMBER: _builtins.int
     backend: _resources_pb2.IndexBackend.ValueType
     documents: _builtins.int
     chunks: _builtins.int
@@ -333,6 +361,14 @@ class GetRagStatusResponse(_message.Message):
     """Vector length."""
     embedding_model: _builtins.str
     """Embedding model of the vectors."""
+    index_kind: _resources_pb2.IndexKind.ValueType
+    """Exact or approximate (HNSW) search."""
+    index_memory_bytes: _builtins.int
+    """Memory the vector index holds."""
+    exact_max_chunks: _builtins.int
+    """Chunks up to which search is exact; beyond it the index is HNSW."""
+    index_description: _builtins.str
+    """The index in words, e.g. "HNSW M=32 efSearch=64, 120000 vectors, 0 deleted"."""
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Last time a document was added or removed."""
@@ -346,10 +382,14 @@ class GetRagStatusResponse(_message.Message):
         dimension: _builtins.int = ...,
         embedding_model: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        index_kind: _resources_pb2.IndexKind.ValueType = ...,
+        index_memory_bytes: _builtins.int = ...,
+        exact_max_chunks: _builtins.int = ...,
+        index_description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunks", b"chunks", "dimension", b"dimension", "documents", b"documents", "embedding_model", b"embedding_model", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunks", b"chunks", "dimension", b"dimension", "documents", b"documents", "embedding_model", b"embedding_model", "exact_max_chunks", b"exact_max_chunks", "index_description", b"index_description", "index_kind", b"index_kind", "index_memory_bytes", b"index_memory_bytes", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

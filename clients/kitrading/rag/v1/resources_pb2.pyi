@@ -38,6 +38,52 @@ INDEX_BACKEND_FAISS_CPU: IndexBackend.ValueType  # 1
 INDEX_BACKEND_FAISS_GPU: IndexBackend.ValueType  # 2
 Global___IndexBackend: _TypeAlias = IndexBackend  # noqa: Y015
 
+class _IndexKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IndexKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IndexKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INDEX_KIND_UNSPECIFIED: _IndexKind.ValueType  # 0
+    INDEX_KIND_EXACT: _IndexKind.ValueType  # 1
+    """Exact inner-product search over every vector (small collections, and the GPU)."""
+    INDEX_KIND_HNSW: _IndexKind.ValueType  # 2
+    """Approximate search in an HNSW graph (collections beyond the exact-search threshold)."""
+
+class IndexKind(_IndexKind, metaclass=_IndexKindEnumTypeWrapper):
+    """IndexKind is the kind of FAISS index searched."""
+
+INDEX_KIND_UNSPECIFIED: IndexKind.ValueType  # 0
+INDEX_KIND_EXACT: IndexKind.ValueType  # 1
+"""Exact inner-product search over every vector (small collections, and the GPU)."""
+INDEX_KIND_HNSW: IndexKind.ValueType  # 2
+"""Approximate search in an HNSW graph (collections beyond the exact-search threshold)."""
+Global___IndexKind: _TypeAlias = IndexKind  # noqa: Y015
+
+class _RetrievalMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RetrievalModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RetrievalMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETRIEVAL_MODE_UNSPECIFIED: _RetrievalMode.ValueType  # 0
+    """The default: RETRIEVAL_MODE_VECTOR."""
+    RETRIEVAL_MODE_VECTOR: _RetrievalMode.ValueType  # 1
+    """Nearest chunk vectors to the query's vector."""
+    RETRIEVAL_MODE_HYBRID: _RetrievalMode.ValueType  # 2
+    """Vector search and PostgreSQL full-text search, fused by reciprocal rank."""
+
+class RetrievalMode(_RetrievalMode, metaclass=_RetrievalModeEnumTypeWrapper):
+    """RetrievalMode is how passages are found."""
+
+RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode.ValueType  # 0
+"""The default: RETRIEVAL_MODE_VECTOR."""
+RETRIEVAL_MODE_VECTOR: RetrievalMode.ValueType  # 1
+"""Nearest chunk vectors to the query's vector."""
+RETRIEVAL_MODE_HYBRID: RetrievalMode.ValueType  # 2
+"""Vector search and PostgreSQL full-text search, fused by reciprocal rank."""
+Global___RetrievalMode: _TypeAlias = RetrievalMode  # noqa: Y015
+
 @_typing.final
 class Document(_message.Message):
     """Document is one knowledge-base document, split into chunks for search. Output only."""
