@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from kitrading.common.v1 import market_pb2
 from kitrading.pattern.v1 import request_response_pb2 as rr
 from kitrading.pattern.v1 import resources_pb2 as pb
 from services.pattern.catalogue import BEARISH, BULLISH, PatternSpec
 from services.pattern.service import Found, Result, ScanError
+from services.runtime.errors import InvalidArgument
 from services.runtime.protos import timestamp
 from services.training.convert import timeframe_out
 from services.training.data_client import timeframe_name
 
 _DIRECTIONS = {BULLISH: pb.PATTERN_DIRECTION_BULLISH, BEARISH: pb.PATTERN_DIRECTION_BEARISH}
 _ENGINES = {"rules": pb.PATTERN_ENGINE_RULES, "tcn": pb.PATTERN_ENGINE_TCN}
+
+
+def check_unique_times(candles: Sequence[market_pb2.Candle]) -> None:
+    """Caller-given candles may come in any order (they are sorted, as everywhere in the mesh); two with
+    the same time are INVALID_ARGUMENT naming the second as the caller sent it."""
+    seen: set[tuple[int, int]] = set()
+    for i, c in enumerate(candles):
+        key = (c.time.seconds, c.time.nanos)
+        if key in seen:
+            raise InvalidArgument(f"candles[{i}].time", "two candles have the same time")
+        seen.add(key)
 
 
 def timeframe_in(value: int) -> str:

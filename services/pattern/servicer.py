@@ -40,6 +40,7 @@ class PatternServicer(service_pb2_grpc.PatternServiceServicer):
     async def DetectPatterns(
         self, request: rr.DetectPatternsRequest, context: Context
     ) -> rr.DetectPatternsResponse:
+        cv.check_unique_times(request.candles)
         result = await self.domain.detect_candles(
             candles_frame(request.candles),
             symbol=request.symbol if request.HasField("symbol") else "",
