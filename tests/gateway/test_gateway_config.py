@@ -91,6 +91,8 @@ def test_transcoder_lists_every_service_of_the_set(config: dict[str, Any], contr
     assert transcoder["request_validation_options"] == {
         "reject_unknown_method": True,
         "reject_unknown_query_parameters": True,
+        # a body field that the URL binds too (PATCH /symbols/{symbol.symbol} with another symbol) is 400
+        "reject_binding_body_field_collisions": True,
     }
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert transcoder["print_options"]["always_print_primitive_fields"] is True
