@@ -79,7 +79,8 @@ SERVICES: tuple[ServiceInfo, ...] = (
         "kitrading.pattern.v1.PatternService",
         "services.pattern",
         gpu=True,
-        title="Chart-pattern recognition with a temporal convolutional network",
+        title="Chart patterns: a rule-based detector with honest follow-through (the TCN is to come)",
+        implemented=True,
     ),
     ServiceInfo(
         "regime",

@@ -24,6 +24,8 @@ from services.forecast import settings as forecast_settings
 from services.forecast.model import NHITSConfig
 from services.llm import settings as llm_settings
 from services.llm.grounding_settings import GroundingSettings
+from services.pattern import settings as pattern_settings
+from services.rag import settings as rag_settings
 from services.regime import settings as regime_settings
 from services.runtime import database_settings, threads
 from services.runtime.config import (
@@ -100,6 +102,17 @@ LOADERS: dict[str, Loader] = {
     "grounding": Loader(GroundingSettings.from_env, GROUNDING, {}),
     "regime": Loader(regime_settings.RegimeSettings.from_env, regime_settings.VARIABLES, {}),
     "embedder": Loader(embedder_settings.EmbedderSettings.from_env, embedder_settings.VARIABLES, {}),
+    "pattern": Loader(pattern_settings.PatternSettings.from_env, pattern_settings.VARIABLES, {}),
+    # Chunks of 512 tokens and no overlap, so every CHUNK_OVERLAP and CHUNK_TOKENS in range fit.
+    "rag": Loader(
+        rag_settings.RagSettings.from_env,
+        rag_settings.VARIABLES + DATABASE,
+        {
+            "KITRADING_RAG_CHUNK_TOKENS": "512",
+            "KITRADING_RAG_CHUNK_OVERLAP": "0",
+            "KITRADING_DATABASE_POOL_MAX": "1000",
+        },
+    ),
 }
 
 # ---- values to try, by kind of variable ----
@@ -114,6 +127,7 @@ EXAMPLES: dict[str, str] = {
     "KITRADING_LLM_KEEP_ALIVE": "1h30m",
     "KITRADING_LLM_OLLAMA_OPTIONS": '{"num_thread": 8}',
     "KITRADING_LLM_MODEL_SHA256": "Ab" * 32,
+    "KITRADING_RAG_KNOWLEDGE_FILES": "models.md, regime.md",
 }
 
 
@@ -264,6 +278,7 @@ NO_VARIABLE: dict[type, dict[str, str]] = {
     llm_settings.EmbeddedSettings: {},
     regime_settings.RegimeSettings: {},
     embedder_settings.EmbedderSettings: {},
+    rag_settings.RagSettings: {"database": "DatabaseSettings"},
 }
 FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     RuntimeSettings: RuntimeSettings.variables(SERVICE)._asdict(),
@@ -277,6 +292,7 @@ FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     llm_settings.EmbeddedSettings: llm_settings.EMBEDDED_FIELDS,
     regime_settings.RegimeSettings: regime_settings.FIELDS,
     embedder_settings.EmbedderSettings: embedder_settings.FIELDS,
+    rag_settings.RagSettings: rag_settings.FIELDS,
 }
 
 
@@ -370,6 +386,7 @@ DOCUMENTED: tuple[Var, ...] = (
     *llm_settings.VARIABLES,
     *regime_settings.VARIABLES,
     *embedder_settings.VARIABLES,
+    *rag_settings.VARIABLES,
 )
 
 
