@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import importlib.util
 import logging
+import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -109,8 +110,69 @@ class _Request:
 REPEAT_PENALTY = 1.3
 FREQUENCY_PENALTY = 0.3
 PRESENCE_PENALTY = 0.3
-#: The prompt's own markers and chat-template tokens: the model starting to write them is the end.
-STOP_SEQUENCES = ("[END QUESTION", "[QUESTION", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
+#: Chat-template tokens: the model starting to write them is the end.
+STOP_SEQUENCES = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
+#: The prompt's fence markers: written after the answer has begun, they end it (`AnswerFilter`).
+MARKER_STOPS = ("[END QUESTION", "[QUESTION")
+_HEADER_LINE = re.compile(r"\[[^\[\]\n]{0,100}\]")
+_MAX_HEADER_CHARS = 120
+
+
+class AnswerFilter:
+    """The answer as the user should see it, fed the model's text piece by piece.
+
+    The bundled 135M model often opens with a copy of a bracketed line of its prompt
+    (`[QUESTION 1a2b...]`, `[MARKET DATA ...]`) and then answers: such header lines before any text
+    are dropped (as a stop sequence they ended the answer before it began: an empty answer). Once the
+    answer has begun, a fence marker ends it (`stopped`); text that could be the start of one is held
+    back until it is known not to be.
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self.started = False
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The text to show now (possibly empty)."""
+        self.pending += text
+        while not self.started:
+            stripped = self.pending.lstrip()
+            if not stripped:
+                return ""
+            if not stripped.startswith("["):
+                self.started = True
+                break
+            end = stripped.find("\n")
+            if end < 0:
+                if len(stripped) < _MAX_HEADER_CHARS:
+                    return ""  # wait for the end of the line
+                self.started = True
+                break
+            if not _HEADER_LINE.fullmatch(stripped[:end].strip()):
+                self.started = True
+                break
+            self.pending = stripped[end + 1 :]
+        for marker in MARKER_STOPS:
+            at = self.pending.find(marker)
+            if at >= 0:
+                out, self.pending, self.stopped = self.pending[:at], "", True
+                return out
+        hold = max(
+            (
+                k
+                for k in range(1, min(len(MARKER_STOPS[0]), len(self.pending) + 1))
+                if any(m.startswith(self.pending[-k:]) for m in MARKER_STOPS)
+            ),
+            default=0,
+        )
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
 
 
 class _End:
@@ -303,6 +365,7 @@ class LlamaCppEngine:
                 stream=True,
             )
             prompt_tokens: int | None = None
+            answer = AnswerFilter()
             try:
                 for chunk in chunks:
                     if cancel.is_set():
@@ -312,10 +375,16 @@ class LlamaCppEngine:
                         # sampled, and the sampled token is not evaluated yet: n_tokens is the prompt.
                         prompt_tokens = int(llama.n_tokens)
                     choice = chunk["choices"][0]
-                    text = choice["delta"].get("content") or ""
+                    raw = choice["delta"].get("content") or ""
                     finish = choice.get("finish_reason")
-                    if text:
+                    if raw:
                         self.tokens_generated += 1
+                    text = answer.feed(raw)
+                    if answer.stopped:
+                        emit(_Piece(text, "stop", prompt_tokens))
+                        break
+                    if finish:
+                        text += answer.flush()
                     if text or finish:
                         reason: FinishReason | None = (
                             "length" if finish == "length" else "stop" if finish else None

@@ -10,7 +10,13 @@ import pytest
 
 from services.data.samples import SAMPLES, load_candles
 from services.llm.analyst import Analyst
-from services.llm.embedded import BUNDLED_MODEL_SHA256, LlamaCppEngine, bundled_model_path, file_sha256
+from services.llm.embedded import (
+    BUNDLED_MODEL_SHA256,
+    AnswerFilter,
+    LlamaCppEngine,
+    bundled_model_path,
+    file_sha256,
+)
 from services.llm.engine import ChatMessage
 from services.llm.prompt import CandleStats, Grounding, Regime
 from services.llm.settings import EmbeddedSettings, LlmSettings
@@ -159,11 +165,12 @@ async def test_analyze_end_to_end_records_speed(embedded_engine: LlamaCppEngine)
 
 
 @pytest.mark.parametrize("symbol", ["EURUSD", "GOOG", "SP500", "NASDAQ", "MSFT"])
-async def test_a_grounded_answer_ends_on_its_own_below_the_limit(
+async def test_a_grounded_answer_is_prose_without_loops_or_markers(
     embedded_engine: LlamaCppEngine, symbol: str
 ) -> None:
-    """Temperature 0 is the worst case for loops: without the repetition controls and stop sequences
-    the bundled model repeated one line until the limit."""
+    """Temperature 0 is the worst case for loops: without the repetition controls the bundled model
+    repeated one line until the limit; with the markers last in the prompt it echoed a marker and
+    stopped after a few tokens (an empty answer)."""
     series = load_candles([s for s in SAMPLES if s.symbol == symbol])[symbol][-100:]
     closes = [c.close for c in series]
     grounding = Grounding(
@@ -175,15 +182,39 @@ async def test_a_grounded_answer_ends_on_its_own_below_the_limit(
             high=max(c.high for c in series),
             low=min(c.low for c in series),
         ),
-        regime=Regime(name="bullish", probability=0.8),
-        unavailable=("forecast",),
+        unavailable=("forecast", "regime", "patterns", "knowledge"),
     )
     analyst = Analyst(LlmSettings(), engine=embedded_engine)
     limit = 128
-    tokens = [
-        t
-        async for t in analyst.analyze("Should I buy or sell?", grounding, max_tokens=limit, temperature=0.0)
-    ]
-    assert tokens[-1].finish_reason == "stop", "".join(t.text for t in tokens)[-200:]
-    assert len(tokens) < limit
-    assert "[END QUESTION" not in "".join(t.text for t in tokens)
+    question = "Should I buy or sell? Explain the trend, the risks and the levels to watch."
+    tokens = [t async for t in analyst.analyze(question, grounding, max_tokens=limit, temperature=0.0)]
+    text = "".join(t.text for t in tokens)
+    assert len(tokens) <= limit + 1
+    assert len(text.split()) >= 20, text
+    assert "QUESTION" not in text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    assert max(lines.count(line) for line in lines) <= 2, text
+
+
+def feed_all(pieces: list[str]) -> tuple[str, bool]:
+    answer = AnswerFilter()
+    out = ""
+    for piece in pieces:
+        out += answer.feed(piece)
+        if answer.stopped:
+            return out, True
+    return out + answer.flush(), False
+
+
+def test_answer_filter_drops_echoed_header_lines_before_the_answer() -> None:
+    assert feed_all(["[", "QUEST", "ION 1a2b]", "\n", "The trend", " is up."]) == ("The trend is up.", False)
+    assert feed_all(["[QUESTION 1a]\n[MARKET DATA x]\n", "Up."]) == ("Up.", False)
+    # a bracket that is not a header line is text
+    assert feed_all(["[1] first", " point"]) == ("[1] first point", False)
+
+
+def test_answer_filter_ends_at_a_fence_marker_once_the_answer_has_begun() -> None:
+    assert feed_all(["Buy.", " [", "END QUEST", "ION ab]", " more"]) == ("Buy. ", True)
+    assert feed_all(["Sell. [QUESTION x] again"]) == ("Sell. ", True)
+    # a "[" that turns out not to be a marker is shown, late but whole
+    assert feed_all(["Range [", "1.08", ", 1.09]"]) == ("Range [1.08, 1.09]", False)
