@@ -110,6 +110,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         "services.rag",
         gpu=True,
         title="Knowledge base: documents and FAISS vector search",
+        implemented=True,
     ),
     ServiceInfo(
         "llm",

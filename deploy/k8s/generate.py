@@ -101,10 +101,11 @@ SPECS: dict[str, Spec] = {
         gpu_memory_fraction=0.05,
         startup_s=300,
     ),
+    # Users' plan: 8 GB (100,000 chunk vectors of 384 floats take ~0.2 GB with their HNSW graph).
     "rag": Spec(
         "500m",
         "1Gi",
-        "4Gi",
+        "8Gi",
         volumes=(Volume("rag-index", f"{HOME}/rag", "5Gi"),),
         gpu_memory_fraction=0.05,
         startup_s=180,
