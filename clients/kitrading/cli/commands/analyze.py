@@ -104,7 +104,10 @@ def context_lines(context: llm_res.AnalysisContext) -> list[str]:
         )
         lines.append(f"  patterns  {found or 'none detected'}")
     for i, passage in enumerate(context.passages, 1):
-        lines.append(f"  passage {i} {passage.title or passage.document_id} (score {passage.score:.2f})")
+        lines.append(
+            f"  passage {i} {passage.title or passage.document_id} [{passage.document_id}] "
+            f"(score {passage.score:.2f})"
+        )
     for u in context.unavailable:
         source = _label(llm_res.ContextSource, u.source, "CONTEXT_SOURCE_").lower()
         lines.append(f"  missing   {source}: {u.code} {u.reason}")
