@@ -353,7 +353,7 @@ class DataServiceSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("candle cache: data event stream failed (%s); candles are fetched uncached", exc)
+                log.warning("candle cache: data event stream failed (%s); uncached until it reconnects", exc)
             finally:
                 self._drop_all()
                 if call is not None:
