@@ -21,6 +21,9 @@ METHODS: dict[str, pb.ForecastMethod.ValueType] = {
     "NHITS": pb.FORECAST_METHOD_NHITS,
     "Naive": pb.FORECAST_METHOD_NAIVE,
     "SeasonalNaive": pb.FORECAST_METHOD_SEASONAL_NAIVE,
+    "AutoETS": pb.FORECAST_METHOD_AUTO_ETS,
+    "AutoTheta": pb.FORECAST_METHOD_AUTO_THETA,
+    "AutoARIMA": pb.FORECAST_METHOD_AUTO_ARIMA,
 }
 LEVELS = (80, 95)
 #: Converted forecasts kept for reuse (keyed by symbol, version, last candle, computation, horizon).

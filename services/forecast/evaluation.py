@@ -8,15 +8,21 @@ A series of n bars (bar index, no gaps) is split, oldest to newest, into::
 - NHITS trains on `y[:train_end]` (neuralforecast's validation loss is computed on the calibration
   segment, which it never trains on).
 - Calibration: C forecast origins, one bar apart, whose h-step targets end just before the test
-  segment. Their errors, divided by each window's `interval_scale` (last price x recent
-  volatility), give per-step conformal quantiles.
+  segment (neuralforecast's validation segment: never trained on).
+- Intervals (`expanding_quantiles`): at each evaluated origin t, per-step conformal quantiles of
+  the errors, divided by each window's `interval_scale` (last price x recent volatility), of every
+  earlier origin whose h targets were all observed before t (at most `interval_windows` of the most
+  recent): training-period, calibration and earlier test origins. No point's interval uses its own
+  or any later bar. The older split conformal quantiles (the C calibration origins only) are
+  scored beside them (`interval_methods`) for comparison; docs/models.md has the measurements.
 - Test: W origins `step` bars apart (non-overlapping by default) ending at the last bar. NHITS,
-  Naive and SeasonalNaive (statsforecast, same origins) are scored there; NHITS intervals use the
-  calibration quantiles only, so the reported coverage is out of sample.
+  Naive and SeasonalNaive (statsforecast, full history) and the statsforecast AutoETS / AutoTheta
+  (/ AutoARIMA) baselines (fitted per window on the last `baseline_input_size` bars) are scored on
+  the same origins.
 - Each baseline's difference from NHITS gets a Diebold-Mariano p-value (services.forecast.significance)
   and every model's directional accuracy a Pesaran-Timmermann p-value; intervals an interval score.
-- The served model is exactly the evaluated one; its intervals use quantiles from calibration and
-  test origins together (every one of them out of sample for the served weights).
+- The served model is exactly the evaluated one; its intervals use the expanding quantiles at the
+  end of the series (every origin whose targets are known, at most `interval_windows`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from services.forecast.settings import BASELINES
 from services.forecast.significance import diebold_mariano, interval_score, pesaran_timmermann
 
 LEVELS: tuple[int, ...] = (80, 95)
@@ -132,6 +140,21 @@ def conformal_quantiles(
     return out
 
 
+def expanding_quantiles(
+    scores: np.ndarray, origins: np.ndarray, at: int, h: int, window: int, levels: Sequence[int] = LEVELS
+) -> dict[int, np.ndarray]:
+    """Conformal half-widths for a forecast from origin `at` (its first forecast bar), from the
+    scores (N, h) of `origins` (N,, ascending): those whose last target `o + h - 1` lies before `at`,
+    the `window` most recent of them. Same ranks as `conformal_quantiles`; ValueError when none."""
+    stop = int(np.searchsorted(origins, at - h, side="right"))
+    start = max(0, stop - window)
+    if stop <= start:
+        raise ValueError(f"no calibration origin before bar {at}")
+    chosen = np.sort(scores[start:stop], axis=0)
+    n = chosen.shape[0]
+    return {level: chosen[min(n, math.ceil((n + 1) * level / 100)) - 1] for level in levels}
+
+
 def interval_bounds(
     predicted: np.ndarray, scale: np.ndarray, quantiles: dict[int, np.ndarray]
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -178,21 +201,24 @@ def score(
     return out
 
 
-def baseline_forecasts(
-    y: np.ndarray, split: Split, season_length: int, levels: Sequence[int] = LEVELS
-) -> dict[str, tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]]:
-    """Naive and SeasonalNaive (statsforecast) on the test origins of `split`.
+#: statsforecast baselines that may be added to Naive and SeasonalNaive (KITRADING_FORECAST_BASELINES).
+EXTRA_BASELINES: tuple[str, ...] = BASELINES
 
-    Returns {model: (point (W, h), {level: (lo (W, h), hi (W, h))})}, in origin order.
-    """
+Forecasts = dict[str, tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]]
+
+
+def _cross_validate(
+    y: np.ndarray, split: Split, models: list[Any], names: Sequence[str], levels: Sequence[int], **kwargs: Any
+) -> Forecasts:
     import pandas as pd
     from statsforecast import StatsForecast
-    from statsforecast.models import Naive, SeasonalNaive
 
     windows = len(split.test_origins)
     df = pd.DataFrame({"unique_id": "y", "ds": np.arange(split.n, dtype=np.int64), "y": y[: split.n]})
-    sf = StatsForecast(models=[Naive(), SeasonalNaive(season_length=season_length)], freq=1, n_jobs=1)
-    cv = sf.cross_validation(df=df, h=split.h, step_size=split.step, n_windows=windows, level=list(levels))
+    sf = StatsForecast(models=models, freq=1, n_jobs=1)
+    cv = sf.cross_validation(
+        df=df, h=split.h, step_size=split.step, n_windows=windows, level=list(levels), **kwargs
+    )
     cv = cv.sort_values(["cutoff", "ds"])
     cutoffs = np.sort(cv["cutoff"].unique())
     expected = split.test_origins - 1
@@ -201,7 +227,7 @@ def baseline_forecasts(
             f"statsforecast cutoffs {cutoffs[:3]}... differ from the test origins {expected[:3]}..."
         )
     out = {}
-    for name in ("Naive", "SeasonalNaive"):
+    for name in names:
         point = cv[name].to_numpy().reshape(windows, split.h)
         bounds = {
             level: (
@@ -214,6 +240,37 @@ def baseline_forecasts(
     return out
 
 
+def baseline_forecasts(
+    y: np.ndarray,
+    split: Split,
+    season_length: int,
+    levels: Sequence[int] = LEVELS,
+    *,
+    extra: Sequence[str] = (),
+    extra_input_size: int = 500,
+) -> Forecasts:
+    """Naive and SeasonalNaive (statsforecast, full history) and the `extra` statsforecast models
+    (names in EXTRA_BASELINES, refitted per window on its last `extra_input_size` bars, their
+    season `season_length`) on the test origins of `split`.
+
+    Returns {model: (point (W, h), {level: (lo (W, h), hi (W, h))})}, in origin order.
+    """
+    from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, Naive, SeasonalNaive
+
+    out = _cross_validate(
+        y, split, [Naive(), SeasonalNaive(season_length=season_length)], ("Naive", "SeasonalNaive"), levels
+    )
+    unknown = set(extra) - set(EXTRA_BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; known: {EXTRA_BASELINES}")
+    builders = {"AutoETS": AutoETS, "AutoTheta": AutoTheta, "AutoARIMA": AutoARIMA}
+    names = [name for name in EXTRA_BASELINES if name in extra]
+    if names:
+        models = [builders[name](season_length=season_length) for name in names]
+        out.update(_cross_validate(y, split, models, names, levels, input_size=extra_input_size))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class EvaluationResult:
     """Metrics per model on the test windows, and the conformal quantiles to serve with."""
@@ -223,42 +280,95 @@ class EvaluationResult:
     calibration_windows: int
     serving_windows: int
     season_length: int
+    #: NHITS's test-window interval figures under each calibration ("expanding" is the one served).
+    interval_methods: dict[str, dict[str, float]]
+    baseline_seconds: float = 0.0
 
 
-def evaluate(y: np.ndarray, split: Split, predict: PredictFn, *, season_length: int) -> EvaluationResult:
+def _interval_figures(
+    actual: np.ndarray, bounds: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for level, (lo, hi) in bounds.items():
+        out[f"coverage_{level}"] = float(np.mean((actual >= lo) & (actual <= hi)))
+        out[f"width_{level}"] = float(np.mean(hi - lo))
+        out[f"interval_score_{level}"] = interval_score(actual, lo, hi, level)
+    return out
+
+
+def evaluate(
+    y: np.ndarray,
+    split: Split,
+    predict: PredictFn,
+    *,
+    season_length: int,
+    interval_windows: int = 5000,
+    baselines: Sequence[str] = (),
+    baseline_input_size: int = 500,
+) -> EvaluationResult:
     """Walk-forward evaluation of a fitted model against the baselines on the same windows.
 
     y: (n,) the full series; predict: windows (B, input_size) -> forecasts (B, h).
+    `interval_windows`: the most recent fully observed origins each interval is calibrated on;
+    `baselines`: statsforecast models beyond Naive and SeasonalNaive (EXTRA_BASELINES).
     """
+    import time
+
     h, size = split.h, split.input_size
     mase_scale = float(np.mean(np.abs(np.diff(y[: split.train_end]))))
 
-    # Calibration origins (step 1) and every test-segment origin (step 1) in one forward pass.
-    serve_origins = np.arange(split.test_origins[0], split.n - h + 1)
-    origins = np.concatenate([split.calibration_origins, serve_origins])
+    # One forward pass over every origin (step 1) an interval may be calibrated on, through the last.
+    first = max(size, int(split.test_origins[0]) - h + 1 - interval_windows)
+    first = min(first, int(split.calibration_origins[0]))
+    origins = np.arange(first, split.n - h + 1)
     windows = windows_at(y, origins, size)
     predicted = predict(windows)
     actual = targets_at(y, origins, h)
     last = y[origins - 1]
     widths = interval_scale(windows)
-    n_cal = len(split.calibration_origins)
-    cal_q = conformal_quantiles(actual[:n_cal], predicted[:n_cal], widths[:n_cal])
-    serve_q = conformal_quantiles(actual, predicted, widths)
+    scores = np.abs(actual - predicted) / widths[:, None]
+    cal_rows = split.calibration_origins - first
+    n_cal = len(cal_rows)
+    cal_q = conformal_quantiles(actual[cal_rows], predicted[cal_rows], widths[cal_rows])
+    serve_q = expanding_quantiles(scores, origins, split.n, h, interval_windows)
+    serving_windows = min(interval_windows, int(np.searchsorted(origins, split.n - h, side="right")))
     # Selection signal that never looks at the test windows: NHITS vs Naive on calibration.
-    cal_err, naive_err = (
-        np.abs(actual[:n_cal] - predicted[:n_cal]),
-        np.abs(actual[:n_cal] - last[:n_cal, None]),
-    )
+    cal_err = np.abs(actual[cal_rows] - predicted[cal_rows])
+    naive_err = np.abs(actual[cal_rows] - last[cal_rows, None])
     validation_ratio = float(cal_err.mean() / naive_err.mean()) if naive_err.mean() > 0 else None
 
-    # Test windows are the serve origins `step` apart.
-    test_rows = n_cal + (split.test_origins - split.test_origins[0])
-    t_pred, t_act, t_last = predicted[test_rows], actual[test_rows], last[test_rows]
-    nhits = score(t_act, t_pred, t_last, interval_bounds(t_pred, widths[test_rows], cal_q), mase_scale)
+    test_rows = split.test_origins - first
+    t_pred, t_act, t_last, t_scale = (
+        predicted[test_rows],
+        actual[test_rows],
+        last[test_rows],
+        widths[test_rows],
+    )
+    # Each test origin's own expanding quantiles (only origins whose targets precede it).
+    per_origin = [
+        expanding_quantiles(scores, origins, int(t), h, interval_windows) for t in split.test_origins
+    ]
+    expanding = {
+        level: (
+            t_pred - np.stack([q[level] for q in per_origin]) * t_scale[:, None],
+            t_pred + np.stack([q[level] for q in per_origin]) * t_scale[:, None],
+        )
+        for level in LEVELS
+    }
+    split_bounds = interval_bounds(t_pred, t_scale, cal_q)
+    nhits = score(t_act, t_pred, t_last, expanding, mase_scale)
     nhits["validation_mae_vs_naive"] = validation_ratio
     metrics = {"NHITS": nhits}
-    baselines = baseline_forecasts(y, split, season_length)
-    for name, (point, bounds) in baselines.items():
+    interval_methods = {
+        "expanding": _interval_figures(t_act, expanding),
+        "split_calibration": _interval_figures(t_act, split_bounds),
+    }
+    started = time.perf_counter()
+    forecasts = baseline_forecasts(
+        y, split, season_length, extra=baselines, extra_input_size=baseline_input_size
+    )
+    baseline_seconds = time.perf_counter() - started
+    for name, (point, bounds) in forecasts.items():
         metrics[name] = score(t_act, point, t_last, bounds, mase_scale)
     naive_mae = metrics["Naive"]["mae"]
     for values in metrics.values():
@@ -268,8 +378,10 @@ def evaluate(y: np.ndarray, split: Split, predict: PredictFn, *, season_length: 
     # mean absolute errors (windows `step` apart: their losses overlap over ceil(h / step) windows).
     nhits_loss = np.abs(t_pred - t_act).mean(axis=1)
     overlap = max(1, math.ceil(h / split.step))
-    for name, (point, _) in baselines.items():
+    for name, (point, _) in forecasts.items():
         stat, p = diebold_mariano(np.abs(point - t_act).mean(axis=1), nhits_loss, h=overlap)
         metrics[name]["dm_statistic_vs_nhits"] = None if math.isnan(stat) else stat
         metrics[name]["dm_p_value_vs_nhits"] = None if math.isnan(p) else p
-    return EvaluationResult(metrics, serve_q, n_cal, len(origins), season_length)
+    return EvaluationResult(
+        metrics, serve_q, n_cal, serving_windows, season_length, interval_methods, baseline_seconds
+    )

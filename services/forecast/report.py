@@ -1,4 +1,4 @@
-"""Train on the bundled real data and print the walk-forward performance table (docs/models.md).
+"""Train on the five bundled real series and print the walk-forward performance table (docs/models.md).
 
     .venv/bin/python -m services.forecast.report [--max-steps 300] [--out table.md]
 
@@ -22,7 +22,7 @@ from services.forecast.service import ForecastDomain, ModelPerformance
 from services.forecast.settings import ForecastSettings
 from services.training.sources import InMemoryCandleSource, SymbolInfo, candles_from_ohlcv
 
-MODELS = ("NHITS", "Naive", "SeasonalNaive")
+MODELS = ("NHITS", "Naive", "SeasonalNaive", "AutoETS", "AutoTheta", "AutoARIMA")
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -35,16 +35,16 @@ def table(rows: list[ModelPerformance]) -> str:
     """Markdown table: one line per (symbol, model)."""
     head = (
         "| symbol | timeframe | test windows x h | model | MAE | RMSE | MASE | MAE / Naive "
-        "| (validation) | DM p vs NHITS | directional acc. | PT p | coverage 80% | coverage 95% | width 95% "
-        "| interval score 80% | interval score 95% |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| (validation) | DM p vs NHITS | directional acc. | PT p | coverage 80% | coverage 95% "
+        "| width 80% | width 95% | interval score 80% | interval score 95% |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for perf in rows:
         ev = perf.evaluation
         naive_mae = perf.models["Naive"]["mae"] or 0.0
         digits = 5 if naive_mae < 1 else 2
-        for name in MODELS:
+        for name in (n for n in MODELS if n in perf.models):
             m = perf.models[name]
             cells = [
                 perf.symbol,
@@ -61,6 +61,7 @@ def table(rows: list[ModelPerformance]) -> str:
                 _fmt(m.get("directional_p_value"), 3),
                 _fmt(m["coverage_80"], 3),
                 _fmt(m["coverage_95"], 3),
+                _fmt(m["width_80"], digits),
                 _fmt(m["width_95"], digits),
                 _fmt(m.get("interval_score_80"), digits),
                 _fmt(m.get("interval_score_95"), digits),
@@ -69,12 +70,33 @@ def table(rows: list[ModelPerformance]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def interval_table(rows: list[ModelPerformance]) -> str:
+    """NHITS's test-window intervals under each calibration the evaluation scored."""
+    head = (
+        "| symbol | calibration | coverage 80% | coverage 95% | width 80% | width 95% "
+        "| interval score 80% | interval score 95% |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for perf in rows:
+        digits = 5 if (perf.models["Naive"]["mae"] or 0.0) < 1 else 2
+        for method, m in perf.evaluation.get("interval_methods", {}).items():
+            cells = [perf.symbol, method] + [
+                _fmt(m[f"{key}_{level}"], 3 if key == "coverage" else digits)
+                for key in ("coverage", "width", "interval_score")
+                for level in (80, 95)
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
 async def run(settings: ForecastSettings) -> tuple[list[ModelPerformance], float]:
-    from backtesting.test import EURUSD, GOOG
+    from services.data.samples import SAMPLES, load_frame
 
     source = InMemoryCandleSource()
-    source.put(SymbolInfo("EURUSD", "FX", timeframe="H1"), "H1", candles_from_ohlcv(EURUSD))
-    source.put(SymbolInfo("GOOG", "EQUITY", timeframe="D1"), "D1", candles_from_ohlcv(GOOG))
+    for spec in SAMPLES:  # the five bundled series
+        tf = spec.timeframe.name
+        info = SymbolInfo(spec.symbol, spec.asset_class.value, timeframe=tf)
+        source.put(info, tf, candles_from_ohlcv(load_frame(spec)))
     domain = ForecastDomain(settings, source)
     await domain.start(schedule=False, warmup=False)
     started = time.perf_counter()
@@ -109,7 +131,11 @@ def main() -> None:
         f"NHITS h={cfg.h} input_size={cfg.input_size} max_steps={cfg.max_steps} mlp_units={cfg.mlp_units} "
         f"scaler={cfg.scaler_type} seed={cfg.random_seed}; eval_windows={settings.eval_windows} "
         f"calibration_windows={settings.calibration_windows}; trained in {seconds:.0f} s on "
-        f"{platform.machine()} CPU, {settings.worker_threads} thread\n\n" + table(rows)
+        f"{platform.machine()} CPU, {settings.worker_threads} thread; baselines "
+        f"{', '.join(settings.baselines)} refitted on the last {settings.baseline_input_size} bars\n\n"
+        + table(rows)
+        + "\nNHITS intervals by calibration:\n\n"
+        + interval_table(rows)
     )
     if args.out:
         args.out.write_text(text)

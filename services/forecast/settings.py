@@ -38,6 +38,8 @@ EVENT_TYPES = (
     "MARKET_EVENT",
 )
 _DAY = 86_400.0
+#: statsforecast baselines that may be scored beside Naive and SeasonalNaive (KITRADING_FORECAST_BASELINES).
+BASELINES = ("AutoETS", "AutoTheta", "AutoARIMA")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,12 @@ class ForecastSettings:
     eval_step: int = 0  # 0: the model's horizon (non-overlapping windows)
     calibration_windows: int = 200
     min_train_windows: int = 200
+    #: Most recent fully observed origins each conformal interval is calibrated on.
+    interval_windows: int = 5000
+    #: Extra statsforecast baselines (AutoARIMA is off by default: ~1 min per H1 symbol on one core).
+    baselines: tuple[str, ...] = ("AutoETS", "AutoTheta")
+    #: Bars each extra baseline is refitted on per test window.
+    baseline_input_size: int = 500
     # Jobs.
     max_jobs_kept: int = 200
     nhits: NHITSConfig = field(default_factory=NHITSConfig)
@@ -107,6 +115,7 @@ class ForecastSettings:
             target, _, attr = path.rpartition(".")
             (nhits if target == "nhits" else values)[attr] = value
         values["home"] = Path(values["home"])
+        values["baselines"] = tuple(values["baselines"])
         values["event_types"] = tuple(t.removeprefix("EVENT_TYPE_") for t in values["event_types"])
         return replace(defaults, nhits=replace(defaults.nhits, **nhits), **values)
 
@@ -142,6 +151,9 @@ FIELDS: dict[str, Var] = {
     "eval_step": IntVar("KITRADING_FORECAST_EVAL_STEP", 0, 100_000),
     "calibration_windows": IntVar("KITRADING_FORECAST_CALIBRATION_WINDOWS", 1, 1_000_000),
     "min_train_windows": IntVar("KITRADING_FORECAST_MIN_TRAIN_WINDOWS", 1, 1_000_000),
+    "interval_windows": IntVar("KITRADING_FORECAST_INTERVAL_WINDOWS", 20, 10_000_000),
+    "baselines": ListVar("KITRADING_FORECAST_BASELINES", BASELINES),
+    "baseline_input_size": IntVar("KITRADING_FORECAST_BASELINE_INPUT_SIZE", 50, 1_000_000),
     # Jobs.
     "max_jobs_kept": IntVar("KITRADING_FORECAST_MAX_JOBS_KEPT", 1, 1_000_000),
     # NHITS hyperparameters; the horizon is at most what a forecast request may ask (720).

@@ -52,6 +52,9 @@ class ForecastTrainer(SymbolTrainer[ForecastSettings]):
             eval_step=s.eval_step,
             calibration_windows=s.calibration_windows,
             min_train_windows=s.min_train_windows,
+            interval_windows=s.interval_windows,
+            baselines=s.baselines,
+            baseline_input_size=s.baseline_input_size,
             keep_versions=s.keep_versions,
             extra_metadata={"trigger": job.trigger},
         )

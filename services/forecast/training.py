@@ -40,6 +40,9 @@ class TrainTask:
     eval_step: int = 0
     calibration_windows: int = 200
     min_train_windows: int = 200
+    interval_windows: int = 5000
+    baselines: tuple[str, ...] = ()
+    baseline_input_size: int = 500
     keep_versions: int = 5
     accelerator: str = "cpu"
     device_index: int | None = None
@@ -97,8 +100,8 @@ def make_progress_callback(emit: Emit, max_steps: int, min_interval_s: float = 0
 
 
 def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelVersion:
-    """Fit NHITS on `task.candles`, evaluate it walk-forward against Naive and SeasonalNaive,
-    stage the files and publish them as the symbol's new current version."""
+    """Fit NHITS on `task.candles`, evaluate it walk-forward against Naive, SeasonalNaive and
+    `task.baselines`, stage the files and publish them as the symbol's new current version."""
     started = time.monotonic()
     times, y = prepare_series(task.candles)
     cfg = task.config
@@ -121,7 +124,15 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
 
     emit(Phase("evaluating"))
     season = SEASON_LENGTH.get(task.timeframe, 1)
-    result = evaluate(y, split, model.predict_windows, season_length=season)
+    result = evaluate(
+        y,
+        split,
+        model.predict_windows,
+        season_length=season,
+        interval_windows=task.interval_windows,
+        baselines=task.baselines,
+        baseline_input_size=task.baseline_input_size,
+    )
 
     staged = registry.stage(task.symbol)
     try:
@@ -155,11 +166,15 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
                 "accelerator": task.accelerator,
             },
             "intervals": {
-                "method": "split conformal per horizon step, |error| / (last price x recent volatility)",
+                "method": (
+                    "conformal per horizon step on every fully observed earlier origin (at most "
+                    "interval_windows), |error| / (last price x recent volatility)"
+                ),
                 "volatility_lookback": VOL_LOOKBACK,
                 "levels": list(LEVELS),
                 "quantiles": {str(k): [float(x) for x in v] for k, v in result.serving_quantiles.items()},
                 "windows": result.serving_windows,
+                "interval_windows": task.interval_windows,
             },
             "evaluation": {
                 "method": "walk-forward on the held-out tail, same windows for every model",
@@ -168,6 +183,9 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
                 "h": cfg.h,
                 "season_length": result.season_length,
                 "calibration_windows": result.calibration_windows,
+                "baseline_input_size": task.baseline_input_size,
+                "baseline_seconds": round(result.baseline_seconds, 3),
+                "interval_methods": result.interval_methods,
                 "models": result.metrics,
             },
             "libraries": library_versions(),

@@ -36,6 +36,8 @@ def tiny_settings(home: Path, **overrides: object) -> ForecastSettings:
         min_train_windows=50,
         worker_idle_s=600,
         keep_versions=3,
+        baselines=("AutoETS", "AutoTheta"),
+        baseline_input_size=120,
     ).with_nhits(**TINY_NHITS)
     from dataclasses import replace
 

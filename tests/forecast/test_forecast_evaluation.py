@@ -11,6 +11,8 @@ import pytest
 from services.forecast.evaluation import (
     baseline_forecasts,
     conformal_quantiles,
+    evaluate,
+    expanding_quantiles,
     interval_bounds,
     interval_scale,
     make_split,
@@ -154,3 +156,70 @@ def test_stacked_models_predict_like_each_model_alone() -> None:
     np.testing.assert_allclose(StackedNHITS(models).predict(windows), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="one configuration"):
         StackedNHITS([models[0], NHITSForecaster(NHITSConfig(h=3, input_size=32))])
+
+
+def test_expanding_quantiles_use_only_origins_observed_before_the_forecast() -> None:
+    """The calibration set of a forecast from bar `at` is every origin whose h targets all lie
+    before `at` (the `window` newest of them), ranked as split conformal ranks them."""
+    h, origins = 4, np.arange(10, 110)
+    scores = np.tile(origins[:, None].astype(float), (1, h))  # an origin's score is its index
+    q = expanding_quantiles(scores, origins, at=60, h=h, window=1000, levels=(80,))
+    used = origins[origins + h - 1 < 60]
+    assert used.max() == 56  # origin 56's last target is bar 59
+    np.testing.assert_array_equal(
+        q[80], conformal_quantiles(used[:, None] * np.ones(h), 0 * used[:, None], np.ones(len(used)))[80]
+    )
+    capped = expanding_quantiles(scores, origins, at=60, h=h, window=10, levels=(95,))
+    assert capped[95][0] == 56  # the 10 newest: origins 47..56
+    assert expanding_quantiles(scores, origins, at=60, h=h, window=10, levels=(80,))[80][0] == 55
+    with pytest.raises(ValueError, match="no calibration origin"):
+        expanding_quantiles(scores, origins, at=12, h=h, window=10)
+
+
+def test_evaluate_scores_expanding_intervals_and_extra_baselines() -> None:
+    """A real walk-forward evaluation on a random walk whose volatility doubles in the test segment:
+    a naive 'model' is scored against Naive (identical forecasts: DM p = 1), AutoETS and AutoTheta
+    on the same windows, with out-of-sample intervals under both calibrations."""
+    rng = np.random.default_rng(3)
+    n = 2400
+    sigma = np.where(np.arange(n) < 1900, 0.004, 0.008)
+    y = 100 * np.exp(np.cumsum(rng.normal(0, sigma)))
+    split = make_split(n, 12, 48, windows=12, step=0, calibration=60, min_train=50)
+
+    def naive(windows: np.ndarray) -> np.ndarray:
+        return np.repeat(windows[:, -1:], 12, axis=1)
+
+    result = evaluate(
+        y,
+        split,
+        naive,
+        season_length=1,
+        interval_windows=1000,
+        baselines=("AutoETS", "AutoTheta"),
+        baseline_input_size=100,
+    )
+    m = result.metrics
+    assert set(m) == {"NHITS", "Naive", "SeasonalNaive", "AutoETS", "AutoTheta"}
+    assert m["NHITS"]["mae"] == pytest.approx(m["Naive"]["mae"])
+    assert m["Naive"]["dm_p_value_vs_nhits"] == 1.0
+    for name in ("AutoETS", "AutoTheta"):
+        p, w80, w95 = (float(m[name][k] or "nan") for k in ("dm_p_value_vs_nhits", "width_80", "width_95"))
+        assert 0 <= p <= 1 and w95 > w80 > 0
+    expanding = result.interval_methods["expanding"]
+    assert expanding["coverage_80"] == m["NHITS"]["coverage_80"]
+    assert 0.6 <= expanding["coverage_80"] <= 0.97 and expanding["coverage_95"] >= expanding["coverage_80"]
+    assert set(result.interval_methods["split_calibration"]) == set(expanding)
+    assert result.serving_windows == 1000 and result.calibration_windows == 60
+    assert np.all(result.serving_quantiles[95] >= result.serving_quantiles[80])
+    with pytest.raises(ValueError, match="unknown baselines"):
+        baseline_forecasts(y, split, season_length=1, extra=("Prophet",))
+
+
+def test_baseline_settings_from_env() -> None:
+    s = ForecastSettings.from_env(
+        {"KITRADING_FORECAST_BASELINES": "autoarima, AutoETS", "KITRADING_FORECAST_INTERVAL_WINDOWS": "300"}
+    )
+    assert s.baselines == ("AutoARIMA", "AutoETS") and s.interval_windows == 300
+    assert ForecastSettings().baselines == ("AutoETS", "AutoTheta")
+    with pytest.raises(ValueError, match="KITRADING_FORECAST_BASELINES"):
+        ForecastSettings.from_env({"KITRADING_FORECAST_BASELINES": "Prophet"})

@@ -64,12 +64,19 @@ async def test_training_publishes_a_version_with_metrics_for_nhits_and_baselines
     assert {"neuralforecast", "torch", "statsforecast"} <= set(meta["libraries"])
     assert [len(meta["intervals"]["quantiles"][k]) for k in ("80", "95")] == [24, 24]
     models = meta["evaluation"]["models"]
-    assert set(models) == {"NHITS", "Naive", "SeasonalNaive"}
+    assert set(models) == {"NHITS", "Naive", "SeasonalNaive", "AutoETS", "AutoTheta"}
     for name, metrics in models.items():
         for key in ("mae", "rmse", "mase", "coverage_80", "coverage_95", "mae_vs_naive"):
             assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), (name, key)
     assert models["Naive"]["directional_accuracy"] is None  # predicts no move
     assert 0 <= models["NHITS"]["directional_accuracy"] <= 1
+    for name in ("AutoETS", "AutoTheta"):
+        assert 0 <= models[name]["dm_p_value_vs_nhits"] <= 1 and models[name]["interval_score_80"] > 0
+    # The served intervals are calibrated on every fully observed origin (capped), not 60 only.
+    assert meta["intervals"]["windows"] > meta["evaluation"]["calibration_windows"]
+    methods = meta["evaluation"]["interval_methods"]
+    assert set(methods) == {"expanding", "split_calibration"}
+    assert methods["expanding"]["coverage_80"] == models["NHITS"]["coverage_80"]
     performance = await domain.performance()
     assert {p.symbol for p in performance} >= {"EURUSD.WK", "GOOG"}
     # The worker is a separate, lower-priority process with a one-thread budget.

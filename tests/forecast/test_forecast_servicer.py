@@ -362,8 +362,10 @@ async def test_performance_table_against_baselines(stack: Stack, trained: Watche
             pb.FORECAST_METHOD_NHITS,
             pb.FORECAST_METHOD_NAIVE,
             pb.FORECAST_METHOD_SEASONAL_NAIVE,
+            pb.FORECAST_METHOD_AUTO_ETS,
+            pb.FORECAST_METHOD_AUTO_THETA,
         ]
-        nhits, naive, _ = perf.metrics
+        nhits, naive, *_ = perf.metrics
         assert nhits.mae > 0 and nhits.rmse >= nhits.mae and nhits.mase > 0
         assert 0 < nhits.directional_accuracy <= 1
         assert [c.level for c in nhits.interval_coverage] == [80, 95]

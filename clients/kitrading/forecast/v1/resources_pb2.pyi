@@ -34,6 +34,12 @@ class _ForecastMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Foreca
     """Baseline: the last close repeated."""
     FORECAST_METHOD_SEASONAL_NAIVE: _ForecastMethod.ValueType  # 3
     """Baseline: the value one season (one day of bars) earlier."""
+    FORECAST_METHOD_AUTO_ETS: _ForecastMethod.ValueType  # 4
+    """Baseline: statsforecast AutoETS (exponential smoothing, model chosen by AICc), refitted per window."""
+    FORECAST_METHOD_AUTO_THETA: _ForecastMethod.ValueType  # 5
+    """Baseline: statsforecast AutoTheta (theta method, variant chosen by in-sample MSE), refitted per window."""
+    FORECAST_METHOD_AUTO_ARIMA: _ForecastMethod.ValueType  # 6
+    """Baseline: statsforecast AutoARIMA (order chosen by AICc), refitted per window; off by default."""
 
 class ForecastMethod(_ForecastMethod, metaclass=_ForecastMethodEnumTypeWrapper):
     """ForecastMethod is the model that produced a forecast or a metric."""
@@ -45,6 +51,12 @@ FORECAST_METHOD_NAIVE: ForecastMethod.ValueType  # 2
 """Baseline: the last close repeated."""
 FORECAST_METHOD_SEASONAL_NAIVE: ForecastMethod.ValueType  # 3
 """Baseline: the value one season (one day of bars) earlier."""
+FORECAST_METHOD_AUTO_ETS: ForecastMethod.ValueType  # 4
+"""Baseline: statsforecast AutoETS (exponential smoothing, model chosen by AICc), refitted per window."""
+FORECAST_METHOD_AUTO_THETA: ForecastMethod.ValueType  # 5
+"""Baseline: statsforecast AutoTheta (theta method, variant chosen by in-sample MSE), refitted per window."""
+FORECAST_METHOD_AUTO_ARIMA: ForecastMethod.ValueType  # 6
+"""Baseline: statsforecast AutoARIMA (order chosen by AICc), refitted per window; off by default."""
 Global___ForecastMethod: _TypeAlias = ForecastMethod  # noqa: Y015
 
 @_typing.final
