@@ -34,7 +34,7 @@ KNOWLEDGE_FILES = (
     "models.md",
     "forecast.md",
     "regime.md",
-    "pattern.md",
+    "patterns.md",
     "embedder.md",
     "llm.md",
     "rag.md",
