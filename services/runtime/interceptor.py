@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import protovalidate
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
@@ -94,13 +95,99 @@ def _field_path(violation: protovalidate.Violation) -> str:
     return rule_id.split(".", 1)[0] if "." in rule_id else rule_id or "request"
 
 
+_STRING = FieldDescriptor.TYPE_STRING
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+#: Message type -> whether a string can occur anywhere inside it (a Candle cannot: skipped unwalked).
+_HOLDS_STRINGS: dict[str, bool] = {}
+NUL_MESSAGE = "must not contain NUL characters (U+0000)"
+
+
+def _holds_strings(descriptor: Descriptor) -> bool:
+    known = _HOLDS_STRINGS.get(descriptor.full_name)
+    if known is not None:
+        return known
+    _HOLDS_STRINGS[descriptor.full_name] = False  # a recursive type (Struct/Value) is being decided
+    result = any(
+        f.type == _STRING or (f.type == _MESSAGE and _holds_strings(f.message_type))
+        for f in descriptor.fields
+    )
+    _HOLDS_STRINGS[descriptor.full_name] = result
+    return result
+
+
+def _nul_value(value: Any, field: FieldDescriptor, path: str, out: list[str]) -> None:
+    if field.type == _STRING:
+        if "\x00" in value:
+            out.append(path)
+    elif field.type == _MESSAGE and _holds_strings(field.message_type):
+        _nul_fields(value, path, out)
+
+
+def _nul_json(message: Message, path: str, out: list[str]) -> None:
+    """google.protobuf.Struct / Value / ListValue, named as JSON: `parameters["a"][0]`."""
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Struct":
+        for key, value in message.fields.items():  # type: ignore[attr-defined]
+            if "\x00" in key:
+                out.append(f"{path} (a key)")
+            _nul_json(value, f'{path}["{key}"]', out)
+    elif kind == "google.protobuf.ListValue":
+        for i, value in enumerate(message.values):  # type: ignore[attr-defined]
+            _nul_json(value, f"{path}[{i}]", out)
+    else:  # Value
+        which = message.WhichOneof("kind")
+        if which == "string_value" and "\x00" in message.string_value:  # type: ignore[attr-defined]
+            out.append(path)
+        elif which in ("struct_value", "list_value"):
+            _nul_json(getattr(message, which), path, out)
+
+
+_JSON_TYPES = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+
+
+def _nul_fields(message: Message, path: str, out: list[str]) -> None:
+    """Append the path of every string holding NUL, walking only types that can hold strings."""
+    if message.DESCRIPTOR.full_name in _JSON_TYPES:
+        _nul_json(message, path, out)
+        return
+    for field, value in message.ListFields():
+        if field.type != _STRING and not (field.type == _MESSAGE and _holds_strings(field.message_type)):
+            continue
+        name = f"{path}.{field.name}" if path else field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key_field = field.message_type.fields_by_name["key"]
+            value_field = field.message_type.fields_by_name["value"]
+            for key in value:
+                if key_field.type == _STRING and "\x00" in key:
+                    out.append(f"{name} (a key)")
+                _nul_value(value[key], value_field, f'{name}["{key}"]', out)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                _nul_value(item, field, f"{name}[{i}]", out)
+        else:
+            _nul_value(value, field, name, out)
+
+
+def nul_violations(request: Message) -> list[str]:
+    """Paths (`strategy.symbols[1]`, `strategy.parameters["a"][0]`) of strings that hold NUL."""
+    out: list[str] = []
+    if _holds_strings(request.DESCRIPTOR):
+        _nul_fields(request, "", out)
+    return out
+
+
 def validate_request(request: Message) -> None:
-    """Raise InvalidArgument naming every field that breaks a rule in the contract."""
-    violations = protovalidate.collect_violations(request)
-    if violations:
-        raise InvalidArgument.of(
-            FieldViolation(_field_path(v), str(v.proto.message or v.proto.rule_id)) for v in violations
-        )
+    """Raise InvalidArgument naming every field that breaks a rule in the contract, and every string
+    that holds NUL (no store of the mesh can keep one; PostgreSQL text rejects it)."""
+    found = [FieldViolation(path, NUL_MESSAGE) for path in nul_violations(request)]
+    named = {v.field for v in found}
+    found += [
+        FieldViolation(_field_path(v), str(v.proto.message or v.proto.rule_id))
+        for v in protovalidate.collect_violations(request)
+        if _field_path(v) not in named
+    ]
+    if found:
+        raise InvalidArgument.of(found)
 
 
 #: A stream that has produced nothing for this long gets its response headers anyway (an SSE client
@@ -157,6 +244,36 @@ async def _paced(
             await aclose()
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message of its type. Without it, gRPC
+    answers UNKNOWN with the parser's exception class in the message; the interceptor turns it into
+    INVALID_ARGUMENT naming the type (and records an empty message of that type)."""
+
+    __slots__ = ("empty",)
+
+    def __init__(self, empty: Message) -> None:
+        self.empty = empty
+
+    def error(self) -> InvalidArgument:
+        name = self.empty.DESCRIPTOR.full_name
+        return InvalidArgument(
+            "request", f"the request is not a valid {name} message (malformed or too deeply nested protobuf)"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Message] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or RecursionError-like depth limits of the parser
+            return Undecodable(deserializer(b""))
+
+    return decode
+
+
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -192,13 +309,13 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -255,6 +372,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             admitted = True
             self._count(streaming, +1)
             in_flight.inc()
+            if isinstance(request, Undecodable):
+                bad, request = request, request.empty  # observers see an empty message of the type
+                raise bad.error()
             validate_request(request)
             set_deadline(context.time_remaining())
             yield call

@@ -284,3 +284,47 @@ async def test_drain_ends_subscriptions_at_once() -> None:
             await stream.read()
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert app.records[-1].code == "UNAVAILABLE"
+
+
+async def test_nul_bytes_in_any_string_are_invalid_argument_naming_the_field(
+    running: tuple[RunningServer, App],
+) -> None:
+    """PostgreSQL text cannot hold NUL: caught at the boundary for every service, never a 500."""
+    server, app = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        strategy = resources_pb2.Strategy(strategy_id="s1", description="a\x00b", symbols=["EURUSD", "X\x00"])
+        strategy.parameters.update({"outer": {"inner": ["ok", "bad\x00"]}})
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateStrategy(rr.CreateStrategyRequest(strategy=strategy), timeout=5)
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = next(d for d in details(error) if isinstance(d, error_details_pb2.BadRequest))
+    fields = [v.field for v in bad.field_violations]
+    assert fields == [
+        "strategy.description",
+        "strategy.symbols[1]",
+        'strategy.parameters["outer"]["inner"][1]',
+    ], fields
+    assert all("NUL" in v.description for v in bad.field_violations)
+    error = await call_error(server, rr.GetSymbolRequest(symbol="EUR\x00"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_undecodable_bytes_are_invalid_argument_without_internal_names(
+    running: tuple[RunningServer, App],
+) -> None:
+    server, app = running
+    before = len(app.records)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        raw = channel.unary_unary("/kitrading.data.v1.DataService/GetSymbol")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)  # a length far beyond the bytes sent
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    message = error.details() or ""
+    assert "kitrading.data.v1.GetSymbolRequest" in message
+    assert "DecodeError" not in message and "google.protobuf" not in message
+    bad = next(d for d in details(error) if isinstance(d, error_details_pb2.BadRequest))
+    assert bad.field_violations[0].field == "request"
+    assert (await last_record(app, "GetSymbol", before)).code == "INVALID_ARGUMENT"
