@@ -354,19 +354,45 @@ class AlertManager:
     async def _save(self, record: AlertRecord) -> None:
         async with self._write_lock:
             if self._unsaved and not await self._flush_locked():
-                self._unsaved[record.id] = record
+                self._keep(record)
                 return
             try:
-                await self.store.save(record)
+                await self._store_one(record)
             except Exception as exc:
                 log.warning("alert %s not recorded yet (%s); will retry", record.id, _reason(exc))
-                self._unsaved[record.id] = record
+                self._keep(record)
+
+    def _keep(self, record: AlertRecord) -> None:
+        """Keep an alert for a later write; the oldest go first past MAX_UNSAVED (memory stays bounded
+        through a long database outage)."""
+        self._unsaved[record.id] = record
+        while len(self._unsaved) > MAX_UNSAVED:
+            oldest = min(self._unsaved.values(), key=lambda r: r.created_at)
+            del self._unsaved[oldest.id]
+            log.error("alert %s dropped unrecorded: more than %d alerts waiting", oldest.id, MAX_UNSAVED)
+
+    async def _store_one(self, record: AlertRecord) -> None:
+        """Write one alert. A record the store refuses for its content (not an outage) is written
+        once more with its text made storable, then given up: a poison record never blocks others."""
+        try:
+            await self.store.save(record)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            clean = storable(record)
+            try:
+                await self.store.save(clean)
+                log.warning("alert %s recorded with its text made storable (%s)", record.id, _reason(exc))
+            except Exception as again:
+                if is_outage(again):
+                    raise
+                log.error("alert %s cannot be recorded and is dropped (%s)", record.id, _reason(again))
 
     async def _flush_locked(self) -> bool:
         """Write the alerts kept while the database was down, oldest first; False if it still fails."""
         for alert_id, record in sorted(self._unsaved.items(), key=lambda item: item[1].created_at):
             try:
-                await self.store.save(record)
+                await self._store_one(record)
             except Exception as exc:
                 log.debug("alert history still unavailable: %s", _reason(exc))
                 return False
@@ -411,6 +437,41 @@ class AlertManager:
             _, pending = await asyncio.wait(tasks, timeout=2.0)
             if pending:
                 log.warning("%d alert task(s) did not stop", len(pending))
+
+
+#: Alerts kept in memory while the history database is away, at most.
+MAX_UNSAVED = 1000
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failed write means the store is away (keep the record and retry) rather than that
+    it refuses this record's content (asyncpg's DataError family: NUL or invalid text, a value too
+    long...)."""
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        return True
+    return not isinstance(
+        exc, asyncpg.exceptions.DataError | asyncpg.exceptions.IntegrityConstraintViolationError
+    )
+
+
+def _storable_text(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def storable(record: AlertRecord) -> AlertRecord:
+    """The record with every text field storable in PostgreSQL (NUL and lone surrogates replaced)."""
+    return replace(
+        record,
+        target=_storable_text(record.target) or "",
+        message=_storable_text(record.message) or "",
+        text=_storable_text(record.text) or "",
+        error=_storable_text(record.error),
+        delivery_error=_storable_text(record.delivery_error),
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -207,3 +207,26 @@ def test_postgres_history_is_the_default_with_a_pool(tmp_path: Path) -> None:
     domain = WatchdogDomain(make_settings(tmp_path), pool=NoPool(), check_gpu=False)
     assert isinstance(domain.store, PostgresHistory)
     assert [t.name for t in domain.status().targets] == ["database", "disk"]
+
+
+async def test_a_record_the_database_refuses_never_blocks_the_ones_behind_it(
+    pool: DatabasePool, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses NUL in text. Such an alert (a NUL could come from a probed service's error
+    text) is stored with the character replaced, and the alerts after it are recorded as usual."""
+    await migrate(pool)
+    domain = WatchdogDomain(
+        make_settings(tmp_path), targets=[], store=PostgresAlertStore(pool), check_gpu=False
+    )
+    await domain.start()
+    try:
+        assert domain.alerts is not None
+        await domain.alerts.send_test("a\x00b")
+        await domain.alerts.send_test("after it")
+        await domain.alerts.drain(5)
+        assert domain.status().unsaved_alerts == 0
+        messages = [a.message for a in (await domain.list_alerts()).alerts]
+        assert any("after it" in m for m in messages), messages
+        assert any("a\ufffdb" in m for m in messages), messages
+    finally:
+        await domain.stop()
