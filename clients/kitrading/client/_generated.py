@@ -49,6 +49,7 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     ("kitrading.pattern.v1.PatternService", "DetectSymbolPatterns"),
     ("kitrading.pattern.v1.PatternService", "ScanPatterns"),
     ("kitrading.pattern.v1.PatternService", "ListPatternTypes"),
+    ("kitrading.pattern.v1.PatternService", "GetPatternModel"),
     ("kitrading.pattern.v1.PatternService", "GetTrainingJob"),
     ("kitrading.pattern.v1.PatternService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegime"),
@@ -1733,6 +1734,26 @@ class PatternServiceClient(SyncServiceClient):
             metadata=metadata,
         )
 
+    def get_pattern_model(
+        self,
+        request: pattern_v1_request_response_pb2.GetPatternModelRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.GetPatternModelResponse:
+        """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status.
+
+        HTTP: `GET /api/v1/patterns/model`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.pattern.v1.PatternService/GetPatternModel",
+            pattern_v1_request_response_pb2.GetPatternModelRequest() if request is None else request,
+            pattern_v1_request_response_pb2.GetPatternModelResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
     def train_pattern_model(
         self,
         request: pattern_v1_request_response_pb2.TrainPatternModelRequest | None = None,
@@ -1919,6 +1940,26 @@ class AsyncPatternServiceClient(AsyncServiceClient):
             "/kitrading.pattern.v1.PatternService/ListPatternTypes",
             pattern_v1_request_response_pb2.ListPatternTypesRequest() if request is None else request,
             pattern_v1_request_response_pb2.ListPatternTypesResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def get_pattern_model(
+        self,
+        request: pattern_v1_request_response_pb2.GetPatternModelRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.GetPatternModelResponse:
+        """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status.
+
+        HTTP: `GET /api/v1/patterns/model`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.pattern.v1.PatternService/GetPatternModel",
+            pattern_v1_request_response_pb2.GetPatternModelRequest() if request is None else request,
+            pattern_v1_request_response_pb2.GetPatternModelResponse,
             timeout=timeout,
             metadata=metadata,
         )

@@ -35,6 +35,7 @@ class DetectSymbolPatternsRequest(_message.Message):
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     LOOKBACK_FIELD_NUMBER: _builtins.int
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
     """Unset: H1."""
@@ -42,6 +43,8 @@ class DetectSymbolPatternsRequest(_message.Message):
     """Bars to scan; 0 means the default (200)."""
     min_confidence: _builtins.float
     """Drop patterns below this confidence; 0 means the default (0.5)."""
+    engine: _resources_pb2.PatternEngineChoice.ValueType
+    """Unset: the rules."""
     def __init__(
         self,
         *,
@@ -49,10 +52,11 @@ class DetectSymbolPatternsRequest(_message.Message):
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         lookback: _builtins.int = ...,
         min_confidence: _builtins.float = ...,
+        engine: _resources_pb2.PatternEngineChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback", "min_confidence", b"min_confidence", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "lookback", b"lookback", "min_confidence", b"min_confidence", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,12 +94,15 @@ class DetectPatternsRequest(_message.Message):
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     SYMBOL_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     timeframe: _market_pb2.Timeframe.ValueType
     """Unset: H1."""
     min_confidence: _builtins.float
     """Drop patterns below this confidence; 0 means the default (0.5)."""
     symbol: _builtins.str
     """Optional label echoed in the result."""
+    engine: _resources_pb2.PatternEngineChoice.ValueType
+    """Unset: the rules."""
     @_builtins.property
     def candles(self) -> _containers.RepeatedCompositeFieldContainer[_market_pb2.Candle]:
         """Oldest first, evenly spaced by `timeframe`."""
@@ -107,10 +114,11 @@ class DetectPatternsRequest(_message.Message):
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         min_confidence: _builtins.float = ...,
         symbol: _builtins.str | None = ...,
+        engine: _resources_pb2.PatternEngineChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "symbol", b"symbol"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "candles", b"candles", "min_confidence", b"min_confidence", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_symbol", b"_symbol", "candles", b"candles", "engine", b"engine", "min_confidence", b"min_confidence", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__symbol: _TypeAlias = _typing.Literal["symbol"]  # noqa: Y015
     _WhichOneofArgType__symbol: _TypeAlias = _typing.Literal["_symbol", b"_symbol"]  # noqa: Y015
@@ -149,22 +157,26 @@ class ScanPatternsRequest(_message.Message):
     TIMEFRAME_FIELD_NUMBER: _builtins.int
     LOOKBACK_FIELD_NUMBER: _builtins.int
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     timeframe: _market_pb2.Timeframe.ValueType
     """Unset: each symbol's own timeframe."""
     lookback: _builtins.int
     """Bars to scan per symbol; 0 means the default (200)."""
     min_confidence: _builtins.float
     """Drop patterns below this confidence; 0 means the default (0.5)."""
+    engine: _resources_pb2.PatternEngineChoice.ValueType
+    """Unset: the rules."""
     def __init__(
         self,
         *,
         timeframe: _market_pb2.Timeframe.ValueType = ...,
         lookback: _builtins.int = ...,
         min_confidence: _builtins.float = ...,
+        engine: _resources_pb2.PatternEngineChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback", "min_confidence", b"min_confidence", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "lookback", b"lookback", "min_confidence", b"min_confidence", "timeframe", b"timeframe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,3 +532,66 @@ class WatchTrainingJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTrainingJobResponse: _TypeAlias = WatchTrainingJobResponse  # noqa: Y015
+
+@_typing.final
+class GetPatternModelRequest(_message.Message):
+    """---- Model ----
+
+    GetPatternModelRequest names a version of the TCN.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """Empty: the version served now."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPatternModelRequest: _TypeAlias = GetPatternModelRequest  # noqa: Y015
+
+@_typing.final
+class GetPatternModelResponse(_message.Message):
+    """GetPatternModelResponse is the TCN's model card and the service's training status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """True once a version is published (TCN detection is possible)."""
+    status_message: _builtins.str
+    """What the service is doing: serving a version, training the first one, ..."""
+    @_builtins.property
+    def model(self) -> _resources_pb2.PatternModel:
+        """Unset while no version is published."""
+
+    @_builtins.property
+    def job(self) -> _training_pb2.TrainingJob:
+        """The running (or queued) training job, else the last one; unset when none ran."""
+
+    def __init__(
+        self,
+        *,
+        model: _resources_pb2.PatternModel | None = ...,
+        ready: _builtins.bool = ...,
+        status_message: _builtins.str = ...,
+        job: _training_pb2.TrainingJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "model", b"model", "ready", b"ready", "status_message", b"status_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPatternModelResponse: _TypeAlias = GetPatternModelResponse  # noqa: Y015

@@ -63,6 +63,32 @@ PATTERN_ENGINE_TCN: PatternEngine.ValueType  # 2
 """The temporal convolutional network trained on the rules' labels."""
 Global___PatternEngine: _TypeAlias = PatternEngine  # noqa: Y015
 
+class _PatternEngineChoice:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PatternEngineChoiceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PatternEngineChoice.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PATTERN_ENGINE_CHOICE_UNSPECIFIED: _PatternEngineChoice.ValueType  # 0
+    """The rule-based detector (the default)."""
+    PATTERN_ENGINE_CHOICE_RULES: _PatternEngineChoice.ValueType  # 1
+    PATTERN_ENGINE_CHOICE_TCN: _PatternEngineChoice.ValueType  # 2
+    """The TCN when a model is published; until then the rules answer and `engine_note` says why."""
+    PATTERN_ENGINE_CHOICE_BOTH: _PatternEngineChoice.ValueType  # 3
+    """Both engines' patterns in one list, each naming its engine."""
+
+class PatternEngineChoice(_PatternEngineChoice, metaclass=_PatternEngineChoiceEnumTypeWrapper):
+    """PatternEngineChoice is which engine a detection call asks for."""
+
+PATTERN_ENGINE_CHOICE_UNSPECIFIED: PatternEngineChoice.ValueType  # 0
+"""The rule-based detector (the default)."""
+PATTERN_ENGINE_CHOICE_RULES: PatternEngineChoice.ValueType  # 1
+PATTERN_ENGINE_CHOICE_TCN: PatternEngineChoice.ValueType  # 2
+"""The TCN when a model is published; until then the rules answer and `engine_note` says why."""
+PATTERN_ENGINE_CHOICE_BOTH: PatternEngineChoice.ValueType  # 3
+"""Both engines' patterns in one list, each naming its engine."""
+Global___PatternEngineChoice: _TypeAlias = PatternEngineChoice  # noqa: Y015
+
 @_typing.final
 class KeyPoint(_message.Message):
     """KeyPoint is one pivot that defines a pattern."""
@@ -305,3 +331,217 @@ class PatternDetection(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PatternDetection: _TypeAlias = PatternDetection  # noqa: Y015
+
+@_typing.final
+class PatternClassMetrics(_message.Message):
+    """PatternClassMetrics is the TCN scored against the rule-based detector's labels on the held-out
+    test period, for one pattern type (or, in `PatternModel.macro`, the unweighted mean over the
+    types with support). Output only. NaN where a figure has no data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_TYPE_FIELD_NUMBER: _builtins.int
+    SUPPORT_FIELD_NUMBER: _builtins.int
+    PREDICTED_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
+    F1_FIELD_NUMBER: _builtins.int
+    PR_AUC_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    CALIBRATION_ERROR_FIELD_NUMBER: _builtins.int
+    TRAIN_POSITIVES_FIELD_NUMBER: _builtins.int
+    TCN_FOLLOW_THROUGH_FIELD_NUMBER: _builtins.int
+    RULES_FOLLOW_THROUGH_FIELD_NUMBER: _builtins.int
+    pattern_type: _builtins.str
+    """A PatternType.pattern_type slug; "macro" for the mean."""
+    support: _builtins.int
+    """Test windows the detector labels with this type."""
+    predicted: _builtins.int
+    """Test windows the TCN flags (probability >= threshold)."""
+    precision: _builtins.float
+    recall: _builtins.float
+    f1: _builtins.float
+    pr_auc: _builtins.float
+    """Area under the precision-recall curve (average precision), threshold free."""
+    threshold: _builtins.float
+    """The decision threshold, chosen for F1 on the validation windows (never the test ones)."""
+    brier: _builtins.float
+    """Calibration of the probability: Brier score and expected calibration error (10 bins)."""
+    calibration_error: _builtins.float
+    train_positives: _builtins.int
+    """Training windows labelled with this type."""
+    @_builtins.property
+    def tcn_follow_through(self) -> Global___FollowThrough:
+        """Follow-through over the test periods of the TCN's signals (the first bar of each run at or
+        above the threshold) and of the rules' detections, pooled over the series, with the base rate.
+        """
+
+    @_builtins.property
+    def rules_follow_through(self) -> Global___FollowThrough: ...
+    def __init__(
+        self,
+        *,
+        pattern_type: _builtins.str = ...,
+        support: _builtins.int = ...,
+        predicted: _builtins.int = ...,
+        precision: _builtins.float = ...,
+        recall: _builtins.float = ...,
+        f1: _builtins.float = ...,
+        pr_auc: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        brier: _builtins.float = ...,
+        calibration_error: _builtins.float = ...,
+        train_positives: _builtins.int = ...,
+        tcn_follow_through: Global___FollowThrough | None = ...,
+        rules_follow_through: Global___FollowThrough | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules_follow_through", b"rules_follow_through", "tcn_follow_through", b"tcn_follow_through"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brier", b"brier", "calibration_error", b"calibration_error", "f1", b"f1", "pattern_type", b"pattern_type", "pr_auc", b"pr_auc", "precision", b"precision", "predicted", b"predicted", "recall", b"recall", "rules_follow_through", b"rules_follow_through", "support", b"support", "tcn_follow_through", b"tcn_follow_through", "threshold", b"threshold", "train_positives", b"train_positives"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatternClassMetrics: _TypeAlias = PatternClassMetrics  # noqa: Y015
+
+@_typing.final
+class PatternModelSeries(_message.Message):
+    """PatternModelSeries is one series the TCN was trained and tested on. Output only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    TIMEFRAME_FIELD_NUMBER: _builtins.int
+    BARS_FIELD_NUMBER: _builtins.int
+    FIRST_TIME_FIELD_NUMBER: _builtins.int
+    LAST_TIME_FIELD_NUMBER: _builtins.int
+    TEST_START_TIME_FIELD_NUMBER: _builtins.int
+    TRAIN_WINDOWS_FIELD_NUMBER: _builtins.int
+    VALIDATION_WINDOWS_FIELD_NUMBER: _builtins.int
+    TEST_WINDOWS_FIELD_NUMBER: _builtins.int
+    DETECTIONS_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    timeframe: _market_pb2.Timeframe.ValueType
+    bars: _builtins.int
+    train_windows: _builtins.int
+    validation_windows: _builtins.int
+    test_windows: _builtins.int
+    detections: _builtins.int
+    """Patterns the rule-based detector confirmed in the series (the labels)."""
+    @_builtins.property
+    def first_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def test_start_time(self) -> _timestamp_pb2.Timestamp:
+        """First bar of the held-out test period."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        timeframe: _market_pb2.Timeframe.ValueType = ...,
+        bars: _builtins.int = ...,
+        first_time: _timestamp_pb2.Timestamp | None = ...,
+        last_time: _timestamp_pb2.Timestamp | None = ...,
+        test_start_time: _timestamp_pb2.Timestamp | None = ...,
+        train_windows: _builtins.int = ...,
+        validation_windows: _builtins.int = ...,
+        test_windows: _builtins.int = ...,
+        detections: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_time", b"first_time", "last_time", b"last_time", "test_start_time", b"test_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bars", b"bars", "detections", b"detections", "first_time", b"first_time", "last_time", b"last_time", "symbol", b"symbol", "test_start_time", b"test_start_time", "test_windows", b"test_windows", "timeframe", b"timeframe", "train_windows", b"train_windows", "validation_windows", b"validation_windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatternModelSeries: _TypeAlias = PatternModelSeries  # noqa: Y015
+
+@_typing.final
+class PatternModel(_message.Message):
+    """PatternModel is one published version of the TCN and its honest numbers. Output only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    TRAINING_SECONDS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    WINDOW_BARS_FIELD_NUMBER: _builtins.int
+    LABEL_TOLERANCE_BARS_FIELD_NUMBER: _builtins.int
+    EMBARGO_BARS_FIELD_NUMBER: _builtins.int
+    RECEPTIVE_FIELD_BARS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    KERNEL_SIZE_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    MACRO_FIELD_NUMBER: _builtins.int
+    LABEL_DEFINITION_FIELD_NUMBER: _builtins.int
+    SPLIT_DEFINITION_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """"v000003"."""
+    job_id: _builtins.str
+    """The training job and what started it ("manual", "first start", "scheduled", "event")."""
+    trigger: _builtins.str
+    device: _builtins.str
+    """Where it trained: "cpu" or "cuda:0"."""
+    training_seconds: _builtins.float
+    steps: _builtins.int
+    window_bars: _builtins.int
+    """Bars per window (also the embargo between training and test windows)."""
+    label_tolerance_bars: _builtins.int
+    """A window ending at t is labelled with the types the detector confirms in [t - this, t]."""
+    embargo_bars: _builtins.int
+    receptive_field_bars: _builtins.int
+    channels: _builtins.int
+    levels: _builtins.int
+    kernel_size: _builtins.int
+    label_definition: _builtins.str
+    """How the labels and the split are defined, in words."""
+    split_definition: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternModelSeries]: ...
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatternClassMetrics]:
+        """One per catalogue type, in catalogue order."""
+
+    @_builtins.property
+    def macro(self) -> Global___PatternClassMetrics: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        job_id: _builtins.str = ...,
+        trigger: _builtins.str = ...,
+        device: _builtins.str = ...,
+        training_seconds: _builtins.float = ...,
+        steps: _builtins.int = ...,
+        window_bars: _builtins.int = ...,
+        label_tolerance_bars: _builtins.int = ...,
+        embargo_bars: _builtins.int = ...,
+        receptive_field_bars: _builtins.int = ...,
+        channels: _builtins.int = ...,
+        levels: _builtins.int = ...,
+        kernel_size: _builtins.int = ...,
+        series: _abc.Iterable[Global___PatternModelSeries] | None = ...,
+        classes: _abc.Iterable[Global___PatternClassMetrics] | None = ...,
+        macro: Global___PatternClassMetrics | None = ...,
+        label_definition: _builtins.str = ...,
+        split_definition: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "macro", b"macro"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "classes", b"classes", "create_time", b"create_time", "device", b"device", "embargo_bars", b"embargo_bars", "job_id", b"job_id", "kernel_size", b"kernel_size", "label_definition", b"label_definition", "label_tolerance_bars", b"label_tolerance_bars", "levels", b"levels", "macro", b"macro", "receptive_field_bars", b"receptive_field_bars", "series", b"series", "split_definition", b"split_definition", "steps", b"steps", "training_seconds", b"training_seconds", "trigger", b"trigger", "version", b"version", "window_bars", b"window_bars"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatternModel: _TypeAlias = PatternModel  # noqa: Y015

@@ -55,6 +55,11 @@ class PatternServiceStub:
                 request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesRequest.SerializeToString,
                 response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesResponse.FromString,
                 _registered_method=True)
+        self.GetPatternModel = channel.unary_unary(
+                '/kitrading.pattern.v1.PatternService/GetPatternModel',
+                request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelRequest.SerializeToString,
+                response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelResponse.FromString,
+                _registered_method=True)
         self.TrainPatternModel = channel.unary_unary(
                 '/kitrading.pattern.v1.PatternService/TrainPatternModel',
                 request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.TrainPatternModelRequest.SerializeToString,
@@ -109,6 +114,13 @@ class PatternServiceServicer:
 
     def ListPatternTypes(self, request, context):
         """ListPatternTypes pages through the pattern types of the catalogue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPatternModel(self, request, context):
+        """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +183,11 @@ def add_PatternServiceServicer_to_server(servicer, server):
                     servicer.ListPatternTypes,
                     request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesRequest.FromString,
                     response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesResponse.SerializeToString,
+            ),
+            'GetPatternModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPatternModel,
+                    request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelRequest.FromString,
+                    response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelResponse.SerializeToString,
             ),
             'TrainPatternModel': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainPatternModel,
@@ -307,6 +324,33 @@ class PatternService:
             '/kitrading.pattern.v1.PatternService/ListPatternTypes',
             kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesRequest.SerializeToString,
             kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPatternModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.pattern.v1.PatternService/GetPatternModel',
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelRequest.SerializeToString,
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

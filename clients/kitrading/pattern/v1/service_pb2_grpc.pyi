@@ -41,6 +41,8 @@ class PatternServiceStub:
     """ScanPatterns detects patterns on every active symbol in one call."""
     ListPatternTypes: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListPatternTypesRequest, _request_response_pb2.ListPatternTypesResponse]
     """ListPatternTypes pages through the pattern types of the catalogue."""
+    GetPatternModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetPatternModelRequest, _request_response_pb2.GetPatternModelResponse]
+    """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status."""
     TrainPatternModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.TrainPatternModelRequest, _request_response_pb2.TrainPatternModelResponse]
     """TrainPatternModel starts a training job for the TCN model."""
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]
@@ -65,6 +67,8 @@ class PatternServiceAsyncStub(PatternServiceStub):
     """ScanPatterns detects patterns on every active symbol in one call."""
     ListPatternTypes: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListPatternTypesRequest, _request_response_pb2.ListPatternTypesResponse]  # type: ignore[assignment]
     """ListPatternTypes pages through the pattern types of the catalogue."""
+    GetPatternModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetPatternModelRequest, _request_response_pb2.GetPatternModelResponse]  # type: ignore[assignment]
+    """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status."""
     TrainPatternModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.TrainPatternModelRequest, _request_response_pb2.TrainPatternModelResponse]  # type: ignore[assignment]
     """TrainPatternModel starts a training job for the TCN model."""
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
@@ -110,6 +114,14 @@ class PatternServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.ListPatternTypesResponse, _abc.Awaitable[_request_response_pb2.ListPatternTypesResponse]]:
         """ListPatternTypes pages through the pattern types of the catalogue."""
+
+    @_abc_1.abstractmethod
+    def GetPatternModel(
+        self,
+        request: _request_response_pb2.GetPatternModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.GetPatternModelResponse, _abc.Awaitable[_request_response_pb2.GetPatternModelResponse]]:
+        """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status."""
 
     @_abc_1.abstractmethod
     def TrainPatternModel(
