@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import resources_pb2 as pb
 from services.data import models
-from services.runtime.protos import job_state_out, timestamp
+from services.runtime.protos import job_state_out, request_summary, timestamp
 
 E = TypeVar("E", bound=Enum)
 
@@ -228,6 +228,15 @@ def sample_out(s: models.SampleDataset) -> pb.SampleDataset:
     )
 
 
+#: The longest `parameters` a query-log row keeps (a summary past it keeps only the field names).
+MAX_PARAMETERS_CHARS = 4096
+
+
 def request_json(message: Message) -> str:
-    """A request as compact JSON for the query log."""
-    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"), sort_keys=True)
+    """A bounded summary of a request as compact JSON for the query log (`request_summary`): never
+    the request itself, which may be megabytes of candles."""
+    text = json.dumps(request_summary(message), separators=(",", ":"), sort_keys=True, default=str)
+    if len(text) > MAX_PARAMETERS_CHARS:
+        fields = sorted(f.json_name for f, _ in message.ListFields())
+        text = json.dumps({"fields": fields, "truncated": len(text)}, separators=(",", ":"))
+    return text

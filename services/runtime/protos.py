@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from kitrading.common.v1 import job_pb2
 from services.runtime.jobs import JobState
@@ -39,3 +41,69 @@ def job_state_in(value: int) -> JobState | None:
     if value == job_pb2.JOB_STATE_UNSPECIFIED:
         return None
     return JobState(job_pb2.JobState.Name(value).removeprefix("JOB_STATE_"))  # type: ignore[arg-type]
+
+
+#: Bounds of `request_summary`: items of a repeated field shown, characters of a string, nesting.
+SUMMARY_ITEMS = 3
+SUMMARY_CHARS = 200
+SUMMARY_DEPTH = 4
+
+
+def _summary_value(value: Any, field: FieldDescriptor, depth: int) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _summary(value, depth + 1)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        enum = field.enum_type.values_by_number.get(value) if field.enum_type is not None else None
+        return enum.name if enum is not None else value
+    if isinstance(value, str):
+        return (
+            value
+            if len(value) <= SUMMARY_CHARS
+            else value[:SUMMARY_CHARS] + f"…(+{len(value) - SUMMARY_CHARS})"
+        )
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def _summary(message: Message, depth: int = 0) -> Any:
+    name = message.DESCRIPTOR.full_name
+    if name == "google.protobuf.Timestamp":
+        try:
+            return timestamp_pb2.Timestamp.ToDatetime(message, tzinfo=UTC).isoformat()  # type: ignore[arg-type]
+        except (ValueError, OverflowError):  # out of datetime's range: the raw seconds
+            return {"seconds": message.seconds}  # type: ignore[attr-defined]
+    if name == "google.protobuf.FieldMask":
+        return [str(p)[:SUMMARY_CHARS] for p in message.paths[:20]]  # type: ignore[attr-defined]
+    if depth >= SUMMARY_DEPTH:
+        return "…"
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        key = field.json_name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            inner = field.message_type.fields_by_name["value"]
+            keys = list(value)
+            out[key] = {
+                str(k)[:SUMMARY_CHARS]: _summary_value(value[k], inner, depth) for k in keys[:SUMMARY_ITEMS]
+            }
+            if len(keys) > SUMMARY_ITEMS:
+                out[key]["…"] = f"{len(keys)} entries"
+        elif field.is_repeated:
+            if len(value) <= SUMMARY_ITEMS:
+                out[key] = [_summary_value(v, field, depth) for v in value]
+            else:
+                out[key] = {"count": len(value), "first": _summary_value(value[0], field, depth)}
+        else:
+            out[key] = _summary_value(value, field, depth)
+    return out
+
+
+def request_summary(message: Message) -> dict[str, Any]:
+    """A bounded, JSON-ready picture of a request for logs: scalar fields as they are (long strings
+    cut), enums by name, a repeated field of more than SUMMARY_ITEMS items as its count and first
+    item, nesting cut at SUMMARY_DEPTH. Linear in what it shows, not in the request; never raises."""
+    try:
+        summary = _summary(message)
+    except Exception as exc:  # a log must never fail the call it describes
+        return {"unsummarised": type(message).__name__, "why": str(exc)[:SUMMARY_CHARS]}
+    return summary if isinstance(summary, dict) else {"value": summary}

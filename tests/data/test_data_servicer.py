@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -170,3 +171,34 @@ async def test_a_new_symbol_is_active_unless_the_caller_says_otherwise(
     assert not explicit.symbol.active
     listed = await stub.ListSymbols(rr.ListSymbolsRequest(active_only=True))
     assert [s.symbol for s in listed.symbols] == ["ZZA"]
+
+
+async def test_the_query_log_keeps_a_bounded_summary_never_the_request(
+    stub: service_pb2_grpc.DataServiceStub,
+) -> None:
+    """A rejected 50,000-candle upsert is logged as its count and first candle, not as megabytes of
+    JSON on the event loop; an update whose mask path has no JSON name is logged too (it was dropped
+    with a traceback)."""
+    await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="BIG", active=True)))
+    many = [candle(i, 100.0 + i % 7) for i in range(50_000)]
+    with pytest.raises(grpc.aio.AioRpcError) as too_many:
+        await stub.UpsertCandles(
+            rr.UpsertCandlesRequest(symbol="BIG", timeframe=H1, candles=many), timeout=60
+        )
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.UpdateSymbol(
+            rr.UpdateSymbolRequest(
+                symbol=pb.Symbol(symbol="BIG", display_name="x"),
+                update_mask=field_mask_pb2.FieldMask(paths=["Display_Name"]),
+            )
+        )
+    await asyncio.sleep(0.3)  # query logs are flushed in the background
+    upsert = (await stub.ListQueryLogs(rr.ListQueryLogsRequest(method="UpsertCandles"))).query_logs[0]
+    assert len(upsert.parameters) < 4096, len(upsert.parameters)
+    summary = json.loads(upsert.parameters)
+    assert summary["symbol"] == "BIG" and summary["candles"]["count"] == 50_000
+    assert summary["candles"]["first"]["close"] == 100.0
+    update = (await stub.ListQueryLogs(rr.ListQueryLogsRequest(method="UpdateSymbol"))).query_logs[0]
+    assert update.code == "INVALID_ARGUMENT"
+    assert json.loads(update.parameters)["updateMask"] == ["Display_Name"]

@@ -39,3 +39,25 @@ def test_nothing_stays_unset(value: object) -> None:
 def test_data_and_watchdog_use_the_runtime_helper() -> None:
     assert data_cv.timestamp is timestamp
     assert watchdog_cv.timestamp is timestamp
+
+
+def test_request_summary_is_bounded_and_never_raises() -> None:
+    from google.protobuf import field_mask_pb2
+
+    from kitrading.common.v1 import market_pb2
+    from kitrading.data.v1 import request_response_pb2 as rr
+    from kitrading.data.v1 import resources_pb2
+    from services.runtime.protos import SUMMARY_CHARS, request_summary
+
+    candles = [market_pb2.Candle(close=float(i)) for i in range(100_000)]
+    request = rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=market_pb2.TIMEFRAME_H1, candles=candles)
+    summary = request_summary(request)
+    assert summary["symbol"] == "EURUSD" and summary["timeframe"] == "TIMEFRAME_H1"
+    assert summary["candles"] == {"count": 100_000, "first": {}}  # close 0.0 is the default
+    strategy = resources_pb2.Strategy(strategy_id="s", description="x" * 10_000)
+    strategy.parameters.update({"deep": {"er": {"and": {"deeper": {"still": 1}}}}})
+    mask = field_mask_pb2.FieldMask(paths=["Display_Name"])  # no JSON name: MessageToDict raises
+    summary = request_summary(rr.UpdateStrategyRequest(strategy=strategy, update_mask=mask))
+    assert summary["updateMask"] == ["Display_Name"]
+    assert len(summary["strategy"]["description"]) < SUMMARY_CHARS + 20
+    assert "…" in str(summary["strategy"]["parameters"])  # nesting cut
