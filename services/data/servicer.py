@@ -12,9 +12,10 @@ from typing import Any
 from kitrading.data.v1 import request_response_pb2 as rr
 from kitrading.data.v1 import service_pb2_grpc
 from services.data import convert as cv
-from services.data.models import Timeframe
+from services.data.models import STRATEGY_MUTABLE_FIELDS, SYMBOL_MUTABLE_FIELDS, Timeframe
 from services.data.service import DataDomain
 from services.runtime.errors import InvalidArgument
+from services.runtime.protos import update_paths
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
@@ -62,9 +63,8 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
     async def UpdateSymbol(
         self, request: rr.UpdateSymbolRequest, context: Context
     ) -> rr.UpdateSymbolResponse:
-        updated = await self.domain.update_symbol(
-            cv.symbol_in(request.symbol), list(request.update_mask.paths)
-        )
+        paths = update_paths(request.update_mask.paths, request.symbol, SYMBOL_MUTABLE_FIELDS)
+        updated = await self.domain.update_symbol(cv.symbol_in(request.symbol), paths)
         return rr.UpdateSymbolResponse(symbol=cv.symbol_out(updated))
 
     async def DeleteSymbol(
@@ -100,9 +100,8 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
     async def UpdateStrategy(
         self, request: rr.UpdateStrategyRequest, context: Context
     ) -> rr.UpdateStrategyResponse:
-        updated = await self.domain.update_strategy(
-            cv.strategy_in(request.strategy), list(request.update_mask.paths)
-        )
+        paths = update_paths(request.update_mask.paths, request.strategy, STRATEGY_MUTABLE_FIELDS)
+        updated = await self.domain.update_strategy(cv.strategy_in(request.strategy), paths)
         return rr.UpdateStrategyResponse(strategy=cv.strategy_out(updated))
 
     async def DeleteStrategy(

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import protovalidate
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
@@ -102,7 +102,11 @@ _HOLDS_STRINGS: dict[str, bool] = {}
 NUL_MESSAGE = "must not contain NUL characters (U+0000)"
 
 
-def _holds_strings(descriptor: Descriptor) -> bool:
+def _holds_strings(descriptor: Any) -> bool:
+    """Whether a string can occur anywhere inside messages of this type (`descriptor`: a message
+    Descriptor, or None for a field that is not a message)."""
+    if descriptor is None:
+        return False
     known = _HOLDS_STRINGS.get(descriptor.full_name)
     if known is not None:
         return known

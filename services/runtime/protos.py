@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from kitrading.common.v1 import job_pb2
+from services.runtime.errors import InvalidArgument
 from services.runtime.jobs import JobState
 
 
@@ -107,3 +109,20 @@ def request_summary(message: Message) -> dict[str, Any]:
     except Exception as exc:  # a log must never fail the call it describes
         return {"unsummarised": type(message).__name__, "why": str(exc)[:SUMMARY_CHARS]}
     return summary if isinstance(summary, dict) else {"value": summary}
+
+
+def update_paths(paths: Sequence[str], resource: Message, mutable: Sequence[str]) -> list[str]:
+    """The fields an update changes (AIP-134): the mask's `paths` when given; without a mask, the
+    mutable fields `resource` sets (proto3: a field at its default value is not set unless it has
+    presence, so clearing a field or setting a plain bool to false needs the mask). InvalidArgument
+    naming `update_mask` when that leaves nothing to change."""
+    if paths:
+        return list(paths)
+    present = {field.name for field, _ in resource.ListFields()}
+    implied = [name for name in mutable if name in present]
+    if not implied:
+        raise InvalidArgument(
+            "update_mask",
+            f"nothing to update: set fields in the body or name them in update_mask ({', '.join(mutable)})",
+        )
+    return implied

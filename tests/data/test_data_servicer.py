@@ -202,3 +202,42 @@ async def test_the_query_log_keeps_a_bounded_summary_never_the_request(
     update = (await stub.ListQueryLogs(rr.ListQueryLogsRequest(method="UpdateSymbol"))).query_logs[0]
     assert update.code == "INVALID_ARGUMENT"
     assert json.loads(update.parameters)["updateMask"] == ["Display_Name"]
+
+
+async def test_an_update_without_a_mask_changes_only_the_fields_it_sets(
+    stub: service_pb2_grpc.DataServiceStub,
+) -> None:
+    """AIP-134: no update_mask means the fields present in the resource, not every mutable field (a
+    PATCH of the description alone cleared the display name and deactivated the symbol)."""
+    await stub.CreateSymbol(
+        rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="KEEP", display_name="Keep me", description="old"))
+    )
+    updated = await stub.UpdateSymbol(
+        rr.UpdateSymbolRequest(symbol=pb.Symbol(symbol="KEEP", description="new"))
+    )
+    assert (updated.symbol.display_name, updated.symbol.description, updated.symbol.active) == (
+        "Keep me",
+        "new",
+        True,
+    )
+    off = await stub.UpdateSymbol(rr.UpdateSymbolRequest(symbol=pb.Symbol(symbol="KEEP", active=False)))
+    assert not off.symbol.active and off.symbol.display_name == "Keep me"
+    with pytest.raises(grpc.aio.AioRpcError) as nothing:
+        await stub.UpdateSymbol(rr.UpdateSymbolRequest(symbol=pb.Symbol(symbol="KEEP")))
+    assert nothing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "update_mask" in (nothing.value.details() or "")
+
+    created = await stub.CreateStrategy(
+        rr.CreateStrategyRequest(
+            strategy=pb.Strategy(strategy_id="keep", display_name="Keep", symbols=["KEEP"], active=True)
+        )
+    )
+    assert created.strategy.active
+    changed = await stub.UpdateStrategy(
+        rr.UpdateStrategyRequest(strategy=pb.Strategy(strategy_id="keep", description="d"))
+    )
+    assert (changed.strategy.display_name, list(changed.strategy.symbols), changed.strategy.active) == (
+        "Keep",
+        ["KEEP"],
+        True,
+    )

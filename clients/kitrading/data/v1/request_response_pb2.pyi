@@ -189,7 +189,9 @@ class UpdateSymbolRequest(_message.Message):
     def symbol(self) -> _resources_pb2.Symbol: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: display_name, asset_class, active, description, source. Empty: all of them."""
+        """Fields to change: display_name, asset_class, active, description, source. Omitted (AIP-134):
+        the fields set in `symbol`; clearing a field to its default needs the mask.
+        """
 
     def __init__(
         self,
@@ -426,7 +428,9 @@ class UpdateStrategyRequest(_message.Message):
     def strategy(self) -> _resources_pb2.Strategy: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Empty: all mutable fields."""
+        """Fields to change: display_name, description, symbols, timeframe, parameters, active. Omitted
+        (AIP-134): the fields set in `strategy`; clearing a field or `active: false` needs the mask.
+        """
 
     def __init__(
         self,
