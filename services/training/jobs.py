@@ -94,6 +94,8 @@ class TrainingJob:
     valid_loss: float | None = None
     eta_seconds: float | None = None
     error: str = ""
+    #: Trainer-specific options of the request (e.g. the pattern TCN's symbols), for `prepare`.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def item(self, key: str) -> ItemProgress:
         return next(i for i in self.items if i.key == key)
@@ -214,10 +216,12 @@ class JobRunner:
         background: bool = True,
         trigger: str = "manual",
         timeframe: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> TrainingJob:
         """Train the given keys (the trainer validates them: InvalidArgument, NotFound).
 
-        background=False waits for the job to finish and returns its final state.
+        background=False waits for the job to finish and returns its final state. `options` reach
+        the trainer's `prepare` as `job.options` (a job with other options is not its twin).
         """
         if not keys:
             raise InvalidArgument(
@@ -225,7 +229,7 @@ class JobRunner:
             )
         names = await self.trainer.check_keys(keys)
         return await self._submit(
-            names, force=force, background=background, trigger=trigger, timeframe=timeframe
+            names, force=force, background=background, trigger=trigger, timeframe=timeframe, options=options
         )
 
     async def train_all(
@@ -236,11 +240,19 @@ class JobRunner:
         return await self._submit(names, force=force, background=background, trigger=trigger, timeframe=None)
 
     async def _submit(
-        self, names: list[str], *, force: bool, background: bool, trigger: str, timeframe: str | None
+        self,
+        names: list[str],
+        *,
+        force: bool,
+        background: bool,
+        trigger: str,
+        timeframe: str | None,
+        options: dict[str, Any] | None = None,
     ) -> TrainingJob:
         if self._runner is None:
             raise FailedPrecondition("the training job runner is not started", reason="NOT_STARTED")
-        same = self._twin(names, force, timeframe)
+        options = dict(options or {})
+        same = self._twin(names, force, timeframe, options)
         if same is not None:
             job = same
         else:
@@ -258,6 +270,7 @@ class JobRunner:
                 background=background,
                 timeframe=timeframe,
                 max_steps=steps * len(names),
+                options=options,
             )
             self._jobs[job.job_id] = job
             self._runs[job.job_id] = _Run()
@@ -268,7 +281,9 @@ class JobRunner:
             return await self.wait(job.job_id)
         return job.snapshot()
 
-    def _twin(self, names: list[str], force: bool, timeframe: str | None) -> TrainingJob | None:
+    def _twin(
+        self, names: list[str], force: bool, timeframe: str | None, options: dict[str, Any] | None = None
+    ) -> TrainingJob | None:
         """A queued or running job (not being cancelled) that would do exactly this, so a repeated
         request does not train twice."""
         for job in self._jobs.values():
@@ -280,6 +295,7 @@ class JobRunner:
                 and job.keys == names
                 and job.force == force
                 and job.timeframe == timeframe
+                and job.options == (options or {})
             ):
                 return job
         return None
