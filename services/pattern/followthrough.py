@@ -66,25 +66,42 @@ def follow_through(
     frame: pd.DataFrame, detections: Sequence[Detection], *, horizon: int, holdout: float = 0.3
 ) -> list[FollowThrough]:
     """One row per catalogue type (see the module docstring); `frame` has a close column."""
-    close = frame["close"].to_numpy(dtype=np.float64)
-    n = len(close)
-    start = int(n * (1 - holdout))
-    last = n - horizon  # the last bar with a full horizon after it
-    fwd = np.full(n, np.nan)
-    if last > 0:
-        fwd[:last] = np.log(close[horizon:] / close[:last])
-    period = fwd[start:last] if last > start else np.array([])
+    return pooled_follow_through([(frame, detections)], horizon=horizon, holdout=holdout)
+
+
+def pooled_follow_through(
+    parts: Sequence[tuple[pd.DataFrame, Sequence[Detection]]], *, horizon: int, holdout: float = 0.3
+) -> list[FollowThrough]:
+    """`follow_through` over several series at once: each series' held-out period (its own last
+    `holdout` share), the signed returns of all of them pooled per type and for the base rate. With
+    more than one series `period_start`/`period_end` are 0 (each series has its own period)."""
+    periods = []
+    for frame, detections in parts:
+        close = frame["close"].to_numpy(dtype=np.float64)
+        n = len(close)
+        start = int(n * (1 - holdout))
+        last = n - horizon  # the last bar with a full horizon after it
+        fwd = np.full(n, np.nan)
+        if last > 0:
+            fwd[:last] = np.log(close[horizon:] / close[:last])
+        periods.append((fwd, start, last, detections))
     out = []
     for spec in CATALOGUE:
         sign = -1.0 if spec.direction == BEARISH else 1.0
-        ends = np.array(
-            [d.end for d in detections if d.slug == spec.slug and start <= d.end < last], dtype=np.int64
-        )
-        signed = sign * fwd[ends] if len(ends) else np.array([])
+        signed_parts, base_parts = [], []
+        for fwd, start, last, detections in periods:
+            ends = np.array(
+                [d.end for d in detections if d.slug == spec.slug and start <= d.end < last], dtype=np.int64
+            )
+            signed_parts.append(sign * fwd[ends] if len(ends) else np.array([]))
+            base_parts.append(sign * fwd[start:last] if last > start else np.array([]))
+        signed = np.concatenate(signed_parts) if signed_parts else np.array([])
+        base = np.concatenate(base_parts) if base_parts else np.array([])
         hits = int((signed > 0).sum())
         low, high = wilson(hits, len(signed))
         mean, mean_low, mean_high = _mean_interval(signed)
-        base = sign * period
+        single = len(periods) == 1
+        start, last = (periods[0][1], periods[0][2]) if single else (0, 1)
         out.append(
             FollowThrough(
                 slug=spec.slug,

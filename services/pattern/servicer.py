@@ -1,30 +1,31 @@
 """PatternService servicer: protos in, protos out; every call is one call into `PatternDomain`.
 
-The TCN and its training are not built (issue 12): TrainPatternModel answers UNIMPLEMENTED saying
-so, and the job RPCs find no job. Detection answers with the rules engine and says so.
+Validation, error mapping, limits, metrics and logs are the runtime's (services/runtime); the job
+RPCs (Get, List, Cancel, Watch a training job) are the shared training servicer's
+(services.training.servicer).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from kitrading.pattern.v1 import request_response_pb2 as rr
 from kitrading.pattern.v1 import service_pb2_grpc
 from services.pattern import convert as cv
 from services.pattern.service import PatternDomain
-from services.runtime.errors import NotFound, Unimplemented
 from services.runtime.pagination import paginate
+from services.training.convert import job_out
 from services.training.data_client import candles_frame
+from services.training.servicer import TrainingJobMethods, TrainingRpcs
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
-NO_TRAINER = "the pattern TCN is not built yet; detections come from the rule-based detector"
 
-
-class PatternServicer(service_pb2_grpc.PatternServiceServicer):
+class PatternServicer(TrainingJobMethods, service_pb2_grpc.PatternServiceServicer):
     def __init__(self, domain: PatternDomain) -> None:
         self.domain = domain
+        self.training = TrainingRpcs(domain.jobs)
+        self.messages = rr
 
     async def DetectSymbolPatterns(
         self, request: rr.DetectSymbolPatternsRequest, context: Context
@@ -34,6 +35,7 @@ class PatternServicer(service_pb2_grpc.PatternServiceServicer):
             timeframe=cv.timeframe_in(request.timeframe),
             lookback=request.lookback,
             min_confidence=request.min_confidence,
+            engine=cv.engine_in(request.engine),
         )
         return rr.DetectSymbolPatternsResponse(detection=cv.detection_out(result))
 
@@ -46,6 +48,7 @@ class PatternServicer(service_pb2_grpc.PatternServiceServicer):
             symbol=request.symbol if request.HasField("symbol") else "",
             timeframe=cv.timeframe_in(request.timeframe) or "H1",
             min_confidence=request.min_confidence,
+            engine=cv.engine_in(request.engine),
         )
         return rr.DetectPatternsResponse(detection=cv.detection_out(result))
 
@@ -56,6 +59,7 @@ class PatternServicer(service_pb2_grpc.PatternServiceServicer):
             timeframe=cv.timeframe_in(request.timeframe),
             lookback=request.lookback,
             min_confidence=request.min_confidence,
+            engine=cv.engine_in(request.engine),
         )
         return cv.scan_out(results, errors)
 
@@ -75,28 +79,21 @@ class PatternServicer(service_pb2_grpc.PatternServiceServicer):
             pattern_types=[cv.type_out(s) for s in chunk], next_page_token=token
         )
 
+    async def GetPatternModel(
+        self, request: rr.GetPatternModelRequest, context: Context
+    ) -> rr.GetPatternModelResponse:
+        status = await self.domain.status()
+        version = await self.domain.model(request.version) if request.version else status.version
+        return cv.status_out(status, version)
+
     async def TrainPatternModel(
         self, request: rr.TrainPatternModelRequest, context: Context
     ) -> rr.TrainPatternModelResponse:
-        raise Unimplemented(NO_TRAINER, reason="NO_TRAINER")
-
-    async def GetTrainingJob(
-        self, request: rr.GetTrainingJobRequest, context: Context
-    ) -> rr.GetTrainingJobResponse:
-        raise NotFound(f"training job {request.job_id} not found: {NO_TRAINER}", reason="JOB_NOT_FOUND")
-
-    async def ListTrainingJobs(
-        self, request: rr.ListTrainingJobsRequest, context: Context
-    ) -> rr.ListTrainingJobsResponse:
-        return rr.ListTrainingJobsResponse()
-
-    async def CancelTrainingJob(
-        self, request: rr.CancelTrainingJobRequest, context: Context
-    ) -> rr.CancelTrainingJobResponse:
-        raise NotFound(f"training job {request.job_id} not found: {NO_TRAINER}", reason="JOB_NOT_FOUND")
-
-    async def WatchTrainingJob(
-        self, request: rr.WatchTrainingJobRequest, context: Context
-    ) -> AsyncIterator[rr.WatchTrainingJobResponse]:
-        raise NotFound(f"training job {request.job_id} not found: {NO_TRAINER}", reason="JOB_NOT_FOUND")
-        yield rr.WatchTrainingJobResponse()  # pragma: no cover - makes this an async generator
+        job = await self.domain.train(
+            list(request.symbols),
+            force=request.force,
+            background=request.background,
+            timeframe=cv.timeframe_in(request.timeframe) or None,
+            max_steps=request.max_steps,
+        )
+        return rr.TrainPatternModelResponse(job=job_out(job))
