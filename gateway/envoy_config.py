@@ -101,6 +101,7 @@ from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 impo
 from envoy_data_plane.envoy.extensions.filters.http.grpc_stats.v3 import FilterConfig as GrpcStatsConfig
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.health_check.v3 import HealthCheck as HealthCheckFilter
+from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -130,6 +131,7 @@ GRPC_WEB = "envoy.filters.http.grpc_web"
 GRPC_STATS = "envoy.filters.http.grpc_stats"
 ROUTER = "envoy.filters.http.router"
 HEALTH_CHECK = "envoy.filters.http.health_check"
+LUA = "envoy.filters.http.lua"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
@@ -444,6 +446,35 @@ def transcoder_filter(
     return HttpFilter(name=TRANSCODER, typed_config=_any(config))
 
 
+#: Runs before the transcoder: a body of a POST, PUT or PATCH must be declared JSON (the
+#: transcoder's) or gRPC / grpc-web; a request without a body and without a content type passes. Otherwise any web page could send a cross-site
+#: `text/plain` POST, which needs no CORS preflight, and the transcoder would parse it as JSON anyway.
+BODY_CONTENT_TYPE_LUA = """
+local writes = {POST = true, PUT = true, PATCH = true}
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if not writes[headers:get(":method")] then return end
+  local kind = string.lower(headers:get("content-type") or "")
+  if string.find(kind, "^application/json") or string.find(kind, "^application/grpc") then return end
+  local length = headers:get("content-length")
+  if kind == "" and (length == nil or length == "0") and headers:get("transfer-encoding") == nil then
+    return  -- no body at all (POST /api/v1/...:sync)
+  end
+  handle:respond(
+    {[":status"] = "415", ["content-type"] = "application/json", ["x-content-type-options"] = "nosniff"},
+    '{"code":3,"message":"a request body must be sent as application/json (content-type)",'
+      .. '"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo",'
+      .. '"reason":"UNSUPPORTED_MEDIA_TYPE","domain":"gateway.kitrading","metadata":{}}]}')
+end
+"""
+
+
+def body_content_type_filter() -> HttpFilter:
+    return HttpFilter(
+        name=LUA, typed_config=_any(Lua(default_source_code=DataSource(inline_string=BODY_CONTENT_TYPE_LUA)))
+    )
+
+
 def http_filters(
     registry: Sequence[ServiceInfo],
     descriptor: bytes | str,
@@ -452,6 +483,7 @@ def http_filters(
 ) -> list[HttpFilter]:
     return [
         *health_filters(registry, settings),
+        body_content_type_filter(),
         HttpFilter(name=GRPC_WEB, typed_config=_any(GrpcWeb())),
         transcoder_filter(descriptor, service_names, settings),
         HttpFilter(

@@ -356,3 +356,34 @@ async def test_patch_changes_the_resource_named_in_the_path(
         response = await client.patch(path, params={"updateMask": "displayName"}, json={"displayName": "x"})
     assert response.status_code == 200, response.text
     assert response.json()[resource][id_field] == expected
+
+
+async def test_a_body_needs_a_json_content_type(gateway: Gateway) -> None:
+    """A web page can send a cross-site `text/plain` POST without a preflight: a body that is not
+    declared JSON (or gRPC) is 415 before it reaches a service."""
+    path = "/api/v1/symbols/EURUSD"
+    body = json.dumps({"displayName": "x"})
+    async with gateway.client() as client:
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            response = await client.patch(
+                path,
+                params={"updateMask": "displayName"},
+                content=body,
+                headers={"content-type": content_type},
+            )
+            assert response.status_code == 415, (content_type, response.text)
+            error = response.json()
+            assert error["code"] == 3 and "application/json" in error["message"]
+            assert error["details"][0]["reason"] == "UNSUPPORTED_MEDIA_TYPE"
+        bare = await client.patch(path, params={"updateMask": "displayName"}, content=body)
+        assert bare.status_code == 415, bare.text  # no content type at all
+        ok = await client.patch(
+            path,
+            params={"updateMask": "displayName"},
+            content=body,
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
+        assert ok.status_code == 200, ok.text
+        assert (await client.get("/api/v1/symbols")).status_code == 200  # reads need no content type
+        empty = await client.patch(path, params={"updateMask": "displayName"})
+        assert empty.status_code == 200, empty.text  # no body: nothing to declare
