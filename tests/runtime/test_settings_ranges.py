@@ -277,6 +277,7 @@ NO_VARIABLE: dict[type, dict[str, str]] = {
     llm_settings.OllamaSettings: {"extra_options": "OLLAMA_OPTIONS"},
     llm_settings.EmbeddedSettings: {},
     regime_settings.RegimeSettings: {},
+    pattern_settings.PatternSettings: {},
     embedder_settings.EmbedderSettings: {},
     rag_settings.RagSettings: {"database": "DatabaseSettings"},
 }
@@ -291,6 +292,7 @@ FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     llm_settings.OllamaSettings: llm_settings.OLLAMA_FIELDS,
     llm_settings.EmbeddedSettings: llm_settings.EMBEDDED_FIELDS,
     regime_settings.RegimeSettings: regime_settings.FIELDS,
+    pattern_settings.PatternSettings: pattern_settings.FIELDS,
     embedder_settings.EmbedderSettings: embedder_settings.FIELDS,
     rag_settings.RagSettings: rag_settings.FIELDS,
 }
@@ -385,6 +387,7 @@ DOCUMENTED: tuple[Var, ...] = (
     *watchdog_settings.VARIABLES,
     *llm_settings.VARIABLES,
     *regime_settings.VARIABLES,
+    *pattern_settings.VARIABLES,
     *embedder_settings.VARIABLES,
     *rag_settings.VARIABLES,
 )
