@@ -347,6 +347,11 @@ def service_routes(services: Sequence[RoutedService], settings: GatewaySettings)
     return exact + prefixes
 
 
+_READ_METHODS = HeaderMatcher(
+    name=":method", string_match=StringMatcher(safe_regex=RegexMatcher(regex="GET|HEAD"))
+)
+
+
 def page_routes(pages: Sequence[Page]) -> list[Route]:
     """Envoy answers these itself; the transcoder is off on them so reject_unknown_method lets them by."""
     disabled = {TRANSCODER: _any(FilterConfig(disabled=True))}
@@ -362,21 +367,45 @@ def page_routes(pages: Sequence[Page]) -> list[Route]:
         for page in pages
         for alias in page.aliases
     ]
-    return redirects + [
+    not_allowed = [
         Route(
-            name=f"page:{page.path}",
+            name=f"page-method:{page.path}",
             match=RouteMatch(path=page.path),
-            direct_response=DirectResponseAction(status=200, body=DataSource(inline_string=page.body)),
+            direct_response=DirectResponseAction(
+                status=405,
+                body=DataSource(
+                    inline_string='{"code":12,"message":"only GET and HEAD are allowed here","details":'
+                    '[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"METHOD_NOT_ALLOWED",'
+                    '"domain":"gateway.kitrading","metadata":{}}]}'
+                ),
+            ),
             response_headers_to_add=[
-                _header("content-type", page.content_type),
-                _header("cache-control", "no-cache"),
-                _header("x-content-type-options", "nosniff"),
-                *(_header(key, value) for key, value in page.headers),
+                _header("allow", "GET, HEAD"),
+                _header("content-type", "application/json"),
             ],
             typed_per_filter_config=dict(disabled),
         )
         for page in pages
     ]
+    return (
+        redirects
+        + [
+            Route(
+                name=f"page:{page.path}",
+                match=RouteMatch(path=page.path, headers=[_READ_METHODS]),
+                direct_response=DirectResponseAction(status=200, body=DataSource(inline_string=page.body)),
+                response_headers_to_add=[
+                    _header("content-type", page.content_type),
+                    _header("cache-control", "no-cache"),
+                    _header("x-content-type-options", "nosniff"),
+                    *(_header(key, value) for key, value in page.headers),
+                ],
+                typed_per_filter_config=dict(disabled),
+            )
+            for page in pages
+        ]
+        + not_allowed
+    )
 
 
 # ---- HTTP filters ----
@@ -447,8 +476,9 @@ def transcoder_filter(
 
 
 #: Runs before the transcoder: a body of a POST, PUT or PATCH must be declared JSON (the
-#: transcoder's) or gRPC / grpc-web; a request without a body and without a content type passes. Otherwise any web page could send a cross-site
-#: `text/plain` POST, which needs no CORS preflight, and the transcoder would parse it as JSON anyway.
+#: transcoder's) or gRPC / grpc-web; a request without a body and without a content type passes.
+#: Otherwise any web page could send a cross-site `text/plain` POST, which needs no CORS preflight,
+#: and the transcoder would parse it as JSON anyway.
 BODY_CONTENT_TYPE_LUA = """
 local writes = {POST = true, PUT = true, PATCH = true}
 function envoy_on_request(handle)
@@ -541,7 +571,65 @@ def _status_body(code: int, reason: str) -> dict[str, Any]:
     }
 
 
-def local_reply_config(registry: Sequence[ServiceInfo]) -> LocalReplyConfig:
+_TEMPLATE_VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
+
+
+def template_regex(template: str) -> str:
+    """A `:path` regex for a `google.api.http` path template (with any query string): a variable
+    is one segment (`[^/?:]+`), `{name=**}` or `{name=a/*}` any run of segments."""
+    out, at = [], 0
+    for m in _TEMPLATE_VARIABLE.finditer(template):
+        out.append(re.escape(template[at : m.start()]))
+        out.append("[^?]+" if (m.group(2) and "/" in m.group(2)) or m.group(2) == "**" else "[^/?:]+")
+        at = m.end()
+    out.append(re.escape(template[at:]))
+    return "".join(out) + r"(\?.*)?"
+
+
+def method_mappers(services: Sequence[RoutedService], http_client: AccessLogFilter) -> list[ResponseMapper]:
+    """The transcoder answers 404 for a known path with the wrong method: 405 with `Allow` instead.
+
+    One mapper per path template, most literal first (`/symbols/{symbol}:sync` before `/symbols/{symbol}`,
+    whose variable cannot hold a `:`), each with the methods the contracts bind to it."""
+    verbs: dict[str, set[str]] = {}
+    literal: dict[str, int] = {}
+    for svc in services:
+        for method in svc.methods:
+            for binding in method.bindings:
+                regex = template_regex(binding.template)
+                verbs.setdefault(regex, set()).add(binding.verb.upper())
+                literal[regex] = len(_TEMPLATE_VARIABLE.sub("", binding.template))
+    mappers = []
+    for regex in sorted(verbs, key=lambda r: -literal[r]):
+        allowed = ", ".join(sorted(verbs[regex]))
+        path = AccessLogFilter(header_filter=HeaderFilter(header=_path_regex_matcher(regex)))
+        mappers.append(
+            ResponseMapper(
+                filter=AccessLogFilter(and_filter=AndFilter(filters=[http_client, path, _status_is(404)])),
+                status_code=405,
+                headers_to_add=[_header("allow", allowed)],
+                body_format_override=_json_body(
+                    {
+                        "code": 12,
+                        "message": f"%REQ(:METHOD)% is not allowed here; allowed: {allowed}",
+                        "details": [
+                            {
+                                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                "reason": "METHOD_NOT_ALLOWED",
+                                "domain": "gateway.kitrading",
+                                "metadata": {"allow": allowed},
+                            }
+                        ],
+                    }
+                ),
+            )
+        )
+    return mappers
+
+
+def local_reply_config(
+    registry: Sequence[ServiceInfo], services: Sequence[RoutedService] = ()
+) -> LocalReplyConfig:
     """JSON bodies for Envoy's own answers to HTTP clients (gRPC clients get grpc-status as usual).
 
     The health answers name the service; other errors (unknown path or query parameter, no healthy
@@ -590,6 +678,7 @@ def local_reply_config(registry: Sequence[ServiceInfo]) -> LocalReplyConfig:
         header_filter=HeaderFilter(header=HeaderMatcher(name="x-envoy-original-path", present_match=True))
     )
     http_client = AccessLogFilter(or_filter=OrFilter(filters=[not_grpc, transcoded]))
+    mappers += method_mappers(services, http_client)
     for http_status, (code, reason) in [*LOCAL_ERRORS.items(), (400, (2, "GATEWAY_ERROR"))]:
         op = ComparisonFilterOp.EQ if http_status in LOCAL_ERRORS else ComparisonFilterOp.GE
         mappers.append(
@@ -648,6 +737,7 @@ def connection_manager(
     registry: Sequence[ServiceInfo],
     pages: Sequence[Page],
     settings: GatewaySettings,
+    services: Sequence[RoutedService] = (),
 ) -> HttpConnectionManager:
     largest_page = max((len(p.body.encode()) for p in pages), default=0)
     return HttpConnectionManager(
@@ -673,7 +763,7 @@ def connection_manager(
             virtual_hosts=[VirtualHost(name="mesh", domains=["*"], routes=routes)],
         ),
         http_filters=filters,
-        local_reply_config=local_reply_config(registry),
+        local_reply_config=local_reply_config(registry, services),
         access_log=access_logs(settings),
     )
 
@@ -810,7 +900,7 @@ def bootstrap(
     """The whole bootstrap: one listener, one cluster per registry service, admin, overload manager."""
     routes = page_routes(pages) + service_routes(services, settings) + reflection_routes(settings)
     filters = http_filters(registry, descriptor, [s.full_name for s in services], settings)
-    hcm = connection_manager(routes, filters, registry, pages, settings)
+    hcm = connection_manager(routes, filters, registry, pages, settings, services)
     listener = Listener(
         name="gateway",
         address=_socket(settings.listen_address, settings.port),

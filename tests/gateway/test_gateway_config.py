@@ -161,7 +161,12 @@ def test_pages_are_direct_responses_outside_the_transcoder(
     config: dict[str, Any], contracts: Contracts
 ) -> None:
     routes = _routes(config)
-    pages = {r["match"]["path"]: r for r in routes if "direct_response" in r}
+    direct = [r for r in routes if "direct_response" in r]
+    pages = {r["match"]["path"]: r for r in direct if r["direct_response"]["status"] == 200}
+    # GET and HEAD only; any other method on a page is the 405 route right after them
+    assert all(r["match"]["headers"][0]["name"] == ":method" for r in pages.values())
+    not_allowed = [r for r in direct if r["direct_response"]["status"] == 405]
+    assert {r["match"]["path"] for r in not_allowed} == set(pages)
     documented = {s.mesh.prefix for s in contracts.routed_services()}
     expected = {"/"} | {f"/{p}/docs" for p in documented} | {f"/{p}/openapi.json" for p in documented}
     assert set(pages) == expected
@@ -173,7 +178,7 @@ def test_pages_are_direct_responses_outside_the_transcoder(
     assert {r["match"]["path"] for r in redirects} >= {"/data", "/data/", "/data/docs/"}
     assert all(r["typed_per_filter_config"][TRANSCODER]["disabled"] for r in redirects)
     # Pages come first: a gRPC prefix route must never shadow them.
-    local = len(pages) + len(redirects)
+    local = len(direct) + len(redirects)
     assert all("route" not in r for r in routes[:local])
     assert all("route" in r for r in routes[local:])
 

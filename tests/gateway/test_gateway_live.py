@@ -387,3 +387,24 @@ async def test_a_body_needs_a_json_content_type(gateway: Gateway) -> None:
         assert (await client.get("/api/v1/symbols")).status_code == 200  # reads need no content type
         empty = await client.patch(path, params={"updateMask": "displayName"})
         assert empty.status_code == 200, empty.text  # no body: nothing to declare
+
+
+async def test_a_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
+    async with gateway.client() as client:
+        response = await client.put("/api/v1/symbols", json={})
+        assert response.status_code == 405, response.text
+        assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+        body = response.json()
+        assert body["details"][0]["reason"] == "METHOD_NOT_ALLOWED" and "PUT" in body["message"]
+        one = await client.post("/api/v1/symbols/EURUSD/candles", json={})
+        assert one.status_code == 405, one.text
+        assert "GET" in one.headers["allow"]
+        # an unknown path stays 404
+        assert (await client.put("/api/v1/no-such-thing", json={})).status_code == 404
+        # the docs pages are GET (and HEAD) only
+        for path in ("/data/docs", "/data/openapi.json", "/"):
+            deleted = await client.delete(path)
+            assert deleted.status_code == 405, (path, deleted.text)
+            assert deleted.headers["allow"] == "GET, HEAD"
+        assert (await client.get("/data/docs")).status_code == 200
+        assert (await client.head("/data/docs")).status_code == 200
