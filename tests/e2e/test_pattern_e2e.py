@@ -4,8 +4,10 @@ the gateway.
 
 The rules engine needs no training: the catalogue, the EURUSD detection with key points and
 follow-through against the base rate, a scan of every symbol, caller-given candles and their
-validation (400 naming the field), training refused plainly until the TCN exists, and the analyst's
-answer grounded in the live patterns.
+validation (400 naming the field), and the analyst's answer grounded in the live patterns. The TCN
+(a tiny configuration, so it trains in seconds): the first start trains one in the background, a
+training started over HTTP is followed live over SSE, its model card compares it with the rules and
+the TCN answers detection when asked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from tests.e2e.mesh import RunningMesh, start_mesh
 pytestmark = pytest.mark.e2e
 
 SAMPLES = ["EURUSD", "GOOG", "MSFT", "NASDAQ", "SP500"]
+#: A TCN that trains in seconds on this machine (the default one takes about a minute).
+TINY_TCN = {
+    "KITRADING_PATTERN_WINDOW": "32",
+    "KITRADING_PATTERN_CHANNELS": "8",
+    "KITRADING_PATTERN_LEVELS": "3",
+    "KITRADING_PATTERN_MAX_STEPS": "20",
+    "KITRADING_PATTERN_BATCH_SIZE": "32",
+    "KITRADING_PATTERN_TRAIN_BARS": "1500",
+    "KITRADING_PATTERN_USE_GPU": "false",
+}
 
 
 def get(mesh: RunningMesh, path: str, **params: Any) -> dict[str, Any]:
@@ -35,7 +47,7 @@ def get(mesh: RunningMesh, path: str, **params: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     home = Path(tmp_path_factory.mktemp("pattern-mesh"))
-    running = start_mesh(home, ["data", "pattern", "llm"], {})
+    running = start_mesh(home, ["data", "pattern", "llm"], TINY_TCN)
     try:
         running.wait_healthy("data")
         running.wait_healthy("tcn")
@@ -95,10 +107,35 @@ def test_caller_candles_and_a_clear_400(mesh: RunningMesh) -> None:
     assert "candles[17]" in bad.text and "Traceback" not in bad.text
 
 
-def test_training_is_refused_plainly(mesh: RunningMesh) -> None:
-    reply = httpx.post(f"{mesh.gateway}/api/v1/patterns/train", json={"symbol": "EURUSD"}, timeout=30)
-    assert reply.status_code == 501, reply.text
-    assert "NO_TRAINER" in reply.text
+def test_a_training_over_http_is_followed_on_sse_and_then_served(mesh: RunningMesh) -> None:
+    reply = httpx.post(
+        f"{mesh.gateway}/api/v1/patterns/train", json={"force": True, "background": True}, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    job_id = reply.json()["job"]["jobId"]
+    events: list[dict[str, Any]] = []
+    with httpx.Client(timeout=httpx.Timeout(180.0, connect=5.0)) as client:
+        url = f"{mesh.gateway}/api/v1/patterns/training/jobs/{job_id}:watch"
+        with client.stream("GET", url) as response:
+            assert response.status_code == 200, response.read().decode()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:])["event"])
+    assert "snapshot" in events[0]
+    last = events[-1].get("result") or events[-1]["snapshot"]
+    assert last["state"] == "JOB_STATE_SUCCEEDED", last
+    card = get(mesh, "/api/v1/patterns/model")
+    assert card["ready"] and card["model"]["version"].startswith("v")
+    model = card["model"]
+    assert len(model["classes"]) == 13 and model["macro"]["patternType"] == "macro"
+    assert {s["symbol"] for s in model["series"]} == set(SAMPLES)
+    assert all("rulesFollowThrough" in c for c in model["classes"])
+    tcn = get(mesh, "/api/v1/patterns/EURUSD", engine="PATTERN_ENGINE_CHOICE_TCN")["detection"]
+    assert tcn["engine"] == "PATTERN_ENGINE_TCN" and tcn["modelVersion"] == f"tcn/{model['version']}"
+    assert all(p["engine"] == "PATTERN_ENGINE_TCN" and p["keyPoints"] for p in tcn.get("patterns", []))
+    bad = httpx.post(f"{mesh.gateway}/api/v1/patterns/train", json={"maxSteps": 7}, timeout=30)
+    assert bad.status_code == 400 and "max_steps" in bad.text, bad.text
 
 
 def test_the_analyst_is_grounded_in_the_live_patterns(mesh: RunningMesh) -> None:
