@@ -480,13 +480,22 @@ def transcoder_filter(
 #: Otherwise any web page could send a cross-site `text/plain` POST, which needs no CORS preflight,
 #: and the transcoder would parse it as JSON anyway.
 BODY_CONTENT_TYPE_LUA = """
+local MAX_BODY = %(max_body)d
 local writes = {POST = true, PUT = true, PATCH = true}
 function envoy_on_request(handle)
   local headers = handle:headers()
   if not writes[headers:get(":method")] then return end
   local kind = string.lower(headers:get("content-type") or "")
-  if string.find(kind, "^application/json") or string.find(kind, "^application/grpc") then return end
   local length = headers:get("content-length")
+  if length ~= nil and tonumber(length) ~= nil and tonumber(length) > MAX_BODY then
+    handle:respond(
+      {[":status"] = "413", ["content-type"] = "application/json", ["x-content-type-options"] = "nosniff"},
+      '{"code":3,"message":"the request body is ' .. length .. ' bytes; at most ' .. MAX_BODY
+        .. ' are accepted","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo",'
+        .. '"reason":"REQUEST_TOO_LARGE","domain":"gateway.kitrading","metadata":{}}]}')
+    return
+  end
+  if string.find(kind, "^application/json") or string.find(kind, "^application/grpc") then return end
   if kind == "" and (length == nil or length == "0") and headers:get("transfer-encoding") == nil then
     return  -- no body at all (POST /api/v1/...:sync)
   end
@@ -499,10 +508,10 @@ end
 """
 
 
-def body_content_type_filter() -> HttpFilter:
-    return HttpFilter(
-        name=LUA, typed_config=_any(Lua(default_source_code=DataSource(inline_string=BODY_CONTENT_TYPE_LUA)))
-    )
+def body_content_type_filter(max_body_bytes: int) -> HttpFilter:
+    """The Lua filter of `BODY_CONTENT_TYPE_LUA`; a declared body over `max_body_bytes` is 413."""
+    source = BODY_CONTENT_TYPE_LUA % {"max_body": max_body_bytes}
+    return HttpFilter(name=LUA, typed_config=_any(Lua(default_source_code=DataSource(inline_string=source))))
 
 
 def http_filters(
@@ -513,7 +522,7 @@ def http_filters(
 ) -> list[HttpFilter]:
     return [
         *health_filters(registry, settings),
-        body_content_type_filter(),
+        body_content_type_filter(settings.max_request_body_bytes),
         HttpFilter(name=GRPC_WEB, typed_config=_any(GrpcWeb())),
         transcoder_filter(descriptor, service_names, settings),
         HttpFilter(

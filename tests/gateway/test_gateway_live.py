@@ -408,3 +408,27 @@ async def test_a_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
             assert deleted.headers["allow"] == "GET, HEAD"
         assert (await client.get("/data/docs")).status_code == 200
         assert (await client.head("/data/docs")).status_code == 200
+
+
+async def test_a_body_over_the_limit_is_413_not_a_retryable_429(gateway: Gateway) -> None:
+    """Past the gateway's limit (8 MiB) a declared body is refused by Envoy before it is read; it used
+    to reach the service's gRPC limit and come back RESOURCE_EXHAUSTED, 429, which clients retry."""
+    host, port = gateway.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    size = 9 * 1024 * 1024
+    writer.write(
+        f"PATCH /api/v1/symbols/EURUSD?updateMask=displayName HTTP/1.1\r\nhost: {host}\r\n"
+        f'content-type: application/json\r\ncontent-length: {size}\r\n\r\n{{"displayName": "'.encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split()[1])
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    writer.close()
+    assert status == 413, head
+    assert body["details"][0]["reason"] == "REQUEST_TOO_LARGE" and "8388608" in body["message"]
