@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.envoy_config import GatewaySettings
 from gateway.run import build_config, envoy_command, render_config, validate_config, write_config
+from services.runtime.config import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--descriptors", type=Path, default=None, help="FileDescriptorSet (default: generated)"
     )
-    parser.add_argument("--bind", default=None, help="listen address (KITRADING_GATEWAY_BIND, 0.0.0.0)")
+    parser.add_argument(
+        "--bind", default=None, help="listen address (KITRADING_GATEWAY_BIND, 127.0.0.1; see docs/gateway.md)"
+    )
     parser.add_argument("--port", type=int, default=None, help="gateway port (KITRADING_GATEWAY_PORT, 3000)")
     parser.add_argument("--admin-port", type=int, default=None, help="admin port on 127.0.0.1 (9901)")
     parser.add_argument("--service-host", default=None, help="host of every service (127.0.0.1)")
@@ -54,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["admin_port"] = args.admin_port
     if args.service_host:
         overrides["service_host"] = args.service_host
-    settings = GatewaySettings.from_env(None, **overrides)
+    try:
+        settings = GatewaySettings.from_env(None, **overrides)
+    except ConfigError as exc:
+        print(f"python -m gateway: {exc}", file=sys.stderr)
+        return 2
     config = build_config(settings, descriptor_path=args.descriptors, embed_descriptors=not args.no_embed)
     if args.print_config:
         sys.stdout.write(render_config(config, args.format))

@@ -125,6 +125,7 @@ from envoy_data_plane.google.protobuf import Struct
 
 from gateway.descriptors import RoutedService, RpcMethod
 from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
+from services.runtime.config import ConfigError
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 GRPC_WEB = "envoy.filters.http.grpc_web"
@@ -173,11 +174,49 @@ class Page:
     aliases: tuple[str, ...] = ()
 
 
+ALLOW_UNAUTHENTICATED = "KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED"
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={text!r}: expected true or false")
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(address: str, allow_unauthenticated: bool) -> None:
+    """ConfigError for a listener beyond loopback that nobody said may go without credentials."""
+    if _is_loopback(address) or allow_unauthenticated:
+        return
+    raise ConfigError(
+        f"KITRADING_GATEWAY_BIND={address} would let anyone who reaches this port create and delete "
+        "symbols, start syncs and trainings and queue LLM work: the gateway checks no API keys yet. "
+        "Listen on 127.0.0.1 (the default), or accept an open gateway explicitly with "
+        f"{ALLOW_UNAUTHENTICATED}=true (compose and Kubernetes do, behind their own networks)."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything about the gateway that a deployment or a test may change."""
 
-    listen_address: str = "0.0.0.0"
+    #: Loopback by default: until API keys exist, whoever reaches the gateway may write (train,
+    #: sync, delete). Another address needs `allow_unauthenticated` (`check_exposure`).
+    listen_address: str = "127.0.0.1"
+    #: Listening beyond loopback with no credential check, said explicitly
+    #: (`KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED=true`; compose and Kubernetes, behind their networks).
+    allow_unauthenticated: bool = False
     port: int = 3000
     admin_address: str = "127.0.0.1"
     admin_port: int = 9901
@@ -218,11 +257,15 @@ class GatewaySettings:
     #: None leaves `/grpc.reflection.*` unrouted.
     reflection_port: int | None = 3011
 
+    def __post_init__(self) -> None:
+        check_exposure(self.listen_address, self.allow_unauthenticated)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
         """Settings from the environment, then `overrides`.
 
-        `KITRADING_GATEWAY_PORT` (3000), `KITRADING_GATEWAY_BIND` (0.0.0.0), `KITRADING_GATEWAY_ADMIN_PORT`
+        `KITRADING_GATEWAY_PORT` (3000), `KITRADING_GATEWAY_BIND` (127.0.0.1; another address needs
+        `KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED=true`), `KITRADING_GATEWAY_ADMIN_PORT`
         (9901), `KITRADING_SERVICE_HOST` (127.0.0.1) and `KITRADING_<NAME>_HOST` per service
         (e.g. `KITRADING_DATA_HOST=data` in compose); ports come from the registry (`KITRADING_<NAME>_PORT`).
         """
@@ -230,6 +273,8 @@ class GatewaySettings:
         values: dict[str, Any] = {"port": gateway_port(source)}
         if source.get("KITRADING_GATEWAY_BIND"):
             values["listen_address"] = source["KITRADING_GATEWAY_BIND"]
+        if source.get(ALLOW_UNAUTHENTICATED):
+            values["allow_unauthenticated"] = _flag(ALLOW_UNAUTHENTICATED, source[ALLOW_UNAUTHENTICATED])
         if source.get("KITRADING_GATEWAY_ADMIN_PORT"):
             values["admin_port"] = int(source["KITRADING_GATEWAY_ADMIN_PORT"])
         if source.get("KITRADING_REFLECTION_PORT"):

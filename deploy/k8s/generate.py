@@ -290,6 +290,8 @@ def gateway_documents() -> list[dict[str, Any]]:
         "envFrom": [{"configMapRef": {"name": CONFIG_MAP}}],
         "env": [
             {"name": "KITRADING_GATEWAY_BIND", "value": "0.0.0.0"},
+            # No API keys yet: an open gateway is allowed only when said (keep its Service internal).
+            {"name": "KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED", "value": "true"},
             {"name": "KITRADING_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
         ],
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1536Mi"}},

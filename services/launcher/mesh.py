@@ -116,6 +116,10 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     env = dict(os.environ)
     env["KITRADING_HOME"] = str(home)
     services = selected_services(only)
+    if gateway:  # a refused gateway setting (an open listener) stops the start before anything runs
+        from gateway.envoy_config import GatewaySettings
+
+        GatewaySettings.from_env(env)
     pgdata = await prepare_database(env)
     db_keeper = asyncio.create_task(keep_database_running(pgdata)) if pgdata is not None else None
     supervisor = Supervisor(

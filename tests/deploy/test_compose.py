@@ -78,6 +78,7 @@ def test_gateway_reaches_every_service_by_name(compose: dict[str, Any]) -> None:
     assert gateway["command"] == ["python", "-m", "gateway", "--run"]
     env = env_of(gateway)
     assert env["KITRADING_GATEWAY_BIND"] == "0.0.0.0"
+    assert env["KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"  # said explicitly (no keys yet)
     for info in SERVICES:
         # gateway/envoy_config.py: GatewaySettings.from_env reads KITRADING_<NAME>_HOST per cluster.
         assert env[f"KITRADING_{info.name.upper()}_HOST"] == info.name

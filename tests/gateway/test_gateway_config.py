@@ -17,6 +17,7 @@ from gateway.docs import render_service_page
 from gateway.envoy_config import TRANSCODER
 from gateway.openapi import build_openapi, generate, openapi_path
 from kitrading.mesh import SERVICES, service
+from services.runtime.config import ConfigError
 
 #: The calls the users make today (MISSION.md); each must be an HTTP binding of some RPC.
 USER_CALLS = [
@@ -67,7 +68,7 @@ def test_validate_with_the_real_envoy(descriptor_path: Path, capsys: pytest.Capt
 
 def test_listener_and_admin(config: dict[str, Any]) -> None:
     (listener,) = config["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 13000}
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 13000}
     assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 19901}
     hcm = _hcm(config)
     assert hcm.get("codec_type", "AUTO") == "AUTO"  # the default: HTTP/1.1 and h2c
@@ -209,6 +210,25 @@ def test_settings_from_env() -> None:
     assert settings.listen_address == "127.0.0.1"
     assert settings.host_for(service("data")) == "data"
     assert settings.host_for(service("llm")) == "127.0.0.1"
+
+
+def test_loopback_by_default_and_no_open_door_without_saying_so() -> None:
+    """Anyone who reaches the gateway can write (train, sync, delete) until API keys exist: it
+    listens on loopback unless told otherwise, and beyond loopback only with an explicit opt-out."""
+    assert GatewaySettings().listen_address == "127.0.0.1"
+    assert GatewaySettings.from_env({}).listen_address == "127.0.0.1"
+    for address in ("0.0.0.0", "::", "192.168.1.20"):
+        with pytest.raises(ConfigError) as refused:
+            GatewaySettings.from_env({"KITRADING_GATEWAY_BIND": address})
+        message = str(refused.value)
+        assert "KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED" in message and "127.0.0.1" in message
+    opened = GatewaySettings.from_env(
+        {"KITRADING_GATEWAY_BIND": "0.0.0.0", "KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED": "true"}
+    )
+    assert opened.listen_address == "0.0.0.0" and opened.allow_unauthenticated
+    assert GatewaySettings.from_env({"KITRADING_GATEWAY_BIND": "::1"}).listen_address == "::1"
+    with pytest.raises(ConfigError, match="KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED"):
+        GatewaySettings.from_env({"KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED": "perhaps"})
 
 
 def test_print_config_json(descriptor_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,11 +35,16 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_ERROR
     try:
         from services.launcher.mesh import run_mesh
+        from services.runtime.config import ConfigError
     except ImportError as exc:
         print(
             f"kitrading up: the server code is not installed ({exc}); run it from a checkout with `make up`",
             file=sys.stderr,
         )
         return EXIT_ERROR
-    asyncio.run(run_mesh(only, gateway=not args.no_gateway))
+    try:
+        asyncio.run(run_mesh(only, gateway=not args.no_gateway))
+    except ConfigError as exc:  # a setting that stops the start: say which, no traceback
+        print(f"kitrading up: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return 0
