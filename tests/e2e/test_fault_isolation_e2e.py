@@ -231,6 +231,7 @@ def env() -> Iterator[Env]:
                 "NHITS_MAX_STEPS": "30",
                 "KITRADING_REGIME_RESTARTS": "1",
                 "KITRADING_REGIME_BOOSTING_ROUNDS": "50",
+                "KITRADING_PATTERN_MAX_STEPS": "30",
             },
         )
         traffic = Traffic(running.gateway)

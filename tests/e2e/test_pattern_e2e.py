@@ -13,6 +13,7 @@ the TCN answers detection when asked.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def get(mesh: RunningMesh, path: str, **params: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    home = Path(tmp_path_factory.mktemp("pattern-mesh"))
+    # Not under pytest's basetemp (kept at mode 0700 by every pytest session): the embedded
+    # server's own system user must reach its data directory.
+    home = Path(tempfile.mkdtemp(prefix="kitrading-pattern-"))
     running = start_mesh(home, ["data", "pattern", "llm"], TINY_TCN)
     try:
         running.wait_healthy("data")
