@@ -35,15 +35,17 @@ def engine_in(value: int) -> str:
         raise InvalidArgument("engine", "must be a defined PatternEngineChoice") from None
 
 
-def check_unique_times(candles: Sequence[market_pb2.Candle]) -> None:
-    """Caller-given candles may come in any order (they are sorted, as everywhere in the mesh); two with
-    the same time are INVALID_ARGUMENT naming the second as the caller sent it."""
-    seen: set[tuple[int, int]] = set()
+def check_time_order(candles: Sequence[market_pb2.Candle]) -> None:
+    """Caller-given candles must come oldest first, each time after the one before: INVALID_ARGUMENT
+    naming the first candle out of order as the caller sent it (`candles[31].time`)."""
+    previous: tuple[int, int] | None = None
     for i, c in enumerate(candles):
         key = (c.time.seconds, c.time.nanos)
-        if key in seen:
-            raise InvalidArgument(f"candles[{i}].time", "two candles have the same time")
-        seen.add(key)
+        if previous is not None and key <= previous:
+            raise InvalidArgument(
+                f"candles[{i}].time", "times must be strictly increasing (oldest first, no repeats)"
+            )
+        previous = key
 
 
 def timeframe_in(value: int) -> str:

@@ -42,7 +42,7 @@ class PatternServicer(TrainingJobMethods, service_pb2_grpc.PatternServiceService
     async def DetectPatterns(
         self, request: rr.DetectPatternsRequest, context: Context
     ) -> rr.DetectPatternsResponse:
-        cv.check_unique_times(request.candles)
+        cv.check_time_order(request.candles)
         result = await self.domain.detect_candles(
             candles_frame(request.candles),
             symbol=request.symbol if request.HasField("symbol") else "",

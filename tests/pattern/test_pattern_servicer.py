@@ -99,10 +99,13 @@ async def test_caller_given_candles_and_their_validation(stack: Stack) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert details(error)[1] == ["candles[17].high"]
-    # any order is accepted (sorted, as everywhere in the mesh); a repeated time is not
-    shuffled = candles[200:] + candles[:200]
-    again = await stack.pattern.DetectPatterns(rr.DetectPatternsRequest(candles=shuffled, symbol="MINE"))
-    assert again.detection == reply.detection
+    unsorted = list(candles)
+    unsorted[30], unsorted[31] = unsorted[31], unsorted[30]
+    error = await fails(
+        stack.pattern.DetectPatterns(rr.DetectPatternsRequest(candles=unsorted)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert details(error)[1] == ["candles[31].time"]
     repeated = [*candles[:31], candles[30], *candles[32:]]
     error = await fails(
         stack.pattern.DetectPatterns(rr.DetectPatternsRequest(candles=repeated)),

@@ -290,7 +290,7 @@ async def test_nul_bytes_in_any_string_are_invalid_argument_naming_the_field(
     running: tuple[RunningServer, App],
 ) -> None:
     """PostgreSQL text cannot hold NUL: caught at the boundary for every service, never a 500."""
-    server, app = running
+    server, _ = running
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = service_pb2_grpc.DataServiceStub(channel)
         strategy = resources_pb2.Strategy(strategy_id="s1", description="a\x00b", symbols=["EURUSD", "X\x00"])
