@@ -59,13 +59,24 @@ async def test_the_cli_adds_queries_and_lists(
     status, out, _ = await cli(capsys, *target, "rag", "status")
     assert status == 0 and "documents 2" in out and "exact (IndexFlatIP)" in out
 
-    pdf = tmp_path / "report.pdf"
-    pdf.write_bytes(b"%PDF-1.4\n")
-    try:
-        import pypdf  # noqa: F401
-    except ImportError:
-        status, _, err = await cli(capsys, *target, "rag", "add", str(pdf))
-        assert status == 2 and "needs the pypdf package" in err
+    # a real PDF with text (matplotlib writes it with TrueType fonts; pypdf reads it back)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"pdf.fonttype": 42}):
+        figure = plt.figure(figsize=(6, 2))
+        figure.text(0.05, 0.5, "Quarterly review: gold found support at 2410 in March.")
+        pdf = tmp_path / "gold-review.pdf"
+        figure.savefig(pdf)
+        plt.close(figure)
+    status, out, _ = await cli(capsys, *target, "rag", "add", str(pdf))
+    assert status == 0 and "added" in out, out
+    status, out, _ = await cli(
+        capsys, *target, "rag", "query", "where did gold find support?", "--top-k", "1"
+    )
+    assert status == 0 and "gold-review" in out, out
 
 
 async def test_the_analysts_grounding_cites_passages_by_id_and_title(rag: RagStack) -> None:
