@@ -75,10 +75,11 @@ SPECS: dict[str, Spec] = {
         gpu_memory_fraction=0.15,
         startup_s=300,
     ),
+    # Users' plan: 8 GB (the TCN's training runs in the service's worker).
     "pattern": Spec(
         "500m",
         "1Gi",
-        "4Gi",
+        "8Gi",
         volumes=(Volume("pattern-models", f"{HOME}/models/pattern", "5Gi"),),
         gpu_memory_fraction=0.10,
         startup_s=180,
