@@ -16,7 +16,8 @@ NOT_SERVING, the watchdog alert for `database`, and everything recover by itself
 pgserver's start lock until both were seen (the keeper waits on that lock), then lets go.
 
 Every figure is printed as a Markdown table (docs/reliability.md keeps the latest run), and written
-as JSON to `$KITRADING_RELIABILITY_JSON` when that is set.
+as JSON to `$KITRADING_RELIABILITY_JSON` when that is set. `KITRADING_KEEP_FAULT_HOME=1` keeps the
+mesh's home (logs of every service) for a look after the run.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ def env() -> Iterator[Env]:
             code = running.stop()
             print((home / "up.log").read_text(errors="replace")[-2000:])
             report()
-            shutil.rmtree(home, ignore_errors=True)
+            if not os.environ.get("KITRADING_KEEP_FAULT_HOME"):
+                shutil.rmtree(home, ignore_errors=True)
         assert code == 0, f"kitrading up exited with {code}"
 
 
