@@ -283,6 +283,8 @@ class EvaluationResult:
     #: NHITS's test-window interval figures under each calibration ("expanding" is the one served).
     interval_methods: dict[str, dict[str, float]]
     baseline_seconds: float = 0.0
+    #: NHITS's MAE of each test window, in origin order (for Diebold-Mariano against another NHITS).
+    window_mae: tuple[float, ...] = ()
 
 
 def _interval_figures(
@@ -383,5 +385,25 @@ def evaluate(
         metrics[name]["dm_statistic_vs_nhits"] = None if math.isnan(stat) else stat
         metrics[name]["dm_p_value_vs_nhits"] = None if math.isnan(p) else p
     return EvaluationResult(
-        metrics, serve_q, n_cal, serving_windows, season_length, interval_methods, baseline_seconds
+        metrics,
+        serve_q,
+        n_cal,
+        serving_windows,
+        season_length,
+        interval_methods,
+        baseline_seconds,
+        tuple(float(x) for x in nhits_loss),
     )
+
+
+def compare_windows(
+    window_mae: Sequence[float], other_mae: Sequence[float], h: int, step: int
+) -> dict[str, float | None]:
+    """Diebold-Mariano of another NHITS's per-window MAE (`other_mae`) against this one's on the
+    same test windows: {"dm_statistic": positive when the other loses more, "dm_p_value"}."""
+    overlap = max(1, math.ceil(h / step))
+    stat, p = diebold_mariano(np.asarray(other_mae), np.asarray(window_mae), h=overlap)
+    return {
+        "dm_statistic": None if math.isnan(stat) else stat,
+        "dm_p_value": None if math.isnan(p) else p,
+    }

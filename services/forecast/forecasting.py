@@ -74,6 +74,8 @@ class LoadedModel:
     timeframe: str
     quantiles: dict[int, np.ndarray]  # {level: (h,)}, in units of `interval_scale`
     volatility_lookback: int
+    #: The global model's id when this version is one (its symbols share one forecaster), else "".
+    shared: str = ""
 
     @property
     def h(self) -> int:
@@ -111,6 +113,8 @@ class ModelCache:
         self.threads = threads
         self._models: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._shared: dict[str, NHITSForecaster] = {}  # global model id -> its forecaster
+        self._shared_lock = threading.Lock()
         self._torch_ready = False
         self.loads = 0
 
@@ -131,7 +135,17 @@ class ModelCache:
         self.prepare()
         version = self.registry.get(symbol)
         meta = version.metadata
-        forecaster = NHITSForecaster.load(version.path)
+        shared = str(meta.get("global", {}).get("model_id", "")) if meta.get("scope") == "global" else ""
+        if shared:  # a global model's symbols share its weights: load them once
+            with self._shared_lock:
+                forecaster = self._shared.get(shared)
+                if forecaster is None:
+                    forecaster = NHITSForecaster.load(version.path)
+                    in_use = {m.shared for m in self._models.values()}
+                    self._shared = {k: v for k, v in self._shared.items() if k in in_use}
+                    self._shared[shared] = forecaster
+        else:
+            forecaster = NHITSForecaster.load(version.path)
         quantiles = {
             int(k): np.asarray(v, dtype=np.float64) for k, v in meta["intervals"]["quantiles"].items()
         }
@@ -145,6 +159,7 @@ class ModelCache:
             timeframe=str(meta.get("timeframe", "H1")),
             quantiles=quantiles,
             volatility_lookback=int(meta["intervals"].get("volatility_lookback", VOL_LOOKBACK)),
+            shared=shared,
         )
 
     async def get(self, symbol: str) -> LoadedModel | None:
@@ -293,18 +308,19 @@ class Forecaster:
     def _compute(self, items: Sequence[_Prepared]) -> dict[tuple[str, str, pd.Timestamp], _Full]:
         """Forward passes and calendar times for cache misses (runs in a worker thread).
 
-        Models sharing one architecture are evaluated together (`StackedNHITS`, vmap over the
-        stacked weights); the stacked weights of a recurring symbol set are kept for next time.
+        The symbols of one global model are one batch through its forecaster; per-symbol models
+        sharing one architecture are evaluated together (`StackedNHITS`, vmap over the stacked
+        weights); the stacked weights of a recurring symbol set are kept for next time.
         """
         now = datetime.now(UTC)
         unique = {(i.symbol, i.model.version, i.last_time): i for i in items}
-        groups: dict[NHITSConfig, list[_Prepared]] = {}
+        groups: dict[tuple[NHITSConfig, str], list[_Prepared]] = {}
         for item in unique.values():
-            groups.setdefault(item.model.forecaster.config, []).append(item)
+            groups.setdefault((item.model.forecaster.config, item.model.shared), []).append(item)
         out: dict[tuple[str, str, pd.Timestamp], _Full] = {}
-        for group in groups.values():
+        for (_, shared), group in groups.items():
             windows = np.stack([g.window for g in group])  # (M, input_size)
-            if len(group) == 1:
+            if len(group) == 1 or shared:
                 points = group[0].model.forecaster.predict_windows(windows)
             else:
                 points = self._stacked([g.model for g in group]).predict(windows)  # (M, h)

@@ -170,18 +170,41 @@ class NHITSForecaster:
         The last `val_size` bars are not trained on; neuralforecast reports the loss on them
         (`valid_loss`) every `val_check_steps` steps. `callbacks` are Lightning callbacks.
         """
+        return self.fit_many([y], val_size=val_size, callbacks=callbacks)
+
+    def fit_many(
+        self, series: Sequence[np.ndarray], *, val_size: int = 0, callbacks: Sequence[Any] = ()
+    ) -> NHITSForecaster:
+        """Train one model across several series (a global model), each shape (n_i,), on its own
+        bar index; one series is `fit`.
+
+        neuralforecast samples training windows from every series; the model's `scaler_type`
+        scales each input window by its own statistics (and the loss is taken in those units), so
+        series of any price level train together without per-series statistics. The last
+        `val_size` bars of every series are not trained on.
+        """
         import pandas as pd
         from neuralforecast import NeuralForecast
 
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D, got shape {y.shape}")
         cfg = self.config
-        if len(y) - val_size < cfg.input_size + cfg.h:
-            raise ValueError(
-                f"need input_size + h = {cfg.input_size + cfg.h} training bars, got {len(y) - val_size}"
-            )
-        df = pd.DataFrame({"unique_id": "y", "ds": np.arange(len(y), dtype=np.int64), "y": y})
+        arrays = [np.asarray(y, dtype=np.float64) for y in series]
+        if not arrays:
+            raise ValueError("at least one series is required")
+        for y in arrays:
+            if y.ndim != 1:
+                raise ValueError(f"y must be 1-D, got shape {y.shape}")
+            if len(y) - val_size < cfg.input_size + cfg.h:
+                raise ValueError(
+                    f"need input_size + h = {cfg.input_size + cfg.h} training bars, got {len(y) - val_size}"
+                )
+        ids = ["y"] if len(arrays) == 1 else [f"s{i:04d}" for i in range(len(arrays))]
+        df = pd.concat(
+            [
+                pd.DataFrame({"unique_id": uid, "ds": np.arange(len(y), dtype=np.int64), "y": y})
+                for uid, y in zip(ids, arrays, strict=True)
+            ],
+            ignore_index=True,
+        )
         model = self._build(callbacks=callbacks)
         with quiet_lightning():
             nf = NeuralForecast(models=[model], freq=1)
@@ -189,7 +212,7 @@ class NHITSForecaster:
         fitted = nf.models[0]
         fitted.eval()
         self.model_ = fitted.to("cpu")
-        self.n_train_ = len(y) - val_size
+        self.n_train_ = sum(len(y) - val_size for y in arrays)
         train = [loss for _, loss in getattr(fitted, "train_trajectories", [])]
         valid = [(int(step), float(loss)) for step, loss in getattr(fitted, "valid_trajectories", [])]
         self.fit_ = FitResult(

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from services.forecast.forecasting import Forecast, Forecaster
 from services.forecast.metrics import SystemMetrics, system_metrics
 from services.forecast.registry import check_symbol, forecast_registry
-from services.forecast.settings import ForecastSettings
+from services.forecast.settings import MODEL_SCOPES, ForecastSettings
 from services.forecast.trainer import ForecastTrainer
 from services.runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
@@ -49,6 +49,10 @@ class ModelPerformance:
     data: dict[str, Any]
     evaluation: dict[str, Any]
     training: dict[str, Any]
+    #: "symbol" (the symbol's own NHITS) or "global" (one NHITS across its timeframe's symbols).
+    scope: str = "symbol"
+    #: A global version's shared model: its id, timeframe and symbols ({} for a per-symbol one).
+    global_model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def models(self) -> dict[str, dict[str, float | None]]:
@@ -66,6 +70,8 @@ class ModelPerformance:
             data=dict(meta.get("data", {})),
             evaluation=dict(meta.get("evaluation", {})),
             training=dict(meta.get("training", {})),
+            scope=str(meta.get("scope", "symbol")),
+            global_model=dict(meta.get("global", {})),
         )
 
 
@@ -172,11 +178,15 @@ class ForecastDomain:
         background: bool = True,
         timeframe: str | None = None,
         max_steps: int = 0,
+        scope: str | None = None,
     ) -> TrainingJob:
-        """Train every active symbol (only those modelled on `timeframe` when given)."""
+        """Train every active symbol (only those modelled on `timeframe` when given); `scope`
+        ("symbol" or "global", default KITRADING_FORECAST_MODEL_SCOPE) says whether each symbol gets
+        its own NHITS or each timeframe one across its symbols."""
         self._check_max_steps(max_steps)
+        options = self._scope_options(scope)
         if timeframe is None:
-            return await self.jobs.train_all(force=force, background=background)
+            return await self.jobs.train_all(force=force, background=background, options=options)
         else:
             default = self.settings.timeframe
             names = [
@@ -186,7 +196,17 @@ class ForecastDomain:
             ]
             if not names:
                 raise FailedPrecondition(f"no active symbol is modelled on {timeframe} candles")
-            return await self.jobs.train(names, force=force, background=background, timeframe=timeframe)
+            return await self.jobs.train(
+                names, force=force, background=background, timeframe=timeframe, options=options
+            )
+
+    @staticmethod
+    def _scope_options(scope: str | None) -> dict[str, Any]:
+        if scope is None:
+            return {}
+        if scope not in MODEL_SCOPES:
+            raise InvalidArgument("scope", f"must be one of {', '.join(MODEL_SCOPES)}")
+        return {"scope": scope}
 
     async def train_symbol(
         self,
@@ -196,12 +216,18 @@ class ForecastDomain:
         background: bool = True,
         timeframe: str | None = None,
         max_steps: int = 0,
+        scope: str | None = None,
     ) -> TrainingJob:
+        """With scope "global" the symbol's timeframe model is retrained across all its active
+        symbols, and each of them gets a new version."""
         self._check_max_steps(max_steps)
+        options = self._scope_options(scope)
         trained = await self._series(symbol)
         if timeframe is not None and timeframe != trained:
             raise self._timeframe_error(symbol, trained, timeframe)
-        return await self.jobs.train([symbol], force=force, background=background, timeframe=timeframe)
+        return await self.jobs.train(
+            [symbol], force=force, background=background, timeframe=timeframe, options=options
+        )
 
     def training_progress(self) -> TrainingProgress:
         return TrainingProgress(

@@ -38,6 +38,8 @@ EVENT_TYPES = (
     "MARKET_EVENT",
 )
 _DAY = 86_400.0
+#: What one NHITS is trained on: one symbol's series, or every active symbol of a timeframe.
+MODEL_SCOPES = ("symbol", "global")
 #: statsforecast baselines that may be scored beside Naive and SeasonalNaive (KITRADING_FORECAST_BASELINES).
 BASELINES = ("AutoETS", "AutoTheta", "AutoARIMA")
 
@@ -87,6 +89,8 @@ class ForecastSettings:
     baseline_input_size: int = 500
     # Jobs.
     max_jobs_kept: int = 200
+    #: "symbol": one NHITS per symbol; "global": one NHITS per timeframe across its active symbols.
+    model_scope: str = "symbol"
     nhits: NHITSConfig = field(default_factory=NHITSConfig)
 
     def __post_init__(self) -> None:
@@ -156,6 +160,7 @@ FIELDS: dict[str, Var] = {
     "baseline_input_size": IntVar("KITRADING_FORECAST_BASELINE_INPUT_SIZE", 50, 1_000_000),
     # Jobs.
     "max_jobs_kept": IntVar("KITRADING_FORECAST_MAX_JOBS_KEPT", 1, 1_000_000),
+    "model_scope": ChoiceVar("KITRADING_FORECAST_MODEL_SCOPE", MODEL_SCOPES),
     # NHITS hyperparameters; the horizon is at most what a forecast request may ask (720).
     "nhits.h": IntVar("NHITS_HORIZON", 1, 720),
     "nhits.input_size": IntVar("NHITS_INPUT_SIZE", 2, 100_000),

@@ -1,13 +1,16 @@
-"""Train, evaluate and publish one symbol's model. Runs inside the training worker process.
+"""Train, evaluate and publish one symbol's model, or one global model across the symbols of a
+timeframe. Runs inside the training worker process.
 
 `setup` and `run` are the forecast trainer's worker side (services.forecast.trainer names them in
-its `WorkerSpec`); `train_symbol` is plain synchronous Python that emits typed progress events from
-real Lightning training steps and validation losses.
+its `WorkerSpec`); `train_symbol` and `train_global` are plain synchronous Python that emit typed
+progress events from real Lightning training steps and validation losses.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,9 +19,18 @@ import numpy as np
 import pandas as pd
 
 from services.forecast.calendar import SEASON_LENGTH, calendar_for
-from services.forecast.evaluation import LEVELS, VOL_LOOKBACK, evaluate, make_split
+from services.forecast.evaluation import (
+    LEVELS,
+    VOL_LOOKBACK,
+    EvaluationResult,
+    Split,
+    compare_windows,
+    evaluate,
+    make_split,
+)
 from services.forecast.model import NHITSConfig, NHITSForecaster, library_versions
 from services.forecast.registry import forecast_registry
+from services.runtime.errors import FailedPrecondition, NotFound
 from services.training.events import Emit, Phase, Step, Validation
 from services.training.registry import ModelRegistry, ModelVersion
 from services.training.trainer import TrainResult, WorkerContext
@@ -27,8 +39,20 @@ CANDLE_COLUMNS = ("time", "open", "high", "low", "close", "volume")
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesInput:
+    """One symbol's candles (picklable)."""
+
+    symbol: str
+    asset_class: str
+    candles: pd.DataFrame
+
+
+@dataclass(frozen=True, slots=True)
 class TrainTask:
-    """Everything the worker needs to train one symbol (picklable)."""
+    """Everything the worker needs to train one symbol (picklable).
+
+    `scope` "global": train one NHITS across `members` (the timeframe's active symbols, this
+    symbol among them) and publish a version for each (`train_global`)."""
 
     job_id: str
     symbol: str
@@ -47,6 +71,12 @@ class TrainTask:
     accelerator: str = "cpu"
     device_index: int | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    scope: str = "symbol"
+    members: tuple[SeriesInput, ...] = ()
+
+    @property
+    def own_series(self) -> SeriesInput:
+        return SeriesInput(self.symbol, self.asset_class, self.candles)
 
 
 def prepare_series(candles: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
@@ -99,14 +129,10 @@ def make_progress_callback(emit: Emit, max_steps: int, min_interval_s: float = 0
     return ProgressCallback()
 
 
-def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelVersion:
-    """Fit NHITS on `task.candles`, evaluate it walk-forward against Naive, SeasonalNaive and
-    `task.baselines`, stage the files and publish them as the symbol's new current version."""
-    started = time.monotonic()
-    times, y = prepare_series(task.candles)
+def _split(task: TrainTask, n: int) -> Split:
     cfg = task.config
-    split = make_split(
-        len(y),
+    return make_split(
+        n,
         cfg.h,
         cfg.input_size,
         windows=task.eval_windows,
@@ -114,6 +140,110 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
         calibration=task.calibration_windows,
         min_train=task.min_train_windows,
     )
+
+
+def _evaluate(task: TrainTask, y: np.ndarray, split: Split, model: NHITSForecaster) -> EvaluationResult:
+    return evaluate(
+        y,
+        split,
+        model.predict_windows,
+        season_length=SEASON_LENGTH.get(task.timeframe, 1),
+        interval_windows=task.interval_windows,
+        baselines=task.baselines,
+        baseline_input_size=task.baseline_input_size,
+    )
+
+
+def _metadata(
+    task: TrainTask,
+    series: SeriesInput,
+    times: pd.DatetimeIndex,
+    y: np.ndarray,
+    split: Split,
+    model: NHITSForecaster,
+    result: EvaluationResult,
+    trained_s: float,
+) -> dict[str, Any]:
+    """What is stored with a version: the data, split, training, intervals and evaluation."""
+    cfg = task.config
+    fit = model.fit_
+    return {
+        "symbol": series.symbol,
+        "asset_class": series.asset_class,
+        "timeframe": task.timeframe,
+        "calendar": calendar_for(series.asset_class).name,
+        "job_id": task.job_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "scope": "symbol",
+        "data": {
+            "first_time": times[0].isoformat(),
+            "last_time": times[-1].isoformat(),
+            "bars": len(y),
+            "train_bars": split.train_end,
+            "train_end_time": times[split.train_end - 1].isoformat(),
+            "calibration_bars": split.calibration_len,
+            "test_start_time": times[int(split.test_origins[0])].isoformat(),
+            "test_bars": split.test_len,
+        },
+        "hyperparameters": cfg.to_dict(),
+        "training": {
+            "steps": fit.steps,
+            "max_steps": cfg.max_steps,
+            "train_loss": fit.train_loss,
+            "valid_loss": fit.valid_loss,
+            "duration_s": round(trained_s, 3),
+            "accelerator": task.accelerator,
+        },
+        "intervals": {
+            "method": (
+                "conformal per horizon step on every fully observed earlier origin (at most "
+                "interval_windows), |error| / (last price x recent volatility)"
+            ),
+            "volatility_lookback": VOL_LOOKBACK,
+            "levels": list(LEVELS),
+            "quantiles": {str(k): [float(x) for x in v] for k, v in result.serving_quantiles.items()},
+            "windows": result.serving_windows,
+            "interval_windows": task.interval_windows,
+        },
+        "evaluation": {
+            "method": "walk-forward on the held-out tail, same windows for every model",
+            "windows": len(split.test_origins),
+            "step": split.step,
+            "h": cfg.h,
+            "season_length": result.season_length,
+            "calibration_windows": result.calibration_windows,
+            "baseline_input_size": task.baseline_input_size,
+            "baseline_seconds": round(result.baseline_seconds, 3),
+            "interval_methods": result.interval_methods,
+            "models": result.metrics,
+            "nhits_window_mae": list(result.window_mae),
+        },
+        "libraries": library_versions(),
+        **task.extra_metadata,
+    }
+
+
+def _publish(
+    task: TrainTask, registry: ModelRegistry, symbol: str, model: NHITSForecaster, metadata: dict[str, Any]
+) -> ModelVersion:
+    staged = registry.stage(symbol)
+    try:
+        model.save(staged.path)
+        version = registry.publish(staged, metadata)
+    except BaseException:
+        registry.discard(staged)
+        raise
+    registry.prune(symbol, task.keep_versions)
+    return version
+
+
+def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelVersion:
+    """Fit NHITS on `task.candles`, evaluate it walk-forward against Naive, SeasonalNaive and
+    `task.baselines`, stage the files and publish them as the symbol's new current version."""
+    started = time.monotonic()
+    times, y = prepare_series(task.candles)
+    cfg = task.config
+    split = _split(task, len(y))
     emit(Phase("training"))
     model = NHITSForecaster(cfg, accelerator=task.accelerator, device=task.device_index)
     callback = make_progress_callback(emit, cfg.max_steps)
@@ -123,81 +253,111 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
     trained_s = time.monotonic() - started
 
     emit(Phase("evaluating"))
-    season = SEASON_LENGTH.get(task.timeframe, 1)
-    result = evaluate(
-        y,
-        split,
-        model.predict_windows,
-        season_length=season,
-        interval_windows=task.interval_windows,
-        baselines=task.baselines,
-        baseline_input_size=task.baseline_input_size,
-    )
+    result = _evaluate(task, y, split, model)
+    emit(Phase("publishing"))
+    metadata = _metadata(task, task.own_series, times, y, split, model, result, trained_s)
+    emit(Phase("committing"))
+    return _publish(task, registry, task.symbol, model, metadata)
 
-    staged = registry.stage(task.symbol)
+
+def global_training_inputs(ys: Sequence[np.ndarray], splits: Sequence[Split]) -> tuple[list[np.ndarray], int]:
+    """What the global model trains on: (series, val_size).
+
+    Each series is cut so that it ends `val_size` bars after its own `train_end`, where `val_size`
+    is the shortest calibration segment of all: the model trains on exactly each series' training
+    bars (`y[:train_end]`, as its per-symbol model does), neuralforecast's validation loss is taken
+    on the next `val_size` bars, and no bar of any series' test period (from its first test origin)
+    is in the input at all.
+    """
+    val_size = min(s.calibration_len for s in splits)
+    return [y[: s.train_end + val_size] for y, s in zip(ys, splits, strict=True)], val_size
+
+
+def _vs_symbol_model(
+    registry: ModelRegistry, symbol: str, metadata: dict[str, Any]
+) -> dict[str, float | str | None]:
+    """DM of the symbol's current per-symbol NHITS against the global one on the same test windows
+    (empty when it has none, or one evaluated on other windows)."""
     try:
-        emit(Phase("publishing"))
-        model.save(staged.path)
-        fit = model.fit_
-        metadata = {
-            "symbol": task.symbol,
-            "asset_class": task.asset_class,
-            "timeframe": task.timeframe,
-            "calendar": calendar_for(task.asset_class).name,
-            "job_id": task.job_id,
-            "created_at": datetime.now(UTC).isoformat(),
-            "data": {
-                "first_time": times[0].isoformat(),
-                "last_time": times[-1].isoformat(),
-                "bars": len(y),
-                "train_bars": split.train_end,
-                "train_end_time": times[split.train_end - 1].isoformat(),
-                "calibration_bars": split.calibration_len,
-                "test_start_time": times[int(split.test_origins[0])].isoformat(),
-                "test_bars": split.test_len,
-            },
-            "hyperparameters": cfg.to_dict(),
-            "training": {
-                "steps": fit.steps,
-                "max_steps": cfg.max_steps,
-                "train_loss": fit.train_loss,
-                "valid_loss": fit.valid_loss,
-                "duration_s": round(trained_s, 3),
-                "accelerator": task.accelerator,
-            },
-            "intervals": {
-                "method": (
-                    "conformal per horizon step on every fully observed earlier origin (at most "
-                    "interval_windows), |error| / (last price x recent volatility)"
-                ),
-                "volatility_lookback": VOL_LOOKBACK,
-                "levels": list(LEVELS),
-                "quantiles": {str(k): [float(x) for x in v] for k, v in result.serving_quantiles.items()},
-                "windows": result.serving_windows,
-                "interval_windows": task.interval_windows,
-            },
-            "evaluation": {
-                "method": "walk-forward on the held-out tail, same windows for every model",
-                "windows": len(split.test_origins),
-                "step": split.step,
-                "h": cfg.h,
-                "season_length": result.season_length,
-                "calibration_windows": result.calibration_windows,
-                "baseline_input_size": task.baseline_input_size,
-                "baseline_seconds": round(result.baseline_seconds, 3),
-                "interval_methods": result.interval_methods,
-                "models": result.metrics,
-            },
-            "libraries": library_versions(),
-            **task.extra_metadata,
-        }
-        emit(Phase("committing"))
-        version = registry.publish(staged, metadata)
-    except BaseException:
-        registry.discard(staged)
-        raise
-    registry.prune(task.symbol, task.keep_versions)
-    return version
+        current = registry.get(symbol)
+    except (FailedPrecondition, NotFound):
+        return {}
+    meta = current.metadata
+    other = meta.get("evaluation", {})
+    ours = metadata["evaluation"]
+    same = (
+        meta.get("scope", "symbol") == "symbol"
+        and meta.get("data", {}).get("test_start_time") == metadata["data"]["test_start_time"]
+        and meta.get("data", {}).get("last_time") == metadata["data"]["last_time"]
+        and (other.get("windows"), other.get("step"), other.get("h"))
+        == (ours["windows"], ours["step"], ours["h"])
+        and len(other.get("nhits_window_mae", ())) == ours["windows"]
+    )
+    if not same:
+        return {}
+    dm = compare_windows(ours["nhits_window_mae"], other["nhits_window_mae"], ours["h"], ours["step"])
+    symbol_mae = other.get("models", {}).get("NHITS", {}).get("mae")
+    return {
+        "symbol_nhits_version": current.version,
+        "symbol_nhits_mae": symbol_mae,
+        "dm_statistic_vs_symbol_nhits": dm["dm_statistic"],
+        "dm_p_value_vs_symbol_nhits": dm["dm_p_value"],
+    }
+
+
+def train_global(task: TrainTask, registry: ModelRegistry, emit: Emit) -> dict[str, ModelVersion]:
+    """Fit one NHITS across `task.members` (every active symbol of the timeframe), evaluate it on
+    each series' own walk-forward windows (the same split as that series' per-symbol model) and
+    publish a version per member: the same weights, that series' intervals and evaluation, and a
+    `global` block naming the shared model. Returns {symbol: version}.
+
+    A member whose series is too short for the split is left out (named in the metadata) unless it
+    is the task's own symbol, which then fails the task.
+    """
+    started = time.monotonic()
+    cfg = task.config
+    members: list[tuple[SeriesInput, pd.DatetimeIndex, np.ndarray, Split]] = []
+    excluded: dict[str, str] = {}
+    for member in task.members:
+        times, y = prepare_series(member.candles)
+        try:
+            split = _split(task, len(y))
+        except ValueError as exc:
+            if member.symbol == task.symbol:
+                raise
+            excluded[member.symbol] = str(exc)
+            continue
+        members.append((member, times, y, split))
+    series, val_size = global_training_inputs([m[2] for m in members], [m[3] for m in members])
+    emit(Phase("training"))
+    model = NHITSForecaster(cfg, accelerator=task.accelerator, device=task.device_index)
+    callback = make_progress_callback(emit, cfg.max_steps)
+    model.fit_many(series, val_size=val_size, callbacks=[callback])
+    trained_s = time.monotonic() - started
+
+    model_id = uuid.uuid4().hex[:16]
+    shared = {
+        "model_id": model_id,
+        "timeframe": task.timeframe,
+        "symbols": [m[0].symbol for m in members],
+        "excluded": excluded,
+        "val_size": val_size,
+        "train_bars": {m[0].symbol: m[3].train_end for m in members},
+        "scaling": f"per input window ({cfg.scaler_type} scaler), no per-series statistics",
+    }
+    emit(Phase("evaluating"))
+    results = [(m, _evaluate(task, m[2], m[3], model)) for m in members]
+    emit(Phase("publishing"))
+    published: dict[str, ModelVersion] = {}
+    for (member, times, y, split), result in results:
+        metadata = _metadata(task, member, times, y, split, model, result, trained_s)
+        metadata["scope"] = "global"
+        metadata["global"] = shared
+        comparison = _vs_symbol_model(registry, member.symbol, metadata)
+        metadata["evaluation"]["models"]["NHITS"].update(comparison)  # type: ignore[arg-type]
+        published[member.symbol] = _publish(task, registry, member.symbol, model, metadata)
+    emit(Phase("committing"))
+    return published
 
 
 # ---- the worker side of services.forecast.trainer ----------------------------------------------
@@ -226,5 +386,13 @@ def run(task: TrainTask, state: _WorkerState, emit: Emit) -> TrainResult:
 
     task = replace(task, accelerator=state.context.accelerator, device_index=state.context.device_index)
     with quiet_lightning():
-        version = train_symbol(task, state.registry, emit)
-    return TrainResult(version.version, int(version.metadata["training"]["steps"]), version.metadata)
+        if task.scope == "global":
+            versions = train_global(task, state.registry, emit)
+            version = versions[task.symbol]
+            published = {symbol: v.version for symbol, v in versions.items()}
+        else:
+            version = train_symbol(task, state.registry, emit)
+            published = {}
+    return TrainResult(
+        version.version, int(version.metadata["training"]["steps"]), version.metadata, published
+    )

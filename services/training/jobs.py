@@ -233,11 +233,18 @@ class JobRunner:
         )
 
     async def train_all(
-        self, *, force: bool = False, background: bool = True, trigger: str = "manual"
+        self,
+        *,
+        force: bool = False,
+        background: bool = True,
+        trigger: str = "manual",
+        options: dict[str, Any] | None = None,
     ) -> TrainingJob:
         """Train every key the trainer lists (with force=False its `prepare` may skip fresh ones)."""
         names = await self.trainer.all_keys()
-        return await self._submit(names, force=force, background=background, trigger=trigger, timeframe=None)
+        return await self._submit(
+            names, force=force, background=background, trigger=trigger, timeframe=None, options=options
+        )
 
     async def _submit(
         self,
@@ -489,6 +496,8 @@ class JobRunner:
         for item in job.items:
             if run.cancel:
                 break
+            if item.state.terminal:  # done by an earlier item's run (one model for several keys)
+                continue
             await self._run_item(job, run, item)
         if run.cancel:
             self._finish(job, JobState.CANCELLED, "cancelled")
@@ -561,6 +570,20 @@ class JobRunner:
             job.step = run.base_step + item.step
             run.durations.append(time.monotonic() - run.item_started)
             self._set_item(job, item, JobState.SUCCEEDED)
+            self._mark_published(job, item, result)
+
+    def _mark_published(self, job: TrainingJob, trained: ItemProgress, result: TrainResult) -> None:
+        """Items of this job whose key `result` also published are done: same training, their
+        own version; their planned steps leave the job total (they train no step of their own)."""
+        for other in job.items:
+            version = result.published.get(other.key)
+            if other is trained or version is None or other.state.terminal:
+                continue
+            job.max_steps -= other.max_steps
+            other.max_steps = other.step = 0
+            other.version = version
+            other.start_time = trained.start_time
+            self._set_item(job, other, JobState.SUCCEEDED, f"trained with {trained.key} in one model")
 
     def _on_progress(self, job: TrainingJob, run: _Run, item: ItemProgress, event: ProgressEvent) -> None:
         if isinstance(event, Phase):

@@ -28,11 +28,16 @@ class Skip:
 
 @dataclass(frozen=True, slots=True)
 class TrainResult:
-    """What a worker-side `run` returns: the published version, the steps taken, its metadata."""
+    """What a worker-side `run` returns: the published version, the steps taken, its metadata.
+
+    `published`: every key the run published a version of (key -> version), when one training
+    serves several keys (a global model across symbols); the job runner marks the job's items of
+    those keys done with it instead of training them again."""
 
     version: str
     steps: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    published: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
