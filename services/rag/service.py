@@ -52,7 +52,7 @@ KNOWLEDGE_TAG = "mesh-knowledge"
 #: Longest text sent to the embedder for one chunk (its contract allows 8192 characters).
 MAX_EMBED_CHARS = 8000
 #: How often the knowledge ingest is retried until it succeeded once (the embedder may start later).
-KNOWLEDGE_RETRY_S = 15.0
+KNOWLEDGE_RETRY_S = 3.0
 DEFAULT_TOP_K = 5
 
 
