@@ -2,8 +2,9 @@
 
 `on_start` opens the embedder channel, then the domain (database, migrations, the index loaded and
 reconciled with the database); ready (SERVING) once that is done and while the database answers.
-Periodic: the index file rewritten when it changed, and the mesh's own docs ingested (retried until
-the embedder answers, then every `knowledge_refresh_s`).
+Periodic: the index file rewritten when it changed, the mesh's own docs ingested (retried until
+the embedder answers, then every `knowledge_refresh_s`), and the forecast, regime and pattern model
+cards polled every `model_cards_s` (services.rag.cards; a service that is down is skipped).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from kitrading.rag.v1 import service_pb2_grpc
+from services.rag.cards import CARD_SERVICES, MeshCards
 from services.rag.embeddings import EmbedderClient, Embeddings
 from services.rag.service import KNOWLEDGE_RETRY_S, RagDomain
 from services.rag.servicer import RagServicer
@@ -29,10 +31,13 @@ class RagApp(ServiceAppBase):
         *,
         embedder: str | None = None,
         embeddings: Embeddings | None = None,
+        models: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         """`embedder`: `host:port` of the Embedder service (default: `services.runtime.addresses`);
-        `embeddings`: vectors from elsewhere instead (the benchmark's synthetic ones)."""
+        `embeddings`: vectors from elsewhere instead (the benchmark's synthetic ones); `models`:
+        service -> `host:port` of the forecast, regime and pattern services whose model cards are
+        ingested (default: all three at `services.runtime.addresses`; a service left out is not asked)."""
         super().__init__("rag", service_pb2_grpc.add_RagServiceServicer_to_server)
         self.settings = load_settings(settings, RagSettings.from_env, env)
         self.client: EmbedderClient | None = None
@@ -43,12 +48,20 @@ class RagApp(ServiceAppBase):
                 timeout_s=self.settings.embed_timeout_s,
             )
             embeddings = self.client
-        self.domain = RagDomain(self.settings, embeddings)
+        self.cards: MeshCards | None = None
+        if self.settings.model_cards_s > 0:
+            targets = (
+                dict(models) if models is not None else {s: service_target(s, env) for s in CARD_SERVICES}
+            )
+            self.cards = MeshCards(targets)
+        self.domain = RagDomain(self.settings, embeddings, self.cards)
         self.servicer = RagServicer(self.domain)
 
     async def on_start(self) -> None:
         if self.client is not None:
             await self.client.start()
+        if self.cards is not None:
+            await self.cards.start()
         await self.domain.start()
         s = self.domain.status()
         log.info("rag ready: %d documents, %d chunks; %s", s.documents, s.chunks, s.index_description)
@@ -57,12 +70,18 @@ class RagApp(ServiceAppBase):
         await self.domain.stop()
         if self.client is not None:
             await self.client.close()
+        if self.cards is not None:
+            await self.cards.close()
 
     def healthy(self) -> bool:
         return self.domain.healthy
 
     def periodic(self) -> Sequence[Periodic]:
-        return (
+        tasks = [
             Periodic("save-index", self.settings.save_interval_s, self.domain.save_index),
             Periodic("knowledge", KNOWLEDGE_RETRY_S, self.domain.refresh_knowledge, immediately=True),
-        )
+        ]
+        if self.cards is not None:
+            cards = self.domain.refresh_model_cards
+            tasks.append(Periodic("model-cards", self.settings.model_cards_s, cards, immediately=True))
+        return tasks

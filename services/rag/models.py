@@ -119,3 +119,24 @@ class RagStatus:
     index_memory_bytes: int
     exact_max_chunks: int
     index_description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """One document about a model of the mesh (services.rag.cards): `source` names the model and stays
+    the same across its versions, so a new version's card replaces the previous one; `text` markdown."""
+
+    source: str
+    title: str
+    text: str
+    symbol: str = ""
+    publish_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cards:
+    """What one refresh found."""
+
+    cards: tuple[Card, ...] = ()
+    #: The services that answered every call: their cards are all there are (others' documents go).
+    complete: frozenset[str] = field(default_factory=frozenset)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from services.rag.index import IndexFileError, IndexParams, VectorIndex, gpu_mir
 from services.rag.models import (
     HYBRID,
     Added,
+    Cards,
     Document,
     DocumentPage,
     Filters,
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 #: Source prefix and tag of the documents the service ingests from the mesh's own docs.
 KNOWLEDGE_SOURCE = "kitrading:docs/"
 KNOWLEDGE_TAG = "mesh-knowledge"
+#: Source prefix and tag of the model cards (services.rag.cards): `kitrading:model/forecast/EURUSD/H1`.
+MODEL_SOURCE = "kitrading:model/"
+MODEL_TAG = "model-card"
 #: Longest text sent to the embedder for one chunk (its contract allows 8192 characters).
 MAX_EMBED_CHARS = 8000
 #: How often the knowledge ingest is retried until it succeeded once (the embedder may start later).
@@ -82,10 +87,20 @@ def title_of(text: str, fallback: str = "") -> str:
     return (heading or fallback or (lines[0] if lines else ""))[:120]
 
 
+class ModelCards(Protocol):
+    async def cards(self) -> Cards:
+        """The model cards the other services publish now (services.rag.cards.MeshCards)."""
+        ...
+
+
 class RagDomain:
-    def __init__(self, settings: RagSettings, embeddings: Embeddings) -> None:
+    def __init__(
+        self, settings: RagSettings, embeddings: Embeddings, cards: ModelCards | None = None
+    ) -> None:
+        """`cards`: where the model cards come from (None: none are ingested)."""
         self.settings = settings
         self.embeddings = embeddings
+        self.cards = cards
         self.chunker = Chunker(
             load_spans(settings.tokenizer), size=settings.chunk_tokens, overlap=settings.chunk_overlap
         )
@@ -110,6 +125,7 @@ class RagDomain:
         self._model = ""
         self._update_time: datetime | None = None
         self._knowledge_done_at: float | None = None
+        self._cards_lock = asyncio.Lock()
         self.last_timings = QueryTimings()
         self._started = False
 
@@ -444,6 +460,50 @@ class RagDomain:
             log.info(
                 "knowledge base: %d mesh documents ingested from %s", written, self.settings.knowledge_path
             )
+        return written
+
+    async def refresh_model_cards(self) -> int:
+        """Ingest the model cards of the other services that are new or changed; returns how many
+        documents were (re)written. An unchanged card costs nothing but its hash; a changed one (a new
+        model version) replaces the document of the same source; a card a service that answered no
+        longer lists is deleted. A service that is down or untrained is skipped (its documents kept)."""
+        if self.cards is None or self.settings.model_cards_s <= 0 or not self._started:
+            return 0
+        async with self._cards_lock:  # one refresh at a time (the periodic one and a caller's)
+            return await self._refresh_model_cards(self.cards)
+
+    async def _refresh_model_cards(self, cards: ModelCards) -> int:
+        found = await cards.cards()
+        written = 0
+        try:
+            store = self._store()
+            stored = await store.sources_with_hash(MODEL_SOURCE)
+            for card in found.cards:
+                if stored.get(card.source) == st.content_hash(card.text):
+                    continue
+                added = await self.add(
+                    NewDocument(
+                        title=card.title,
+                        text=card.text,
+                        source=card.source,
+                        tags=(KNOWLEDGE_TAG, MODEL_TAG),
+                        symbol=card.symbol,
+                        publish_time=card.publish_time,
+                    ),
+                    replace_source=True,
+                )
+                written += int(added.created)
+            listed = {card.source for card in found.cards}
+            for source, digest in stored.items():
+                service = source.removeprefix(MODEL_SOURCE).split("/", 1)[0]
+                if service in found.complete and source not in listed:
+                    with contextlib.suppress(NotFound):
+                        await self.delete(st.document_id(digest))
+                    log.info("knowledge base: model card %s removed (its service no longer lists it)", source)
+        except Unavailable as exc:
+            log.warning("model cards postponed: %s", exc.message)
+        if written:
+            log.info("knowledge base: %d model cards (re)written", written)
         return written
 
 

@@ -71,6 +71,8 @@ class RagSettings:
     knowledge_dir: str = ""
     knowledge_files: tuple[str, ...] = KNOWLEDGE_FILES
     knowledge_refresh_s: float = 600.0
+    #: The forecast, regime and pattern model cards are polled this often over gRPC (0: never).
+    model_cards_s: float = 60.0
     use_gpu: bool = True
     gpu_device: int = 0
     gpu_memory_fraction: float = 0.05
@@ -126,6 +128,7 @@ FIELDS: dict[str, Var] = {
     "knowledge_dir": TextVar(_P + "KNOWLEDGE_DIR", "a directory"),
     "knowledge_files": ListVar(_P + "KNOWLEDGE_FILES", what="a file name", pattern=r"[^/\s]+"),
     "knowledge_refresh_s": FloatVar(_P + "KNOWLEDGE_REFRESH_SECONDS", 0.0, 7 * 86_400.0),
+    "model_cards_s": FloatVar(_P + "MODEL_CARDS_SECONDS", 0.0, 86_400.0),
     "use_gpu": BoolVar(_P + "USE_GPU"),
     "gpu_device": IntVar(_P + "GPU_DEVICE", 0, 255),
     "gpu_memory_fraction": FloatVar(_P + "GPU_MEMORY_FRACTION", 0.0, 1.0, above=True),

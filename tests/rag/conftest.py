@@ -4,7 +4,7 @@ session, and RAG services on port 0, each on a fresh database with its index in 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,13 @@ async def embedder_target() -> AsyncIterator[str]:
 
 
 def rag_settings(url: str, home: Path, **overrides: Any) -> RagSettings:
-    """Settings for tests: this database, the index under `home`, no docs ingested unless asked."""
+    """Settings for tests: this database, the index under `home`, no docs or model cards ingested
+    unless asked."""
     base = RagSettings(
         home=home,
         database=DatabaseSettings(url=url, pool_max_size=4),
         ingest_knowledge=False,
+        model_cards_s=0.0,
         knowledge_dir=str(home / "knowledge"),
         use_gpu=False,
         save_interval_s=0.2,
@@ -72,11 +74,13 @@ RagFactory = Callable[..., Awaitable[RagStack]]
 
 @pytest.fixture
 async def rag_factory(database_url: str, embedder_target: str, tmp_path: Path) -> AsyncIterator[RagFactory]:
-    """`await factory(**settings_overrides)` -> a started RAG service (stopped after the test)."""
+    """`await factory(models=..., **settings_overrides)` -> a started RAG service (stopped after the
+    test); `models`: service -> target of the services whose model cards it reads."""
     stacks: list[RagStack] = []
 
-    async def factory(**overrides: Any) -> RagStack:
-        app = RagApp(rag_settings(database_url, tmp_path, **overrides), embedder=embedder_target)
+    async def factory(models: Mapping[str, str] | None = None, **overrides: Any) -> RagStack:
+        settings = rag_settings(database_url, tmp_path, **overrides)
+        app = RagApp(settings, embedder=embedder_target, models=models or {})
         server = await start_server(app, "rag")
         channel = grpc.aio.insecure_channel(server.target)
         stack = RagStack(app, server, service_pb2_grpc.RagServiceStub(channel), channel)
