@@ -128,6 +128,7 @@ async def whole_service(chunks: int, queries: int, home: Path) -> dict[str, Any]
         chunk_tokens=16,
         chunk_overlap=0,
         ingest_knowledge=False,
+        model_cards_s=0.0,
         use_gpu=False,
         save_interval_s=3600.0,
     )
