@@ -61,6 +61,17 @@ def _opt_enum(enum_type: Any, value: str | None) -> Any:
     return None if value is None else enum_type(value)
 
 
+_SYMBOL_WITH_SERIES = """
+SELECT s.*,
+  array(SELECT timeframe FROM data.series x WHERE x.symbol = s.symbol ORDER BY timeframe) AS series_tfs,
+  array(SELECT count FROM data.series x WHERE x.symbol = s.symbol ORDER BY timeframe) AS series_counts,
+  array(SELECT first_time FROM data.series x WHERE x.symbol = s.symbol ORDER BY timeframe) AS series_firsts,
+  array(SELECT last_time FROM data.series x WHERE x.symbol = s.symbol ORDER BY timeframe) AS series_lasts
+  FROM data.symbols s
+ WHERE s.symbol = $1
+"""
+
+
 def symbol_from_row(row: asyncpg.Record, series: Sequence[CandleSeries] = ()) -> Symbol:
     return Symbol(
         symbol=row["symbol"],
@@ -191,12 +202,27 @@ class Repository:
         return [symbol_from_row(r, series.get(r["symbol"], ())) for r in rows], int(total)
 
     async def get_symbol(self, conn: asyncpg.Connection, symbol: str, *, lock: bool = False) -> Symbol | None:
-        sql = "SELECT * FROM data.symbols WHERE symbol = $1" + (" FOR UPDATE" if lock else "")
-        row = await conn.fetchrow(sql, symbol)
+        if lock:
+            row = await conn.fetchrow("SELECT * FROM data.symbols WHERE symbol = $1 FOR UPDATE", symbol)
+            if row is None:
+                return None
+            series = await self.series_of(conn, [symbol])
+            return symbol_from_row(row, series.get(symbol, ()))
+        # One round trip: the symbol with its series as parallel arrays (GetSymbol's whole query).
+        row = await conn.fetchrow(_SYMBOL_WITH_SERIES, symbol)
         if row is None:
             return None
-        series = await self.series_of(conn, [symbol])
-        return symbol_from_row(row, series.get(symbol, ()))
+        listed = [
+            CandleSeries(Timeframe(tf), count, first, last)
+            for tf, count, first, last in zip(
+                row["series_tfs"],
+                row["series_counts"],
+                row["series_firsts"],
+                row["series_lasts"],
+                strict=True,
+            )
+        ]
+        return symbol_from_row(row, listed)
 
     async def symbol_exists(self, conn: asyncpg.Connection, symbol: str) -> bool:
         return bool(

@@ -143,3 +143,20 @@ def test_embedded_server_is_shared_by_processes() -> None:
             if child.poll() is None:
                 child.kill()
         shutil.rmtree(parent, ignore_errors=True)
+
+
+async def test_a_released_connection_comes_back_clean_in_one_round_trip_less(database_url: str) -> None:
+    """The pool's light reset (no `RESET ALL; UNLISTEN *; ...` per release) still undoes a transaction
+    a caller left open, and transaction-scoped advisory locks (the event writers') go with it."""
+    pool = DatabasePool(database_url, max_size=1)
+    await pool.open()
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("SELECT pg_advisory_xact_lock(42)")
+            assert conn.is_in_transaction()
+        async with pool.acquire() as again:  # max_size 1: the same connection
+            assert not again.is_in_transaction()
+            assert await again.fetchval("SELECT pg_try_advisory_xact_lock(42)")
+    finally:
+        await pool.close()
