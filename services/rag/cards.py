@@ -8,9 +8,11 @@
 | regime | `GetRegimeStatus`, then `GetRegimeModel` per model | `kitrading:model/regime/EURUSD/H1` |
 | pattern | `GetPatternModel`, `ListPatternTypes` | `kitrading:model/pattern/tcn`, `.../catalogue` |
 
-A service that is down, not trained yet or failing is skipped: it is left out of `Cards.complete`
-(so the domain keeps its previous documents) and reported once as a warning, then at debug level
-until it answers again. Nothing past this module sees gRPC or protobuf.
+A service that is down or failing is skipped: it is left out of `Cards.complete` (so the domain
+keeps its previous documents) and reported once as a warning, then at debug level until it answers
+again; where only some of its calls failed (one regime symbol retraining, the pattern model card)
+the cards of the others still come back. A service with nothing trained yet answers with no cards.
+Nothing past this module sees gRPC or protobuf.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ CARD_SERVICES = ("forecast", "regime", "pattern")
 PAGE = 1000
 
 
+class _Partial(Exception):
+    """Some of a service's calls failed: the cards of those that answered, and the first failure."""
+
+    def __init__(self, cards: list[Card], error: grpc.aio.AioRpcError) -> None:
+        super().__init__(str(error))
+        self.cards = cards
+        self.error = error
+
+
 class MeshCards:
     """The model cards of the forecast, regime and pattern services at `targets` (service -> host:port)."""
 
@@ -80,6 +91,10 @@ class MeshCards:
                 found: list[Card] = await fetchers[service](channel)
             except grpc.aio.AioRpcError as exc:
                 self._failed(service, exc)
+                continue
+            except _Partial as partial:  # what answered is ingested; nothing of the service is deleted
+                cards.extend(partial.cards)
+                self._failed(service, partial.error)
                 continue
             if service in self._down:
                 self._down.discard(service)
@@ -127,13 +142,20 @@ class MeshCards:
     async def _regime(self, channel: grpc.aio.Channel) -> list[Card]:
         stub = rg_grpc.RegimeServiceStub(channel)
         status = await stub.GetRegimeStatus(rg_rr.GetRegimeStatusRequest(), timeout=self._timeout())
-        cards = []
+        cards: list[Card] = []
+        failed: grpc.aio.AioRpcError | None = None
         for summary in sorted(status.models, key=lambda m: (m.symbol, m.timeframe)):
-            reply = await stub.GetRegimeModel(
-                rg_rr.GetRegimeModelRequest(symbol=summary.symbol, timeframe=summary.timeframe),
-                timeout=self._timeout(),
-            )
+            try:
+                reply = await stub.GetRegimeModel(
+                    rg_rr.GetRegimeModelRequest(symbol=summary.symbol, timeframe=summary.timeframe),
+                    timeout=self._timeout(),
+                )
+            except grpc.aio.AioRpcError as exc:  # this symbol only (retraining, just removed)
+                failed = failed or exc
+                continue
             cards.append(regime_card(reply.model, reply.scorer if reply.HasField("scorer") else None))
+        if failed is not None:
+            raise _Partial(cards, failed)
         return cards
 
     async def _pattern(self, channel: grpc.aio.Channel) -> list[Card]:
@@ -149,7 +171,10 @@ class MeshCards:
             if not token:
                 break
         cards = [catalogue_card(types)] if types else []
-        model = await stub.GetPatternModel(pt_rr.GetPatternModelRequest(), timeout=self._timeout())
+        try:
+            model = await stub.GetPatternModel(pt_rr.GetPatternModelRequest(), timeout=self._timeout())
+        except grpc.aio.AioRpcError as exc:
+            raise _Partial(cards, exc) from None
         if model.HasField("model"):
             cards.append(pattern_card(model.model))
         return cards

@@ -17,6 +17,7 @@ import pytest
 
 from kitrading.common.v1 import job_pb2, market_pb2
 from kitrading.forecast.v1 import resources_pb2 as fc_pb
+from kitrading.pattern.v1 import resources_pb2 as pt_pb
 from kitrading.rag.v1 import request_response_pb2 as rr
 from kitrading.rag.v1 import resources_pb2 as pb
 from kitrading.regime.v1 import request_response_pb2 as regime_rr
@@ -24,7 +25,7 @@ from kitrading.regime.v1 import service_pb2_grpc as regime_grpc
 from services.data.samples import SAMPLES, load_candles
 from services.pattern.app import PatternApp
 from services.pattern.settings import PatternSettings
-from services.rag.cards import forecast_card
+from services.rag.cards import forecast_card, pattern_card
 from services.rag.service import MODEL_SOURCE, MODEL_TAG
 from services.regime.app import RegimeApp
 from services.regime.settings import RegimeSettings
@@ -80,11 +81,17 @@ async def test_catalogue_ingested_unchanged_not_rewritten_down_services_skipped(
     await domain.refresh_model_cards()  # after the one at start (they take turns)
     docs = await model_docs(rag)
     assert list(docs) == [CATALOGUE]  # forecast and regime are down: skipped; no TCN published yet
+    # cards of earlier runs: the TCN's goes (pattern answered without one), the forecast's stays (down)
+    for source in (MODEL_SOURCE + "pattern/tcn", MODEL_SOURCE + "forecast/EURUSD/H1"):
+        text = f"An old card of {source}."
+        old = rr.AddDocumentRequest(title="old card", text=text, source=source, tags=[MODEL_TAG])
+        await rag.stub.AddDocument(old, timeout=30)
+    assert await domain.refresh_model_cards() == 0
+    docs = await model_docs(rag)
+    assert sorted(docs) == [MODEL_SOURCE + "forecast/EURUSD/H1", CATALOGUE]
     catalogue = docs[CATALOGUE]
     assert catalogue.title.startswith("Pattern catalogue") and "mesh-knowledge" in catalogue.tags
-    text = (
-        await rag.stub.GetDocument(rr.GetDocumentRequest(document_id=catalogue.document_id))
-    ).document.text
+    text = await text_of(rag, catalogue.document_id)
     assert "`double_top`" in text and "Direction: bearish" in text
 
     assert await domain.refresh_model_cards() == 0  # unchanged: nothing rewritten
@@ -121,10 +128,8 @@ async def test_a_new_regime_version_replaces_its_card(
                 await rag.app.domain.refresh_model_cards()
                 first = (await model_docs(rag))[REGIME]
                 assert first.title == "Regime model card: EURUSD H1 (v000001)" and first.symbol == "EURUSD"
-                text = (
-                    await rag.stub.GetDocument(rr.GetDocumentRequest(document_id=first.document_id))
-                ).document
-                assert "hidden Markov model" in text.text and "| state | regime |" in text.text
+                text = await text_of(rag, first.document_id)
+                assert "hidden Markov model" in text and "| state | regime |" in text
                 assert await rag.app.domain.refresh_model_cards() == 0
 
                 job = await regime.TrainRegimeModels(regime_rr.TrainRegimeModelsRequest(symbols=["EURUSD"]))
@@ -186,3 +191,17 @@ def test_forecast_card_is_a_readable_table() -> None:
     assert "| NHITS | 0.0012 |" in card.text and "80%: 0.78" in card.text
     assert "| NAIVE | 0.0015 |" in card.text and "0.01 |" in card.text
     assert "significantly better (DM p < 0.05) than: NAIVE" in card.text
+
+
+def test_pattern_card_names_the_version_and_each_class() -> None:
+    model = pt_pb.PatternModel(
+        version="v000002",
+        window_bars=32,
+        classes=[pt_pb.PatternClassMetrics(pattern_type="double_top", support=12, f1=0.41, pr_auc=0.37)],
+        macro=pt_pb.PatternClassMetrics(pattern_type="macro", f1=0.41),
+        series=[pt_pb.PatternModelSeries(symbol="EURUSD", timeframe=H1, bars=1500)],
+    )
+    card = pattern_card(model)
+    assert card.title == "Pattern model card: TCN v000002" and card.source == MODEL_SOURCE + "pattern/tcn"
+    assert "| double_top | 12 |" in card.text and "F1 0.41" in card.text
+    assert "EURUSD H1 (1500 bars" in card.text
