@@ -89,8 +89,9 @@ class ForecastSettings:
     baseline_input_size: int = 500
     # Jobs.
     max_jobs_kept: int = 200
-    #: "symbol": one NHITS per symbol; "global": one NHITS per timeframe across its active symbols.
-    model_scope: str = "symbol"
+    #: "global": one NHITS per timeframe across its active symbols (the default: better or equal
+    #: on the bundled data, docs/models.md); "symbol": one NHITS per symbol.
+    model_scope: str = "global"
     nhits: NHITSConfig = field(default_factory=NHITSConfig)
 
     def __post_init__(self) -> None:

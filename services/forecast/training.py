@@ -354,7 +354,7 @@ def train_global(task: TrainTask, registry: ModelRegistry, emit: Emit) -> dict[s
         metadata["scope"] = "global"
         metadata["global"] = shared
         comparison = _vs_symbol_model(registry, member.symbol, metadata)
-        metadata["evaluation"]["models"]["NHITS"].update(comparison)  # type: ignore[arg-type]
+        metadata["evaluation"]["models"]["NHITS"].update(comparison)
         published[member.symbol] = _publish(task, registry, member.symbol, model, metadata)
     emit(Phase("committing"))
     return published

@@ -33,6 +33,7 @@ SAMPLES = {"EURUSD", "GOOG", "MSFT", "SP500", "NASDAQ"}
 STEPS = 100
 EXTRA_ENV = {
     "NHITS_MAX_STEPS": str(STEPS),
+    "KITRADING_FORECAST_MODEL_SCOPE": "symbol",  # the step counts below are per symbol
     "NHITS_INPUT_SIZE": "72",
     "NHITS_MLP_UNITS": "32",
     "NHITS_VAL_CHECK_STEPS": "25",

@@ -38,6 +38,7 @@ def tiny_settings(home: Path, **overrides: object) -> ForecastSettings:
         keep_versions=3,
         baselines=("AutoETS", "AutoTheta"),
         baseline_input_size=120,
+        model_scope="symbol",  # these tests are about per-symbol models; test_forecast_global the other
     ).with_nhits(**TINY_NHITS)
     from dataclasses import replace
 
