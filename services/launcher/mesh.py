@@ -13,10 +13,15 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from kitrading import mesh
+from services.launcher.control import ControlServer, socket_path
 from services.launcher.supervisor import Child, Supervisor
 from services.runtime.config import IntVar, kitrading_home
 
@@ -125,6 +130,9 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     supervisor = Supervisor(
         build_children(services, home, env, gateway=gateway), state_file=home / "run" / "mesh.json"
     )
+    control = ControlServer(supervisor, readiness(services, env), socket_path(home))
+    await control.start()
+    supervisor.extra_state["control"] = str(control.path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -135,10 +143,51 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     print_urls(services, gateway=gateway)
     await stop.wait()
     print("\nstopping the mesh...", flush=True)
+    await control.close()
     await supervisor.stop()
     if db_keeper is not None:
         db_keeper.cancel()
     print("stopped.", flush=True)
+
+
+def readiness(
+    services: Sequence[mesh.ServiceInfo], env: Mapping[str, str]
+) -> Callable[[str], Callable[[], Awaitable[bool]] | None]:
+    """For `kitrading restart`: a check that child `name` serves again (its gRPC health on its own
+    port; the gateway's /gateway/health); None for a child without one."""
+    by_name = {s.name: s for s in services}
+
+    def for_child(name: str) -> Callable[[], Awaitable[bool]] | None:
+        if name in by_name:
+            info = by_name[name]
+            target = f"127.0.0.1:{info.port(env)}"
+
+            async def serving() -> bool:
+                async with grpc.aio.insecure_channel(target) as channel:
+                    stub = health_pb2_grpc.HealthStub(channel)
+                    try:
+                        reply = await stub.Check(
+                            health_pb2.HealthCheckRequest(service=info.grpc_service), timeout=1
+                        )
+                    except grpc.aio.AioRpcError:
+                        return False
+                    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+            return serving
+        if name == "gateway":
+            url = f"http://127.0.0.1:{mesh.gateway_port(env)}/gateway/health"
+
+            async def gateway_up() -> bool:
+                try:
+                    async with httpx.AsyncClient(timeout=1) as client:
+                        return (await client.get(url)).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            return gateway_up
+        return None
+
+    return for_child
 
 
 def print_urls(services: Sequence[mesh.ServiceInfo], *, gateway: bool) -> None:

@@ -5,6 +5,11 @@ that exits without being asked to, after 0.2 s, doubling up to `max_backoff` whi
 quickly (the backoff resets once a child has run for `stable_after` seconds). A state file
 (`$KITRADING_HOME/run/mesh.json`) lists every child's pid, so operators and tests can find them.
 Stopping sends SIGTERM to every child (services drain in-flight calls), then SIGKILL after a grace.
+
+`restart(name)` restarts one child on request (`kitrading restart SERVICE`, over the control socket
+of `services/launcher/control.py`): SIGTERM (the service reports NOT_SERVING, finishes in-flight
+calls within its grace and exits), then the same command again at once, so the code now on disk
+runs; the others are not touched. It returns when the new process serves (the `ready` check).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +54,10 @@ class Child:
     backoff: float = 0.2
     last_exit: int | None = None
     history: list[float] = field(default_factory=list)
+    #: Restarts asked for (`Supervisor.restart`), not counted as crashes.
+    planned_restarts: int = 0
+    planned: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def pid(self) -> int | None:
@@ -72,6 +81,8 @@ class Supervisor:
         self.grace_seconds = grace_seconds
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        #: More keys for the state file (the control socket's path).
+        self.extra_state: dict[str, object] = {}
 
     async def _spawn(self, child: Child) -> None:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +108,11 @@ class Supervisor:
             child.last_exit = code
             if self._stopping:
                 break
+            if child.planned:  # restart on request: again at once, no backoff, not a crash
+                child.planned = False
+                child.planned_restarts += 1
+                log.info("%s stopped on request (exit %s); starting it again", child.name, code)
+                continue
             ran = time.monotonic() - child.started_at
             if ran >= self.stable_after:
                 child.backoff = 0.2
@@ -117,15 +133,61 @@ class Supervisor:
                 name: {
                     "pid": child.pid,
                     "restarts": child.restarts,
+                    "planned_restarts": child.planned_restarts,
                     "last_exit": child.last_exit,
                     "log": str(child.log_path),
                 }
                 for name, child in self.children.items()
             },
+            **self.extra_state,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
+
+    async def restart(
+        self,
+        name: str,
+        ready: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        timeout_s: float = 120.0,
+    ) -> dict[str, object]:
+        """Restart child `name` (see the module docstring); KeyError for an unknown name, TimeoutError
+        when the new process does not get `ready` within `timeout_s`. Returns what happened."""
+        child = self.children[name]
+        async with child.lock:
+            began = time.monotonic()
+            old = child.pid
+            if old is not None and child.process is not None:
+                child.planned = True
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(child.process.wait(), self.grace_seconds)
+                except TimeoutError:
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
+            stopped = time.monotonic() - began
+            deadline = began + timeout_s
+            while child.pid is None or child.pid == old:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not start again within {timeout_s:.0f} s")
+                await asyncio.sleep(0.05)
+            new = child.pid
+            while ready is not None and not await ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{name} (pid {new}) is not serving {timeout_s:.0f} s after the restart"
+                    )
+                await asyncio.sleep(0.1)
+            return {
+                "service": name,
+                "old_pid": old,
+                "new_pid": new,
+                "stopped_s": round(stopped, 3),
+                "serving_s": round(time.monotonic() - began, 3),
+            }
 
     async def start(self) -> None:
         for child in self.children.values():

@@ -1,0 +1,90 @@
+"""`kitrading restart SERVICE` against a running `kitrading up` (data and watchdog, Envoy in front),
+while a client keeps calling both through the gateway: the restarted service comes back as a new
+process with the code on disk, serving; the other service sees no failed call; the restarted one's
+own outage is measured and printed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.mesh import RunningMesh, start_mesh
+
+pytestmark = pytest.mark.e2e
+
+CALLS = {"data": "/api/v1/symbols?pageSize=5", "watchdog": "/watchdog/api/v1/status"}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    home = Path(tmp_path_factory.mktemp("restart-mesh"))
+    running = start_mesh(home, ["data", "watchdog"], {})
+    try:
+        running.wait_healthy("data")
+        running.wait_healthy("watchdog")
+        yield running
+    finally:
+        code = running.stop()
+        print((home / "up.log").read_text(errors="replace")[-3000:])
+        assert code == 0, f"kitrading up exited with {code}"
+
+
+class Traffic(threading.Thread):
+    def __init__(self, gateway: str) -> None:
+        super().__init__(daemon=True)
+        self.gateway = gateway
+        self.replies: list[tuple[str, float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.gateway, timeout=10) as client:
+            while not self.done.is_set():
+                for name, path in CALLS.items():
+                    try:
+                        status = client.get(path).status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    self.replies.append((name, time.monotonic(), status))
+                time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("restarted", "other"), [("watchdog", "data"), ("data", "watchdog")])
+def test_restart_one_service_the_other_never_notices(mesh: RunningMesh, restarted: str, other: str) -> None:
+    before = mesh.pid(restarted)
+    traffic = Traffic(mesh.gateway)
+    traffic.start()
+    time.sleep(1.0)
+    began = time.monotonic()
+    result = mesh.cli("restart", restarted, "--home", str(mesh.home), via_gateway=False)
+    took = time.monotonic() - began
+    time.sleep(1.5)  # the gateway's health check sees it back (interval 1 s)
+    traffic.done.set()
+    traffic.join(10)
+    assert result.returncode == 0, result.stderr
+    assert f"{restarted}: restarted (pid {before} -> " in result.stdout, result.stdout
+    after = mesh.pid(restarted)
+    assert after is not None and after != before
+    assert mesh.state()["children"][restarted]["restarts"] == 0  # a restart asked for is not a crash
+    assert mesh.state()["children"][restarted]["planned_restarts"] >= 1
+    others = [r for r in traffic.replies if r[0] == other]
+    assert others and all(status == 200 for _, _, status in others), [r for r in others if r[2] != 200][:5]
+    own = [(t, status) for name, t, status in traffic.replies if name == restarted and t >= began]
+    failed = [t for t, status in own if status != 200]
+    outage = (max(failed) - min(failed)) if failed else 0.0
+    print(
+        f"\n{restarted} restarted in {took:.2f} s ({result.stdout.strip()}); its own failed calls: "
+        f"{len(failed)} of {len(own)} over {outage:.2f} s; {other}: {len(others)} calls, 0 failed"
+    )
+    assert own[-1][1] == 200, "serving again through the gateway"
+
+
+def test_unknown_service_and_no_mesh(mesh: RunningMesh, tmp_path: Path) -> None:
+    unknown = mesh.cli("restart", "nope", "--home", str(mesh.home), via_gateway=False)
+    assert unknown.returncode == 1 and "unknown service 'nope'" in unknown.stderr
+    nothing = mesh.cli("restart", "data", "--home", str(tmp_path), via_gateway=False)
+    assert nothing.returncode == 2 and "no running mesh" in nothing.stderr
