@@ -224,11 +224,20 @@ def _metadata(
 
 
 def _publish(
-    task: TrainTask, registry: ModelRegistry, symbol: str, model: NHITSForecaster, metadata: dict[str, Any]
+    task: TrainTask,
+    registry: ModelRegistry,
+    symbol: str,
+    model: NHITSForecaster,
+    metadata: dict[str, Any],
+    emit: Emit,
 ) -> ModelVersion:
+    """Stage, write and publish one version; "publishing" is reported once the staging directory
+    exists, "committing" before the version is made visible."""
     staged = registry.stage(symbol)
     try:
+        emit(Phase("publishing"))
         model.save(staged.path)
+        emit(Phase("committing"))
         version = registry.publish(staged, metadata)
     except BaseException:
         registry.discard(staged)
@@ -254,10 +263,8 @@ def train_symbol(task: TrainTask, registry: ModelRegistry, emit: Emit) -> ModelV
 
     emit(Phase("evaluating"))
     result = _evaluate(task, y, split, model)
-    emit(Phase("publishing"))
     metadata = _metadata(task, task.own_series, times, y, split, model, result, trained_s)
-    emit(Phase("committing"))
-    return _publish(task, registry, task.symbol, model, metadata)
+    return _publish(task, registry, task.symbol, model, metadata, emit)
 
 
 def global_training_inputs(ys: Sequence[np.ndarray], splits: Sequence[Split]) -> tuple[list[np.ndarray], int]:
@@ -347,7 +354,6 @@ def train_global(task: TrainTask, registry: ModelRegistry, emit: Emit) -> dict[s
     }
     emit(Phase("evaluating"))
     results = [(m, _evaluate(task, m[2], m[3], model)) for m in members]
-    emit(Phase("publishing"))
     published: dict[str, ModelVersion] = {}
     for (member, times, y, split), result in results:
         metadata = _metadata(task, member, times, y, split, model, result, trained_s)
@@ -355,8 +361,7 @@ def train_global(task: TrainTask, registry: ModelRegistry, emit: Emit) -> dict[s
         metadata["global"] = shared
         comparison = _vs_symbol_model(registry, member.symbol, metadata)
         metadata["evaluation"]["models"]["NHITS"].update(comparison)
-        published[member.symbol] = _publish(task, registry, member.symbol, model, metadata)
-    emit(Phase("committing"))
+        published[member.symbol] = _publish(task, registry, member.symbol, model, metadata, emit)
     return published
 
 
