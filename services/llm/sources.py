@@ -41,16 +41,10 @@ from services.llm.convert import (
 )
 from services.llm.grounding import SourceError
 from services.llm.grounding_settings import SOURCE_SERVICES, GroundingSettings
+from services.runtime.channels import mesh_channel
 
 T = TypeVar("T")
 
-#: Reconnect quickly to a service that comes back (gRPC's default backoff grows to 120 s).
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-    ("grpc.enable_retries", 0),
-)
 #: Longest knowledge-base query the RAG contract accepts.
 MAX_QUERY_CHARS = 2000
 
@@ -74,7 +68,7 @@ class MeshSources:
     def _channel(self, service: str) -> grpc.aio.Channel:
         channel = self._channels.get(service)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.settings.target(service), options=list(CHANNEL_OPTIONS))
+            channel = mesh_channel(self.settings.target(service), retries=False)
             self._channels[service] = channel
         return channel
 

@@ -39,9 +39,9 @@ from kitrading.pattern.v1 import service_pb2_grpc as pt_grpc
 from kitrading.regime.v1 import request_response_pb2 as rg_rr
 from kitrading.regime.v1 import resources_pb2 as rg_pb
 from kitrading.regime.v1 import service_pb2_grpc as rg_grpc
-from services.rag.embeddings import CHANNEL_OPTIONS
 from services.rag.models import Card, Cards
 from services.rag.service import MODEL_SOURCE
+from services.runtime.channels import mesh_channel
 from services.runtime.deadline import remaining
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class MeshCards:
 
     async def start(self) -> None:
         for service, target in self.targets.items():
-            self._channels[service] = grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS))
+            self._channels[service] = mesh_channel(target)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}

@@ -18,15 +18,9 @@ from kitrading.client.errors import error_from_rpc
 from kitrading.embedder.v1 import request_response_pb2 as emb_rr
 from kitrading.embedder.v1 import resources_pb2 as emb_pb
 from kitrading.embedder.v1 import service_pb2_grpc as emb_grpc
+from services.runtime.channels import mesh_channel
 from services.runtime.deadline import remaining
 from services.runtime.errors import InvalidArgument, Unavailable
-
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-)
 
 
 class Embeddings(Protocol):
@@ -48,7 +42,7 @@ class EmbedderClient:
         self._stub: emb_grpc.EmbedderServiceStub | None = None
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=list(CHANNEL_OPTIONS))
+        self._channel = mesh_channel(self.target)
         self._stub = emb_grpc.EmbedderServiceStub(self._channel)
 
     async def close(self) -> None:

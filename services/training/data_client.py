@@ -51,6 +51,7 @@ from kitrading.common.v1 import market_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
 from kitrading.data.v1 import resources_pb2 as data_pb
 from kitrading.data.v1 import service_pb2_grpc as data_grpc
+from services.runtime.channels import mesh_channel
 from services.runtime.deadline import remaining
 from services.runtime.errors import DeadlineExceeded, DomainError, NotFound, Unavailable
 from services.training.sources import CANDLE_COLUMNS, DataEvent, SymbolInfo
@@ -59,14 +60,6 @@ log = logging.getLogger(__name__)
 
 #: Largest ListCandles page the Data service allows.
 MAX_PAGE = 5000
-
-#: Reconnect quickly to a Data service that comes back (gRPC's default backoff grows to 120 s).
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-)
 
 
 def timeframe_name(value: int) -> str | None:
@@ -174,7 +167,7 @@ class DataServiceSource:
         """Open the channel (lazily connected; call inside the event loop that will use it) and, with
         the cache on, start following Data's events."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=list(CHANNEL_OPTIONS))
+            self._channel = mesh_channel(self.target)
             self._stub = data_grpc.DataServiceStub(self._channel)
         if self.cache_enabled and self._follower is None:
             self._follower = asyncio.create_task(self._follow(), name="forecast-candle-cache")
