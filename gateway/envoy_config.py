@@ -80,6 +80,16 @@ from envoy_data_plane.envoy.config.overload.v3 import (
     ThresholdTrigger,
     Trigger,
 )
+from envoy_data_plane.envoy.config.rbac.v3 import (
+    Permission,
+    PermissionSet,
+    Policy,
+    Principal,
+    PrincipalSet,
+    RbacAction,
+    SourcedMetadata,
+)
+from envoy_data_plane.envoy.config.rbac.v3 import Rbac as RbacRules
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     FilterConfig,
@@ -101,7 +111,17 @@ from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 impo
 from envoy_data_plane.envoy.extensions.filters.http.grpc_stats.v3 import FilterConfig as GrpcStatsConfig
 from envoy_data_plane.envoy.extensions.filters.http.grpc_web.v3 import GrpcWeb
 from envoy_data_plane.envoy.extensions.filters.http.health_check.v3 import HealthCheck as HealthCheckFilter
+from envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3 import (
+    JwtAuthentication,
+    JwtClaimToHeader,
+    JwtHeader,
+    JwtProvider,
+    JwtRequirement,
+    RequirementRule,
+)
+from envoy_data_plane.envoy.extensions.filters.http.jwt_authn.v3 import PerRouteConfig as JwtPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac, RbacPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -118,12 +138,20 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.matcher.v3 import (
+    MetadataMatcher,
+    MetadataMatcherPathSegment,
+    PathMatcher,
+    RegexMatcher,
+    StringMatcher,
+    ValueMatcher,
+)
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
 from gateway.descriptors import RoutedService, RpcMethod
+from gateway.keys import ISSUER, SCOPES, ApiKeys, KeyStore, jwks, scopes_granting
 from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
 from services.runtime.config import ConfigError
 
@@ -133,6 +161,18 @@ GRPC_STATS = "envoy.filters.http.grpc_stats"
 ROUTER = "envoy.filters.http.router"
 HEALTH_CHECK = "envoy.filters.http.health_check"
 LUA = "envoy.filters.http.lua"
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+RBAC = "envoy.filters.http.rbac"
+#: The jwt_authn provider of the gateway's API keys, and where it puts a verified key's claims
+#: (dynamic metadata of JWT_AUTHN, read by the RBAC filter).
+JWT_PROVIDER = "kitrading"
+KEY_METADATA = "api_key"
+#: Request headers the gateway sets from a verified key (a client's own are removed first): the
+#: access log and the services name the key by its id; the token never leaves the gateway.
+KEY_ID_HEADER = "x-kitrading-key-id"
+KEY_SCOPE_HEADER = "x-kitrading-key-scope"
+#: Where a key is read from: `x-api-key` (HTTP header or gRPC metadata) or `Authorization: Bearer`.
+API_KEY_HEADER = "x-api-key"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
 DOWNSTREAM_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
@@ -146,6 +186,19 @@ METHOD_TIMEOUTS: dict[str, float] = {
     "kitrading.forecast.v1.ForecastService/TrainSymbol": 0.0,
     "kitrading.pattern.v1.PatternService/TrainPatternModel": 0.0,
     "kitrading.regime.v1.RegimeService/TrainRegimeModels": 0.0,
+}
+
+#: Scope of a method where the rule "GET binding: read; any other binding (or none): write" is wrong:
+#: POSTs that only compute an answer from their body. Writes and expensive calls (training, sync,
+#: analyze and its stream, document adds, test alerts, rollbacks) keep `write`.
+SCOPE_OVERRIDES: dict[str, str] = {
+    "kitrading.forecast.v1.ForecastService/BatchGetForecasts": "read",
+    "kitrading.pattern.v1.PatternService/DetectPatterns": "read",
+    "kitrading.regime.v1.RegimeService/ScoreSignal": "read",
+    "kitrading.regime.v1.RegimeService/BatchScoreSignals": "read",
+    "kitrading.embedder.v1.EmbedderService/EmbedText": "read",
+    "kitrading.embedder.v1.EmbedderService/AnalyzeSentiment": "read",
+    "kitrading.embedder.v1.EmbedderService/EmbedTimeSeries": "read",
 }
 
 #: Default unary timeout per mesh service (by registry name), where the 30 s default is too short.
@@ -195,15 +248,16 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def check_exposure(address: str, allow_unauthenticated: bool) -> None:
-    """ConfigError for a listener beyond loopback that nobody said may go without credentials."""
-    if _is_loopback(address) or allow_unauthenticated:
+def check_exposure(address: str, allow_unauthenticated: bool, keys_configured: bool = False) -> None:
+    """ConfigError for a listener beyond loopback without API keys that nobody said may stay open."""
+    if _is_loopback(address) or allow_unauthenticated or keys_configured:
         return
     raise ConfigError(
         f"KITRADING_GATEWAY_BIND={address} would let anyone who reaches this port create and delete "
-        "symbols, start syncs and trainings and queue LLM work: the gateway checks no API keys yet. "
-        "Listen on 127.0.0.1 (the default), or accept an open gateway explicitly with "
-        f"{ALLOW_UNAUTHENTICATED}=true (compose and Kubernetes do, behind their own networks)."
+        "symbols, start syncs and trainings and queue LLM work: no API keys are configured. "
+        "Create one with `kitrading keys create --scope admin` (then every call needs a key), "
+        "listen on 127.0.0.1 (the default), or accept an open gateway explicitly with "
+        f"{ALLOW_UNAUTHENTICATED}=true."
     )
 
 
@@ -211,8 +265,8 @@ def check_exposure(address: str, allow_unauthenticated: bool) -> None:
 class GatewaySettings:
     """Everything about the gateway that a deployment or a test may change."""
 
-    #: Loopback by default: until API keys exist, whoever reaches the gateway may write (train,
-    #: sync, delete). Another address needs `allow_unauthenticated` (`check_exposure`).
+    #: Loopback by default: without API keys, whoever reaches the gateway may write (train, sync,
+    #: delete). Another address needs keys or `allow_unauthenticated` (`check_exposure`).
     listen_address: str = "127.0.0.1"
     #: Listening beyond loopback with no credential check, said explicitly
     #: (`KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED=true`; compose and Kubernetes, behind their networks).
@@ -256,18 +310,28 @@ class GatewaySettings:
     #: Port of the mesh-wide reflection server (`python -m gateway.reflection`) on `service_host`;
     #: None leaves `/grpc.reflection.*` unrouted.
     reflection_port: int | None = 3011
+    #: API keys (`gateway.keys`): None while none was created, and every call passes; otherwise
+    #: every call but the health, docs and OpenAPI pages needs a key of the method's scope.
+    api_keys: ApiKeys | None = field(default=None, repr=False)
+    #: `package.Service/Method` -> scope, where the HTTP verb misleads (`SCOPE_OVERRIDES`).
+    scope_overrides: Mapping[str, str] = field(default_factory=lambda: dict(SCOPE_OVERRIDES))
 
     def __post_init__(self) -> None:
-        check_exposure(self.listen_address, self.allow_unauthenticated)
+        check_exposure(self.listen_address, self.allow_unauthenticated, self.api_keys is not None)
+        for name, scope in self.scope_overrides.items():
+            if scope not in SCOPES:
+                raise ConfigError(f"scope of {name}: {scope!r}, expected one of {', '.join(SCOPES)}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
         """Settings from the environment, then `overrides`.
 
         `KITRADING_GATEWAY_PORT` (3000), `KITRADING_GATEWAY_BIND` (127.0.0.1; another address needs
-        `KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED=true`), `KITRADING_GATEWAY_ADMIN_PORT`
+        `KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED=true` or API keys), `KITRADING_GATEWAY_ADMIN_PORT`
         (9901), `KITRADING_SERVICE_HOST` (127.0.0.1) and `KITRADING_<NAME>_HOST` per service
         (e.g. `KITRADING_DATA_HOST=data` in compose); ports come from the registry (`KITRADING_<NAME>_PORT`).
+        API keys from the key store (`gateway.keys.KeyStore.from_env`: `KITRADING_GATEWAY_KEYS_FILE`,
+        `KITRADING_GATEWAY_SIGNING_KEY_FILE`, default `$KITRADING_HOME/secrets/`).
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {"port": gateway_port(source)}
@@ -281,6 +345,7 @@ class GatewaySettings:
             values["reflection_port"] = int(source["KITRADING_REFLECTION_PORT"])
         if source.get("KITRADING_SERVICE_HOST"):
             values["service_host"] = source["KITRADING_SERVICE_HOST"]
+        values["api_keys"] = KeyStore.from_env(source).api_keys()
         hosts = {
             s.name: source[f"KITRADING_{s.name.upper()}_HOST"]
             for s in SERVICES
@@ -397,9 +462,14 @@ _READ_METHODS = HeaderMatcher(
 )
 
 
-def page_routes(pages: Sequence[Page]) -> list[Route]:
-    """Envoy answers these itself; the transcoder is off on them so reject_unknown_method lets them by."""
+def page_routes(pages: Sequence[Page], *, keys: bool = False) -> list[Route]:
+    """Envoy answers these itself; the transcoder is off on them so reject_unknown_method lets them by.
+
+    With API keys (`keys`) the docs pages need none: they show the contracts, no data."""
     disabled = {TRANSCODER: _any(FilterConfig(disabled=True))}
+    if keys:
+        disabled[JWT_AUTHN] = _any(JwtPerRoute(disabled=True))
+        disabled[RBAC] = _any(RbacPerRoute())  # no rules: RBAC off on this route
     redirects = [
         Route(
             name=f"redirect:{alias}",
@@ -529,6 +599,9 @@ local MAX_BODY = %(max_body)d
 local writes = {POST = true, PUT = true, PATCH = true}
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- set by the gateway from a verified API key only, never taken from a client
+  headers:remove("%(key_id)s")
+  headers:remove("%(key_scope)s")
   if not writes[headers:get(":method")] then return end
   local kind = string.lower(headers:get("content-type") or "")
   local length = headers:get("content-length")
@@ -555,8 +628,123 @@ end
 
 def body_content_type_filter(max_body_bytes: int) -> HttpFilter:
     """The Lua filter of `BODY_CONTENT_TYPE_LUA`; a declared body over `max_body_bytes` is 413."""
-    source = BODY_CONTENT_TYPE_LUA % {"max_body": max_body_bytes}
+    source = BODY_CONTENT_TYPE_LUA % {
+        "max_body": max_body_bytes,
+        "key_id": KEY_ID_HEADER,
+        "key_scope": KEY_SCOPE_HEADER,
+    }
     return HttpFilter(name=LUA, typed_config=_any(Lua(default_source_code=DataSource(inline_string=source))))
+
+
+# ---- API keys: jwt_authn verifies, RBAC checks the scope ----
+
+
+def method_scope(method: RpcMethod, settings: GatewaySettings) -> str:
+    """`read` for a method bound to GET only, `write` for any other binding (or none), unless
+    `settings.scope_overrides` names it."""
+    if method.full_name in settings.scope_overrides:
+        return settings.scope_overrides[method.full_name]
+    if method.bindings and all(b.verb.lower() in ("get", "head") for b in method.bindings):
+        return "read"
+    return "write"
+
+
+def scoped_paths(services: Sequence[RoutedService], settings: GatewaySettings) -> dict[str, list[str]]:
+    """Scope -> the gRPC paths of the methods that need it (`read` also covers every unlisted path)."""
+    out: dict[str, list[str]] = {scope: [] for scope in SCOPES}
+    for svc in services:
+        for method in svc.methods:
+            out[method_scope(method, settings)].append(method.grpc_path)
+    return out
+
+
+def _key_claim(claim: str, values: Sequence[str]) -> Principal:
+    """A verified key whose `claim` is one of `values` (exact matches: RE2 caps a regex's size)."""
+    ids = [
+        Principal(
+            sourced_metadata=SourcedMetadata(
+                metadata_matcher=MetadataMatcher(
+                    filter=JWT_AUTHN,
+                    path=[
+                        MetadataMatcherPathSegment(key=KEY_METADATA),
+                        MetadataMatcherPathSegment(key=claim),
+                    ],
+                    value=ValueMatcher(string_match=StringMatcher(exact=value)),
+                )
+            )
+        )
+        for value in values
+    ]
+    return ids[0] if len(ids) == 1 else Principal(or_ids=PrincipalSet(ids=ids))
+
+
+def _exact_paths(paths: Sequence[str]) -> Permission:
+    return Permission(
+        or_rules=PermissionSet(
+            rules=[Permission(url_path=PathMatcher(path=StringMatcher(exact=p))) for p in paths]
+        )
+    )
+
+
+def rbac_rules(services: Sequence[RoutedService], settings: GatewaySettings, keys: ApiKeys) -> RbacRules:
+    """ALLOW policies, one per scope: its methods' paths, and a key of that scope or a stronger one
+    that is not revoked. `read` covers every path not claimed by a stronger scope (unknown methods,
+    reflection), so nothing is reachable without a key."""
+    paths = scoped_paths(services, settings)
+    stronger = [p for scope in SCOPES[1:] for p in paths[scope]]
+    policies: dict[str, Policy] = {}
+    for scope in SCOPES:
+        if scope == "read":
+            permission = Permission(not_rule=_exact_paths(stronger)) if stronger else Permission(any=True)
+        elif paths[scope]:
+            permission = _exact_paths(paths[scope])
+        else:
+            continue
+        principals = [_key_claim("scope", scopes_granting(scope))]
+        if keys.revoked:
+            principals.append(Principal(not_id=_key_claim("jti", keys.revoked)))
+        policies[scope] = Policy(
+            permissions=[permission], principals=[Principal(and_ids=PrincipalSet(ids=principals))]
+        )
+    return RbacRules(action=RbacAction.ALLOW, policies=policies)
+
+
+def auth_filters(
+    services: Sequence[RoutedService], settings: GatewaySettings
+) -> tuple[list[HttpFilter], list[HttpFilter]]:
+    """(jwt_authn, ahead of the transcoder; RBAC, after it, where every call has its gRPC path).
+
+    Both empty without API keys. jwt_authn reads the key from `x-api-key` or `Authorization: Bearer`,
+    checks the HS256 signature, the issuer and any expiry, removes the token from the request, and
+    puts the claims in dynamic metadata for RBAC and the key id and scope in request headers."""
+    keys = settings.api_keys
+    if keys is None:
+        return [], []
+    provider = JwtProvider(
+        issuer=ISSUER,
+        local_jwks=DataSource(inline_string=jwks(keys.secret)),
+        from_headers=[
+            JwtHeader(name=API_KEY_HEADER),
+            JwtHeader(name="authorization", value_prefix="Bearer "),
+        ],
+        forward=False,
+        payload_in_metadata=KEY_METADATA,
+        claim_to_headers=[
+            JwtClaimToHeader(header_name=KEY_ID_HEADER, claim_name="jti"),
+            JwtClaimToHeader(header_name=KEY_SCOPE_HEADER, claim_name="scope"),
+        ],
+    )
+    jwt = JwtAuthentication(
+        providers={JWT_PROVIDER: provider},
+        rules=[
+            RequirementRule(match=RouteMatch(prefix="/"), requires=JwtRequirement(provider_name=JWT_PROVIDER))
+        ],
+    )
+    rbac = Rbac(rules=rbac_rules(services, settings, keys))
+    return (
+        [HttpFilter(name=JWT_AUTHN, typed_config=_any(jwt))],
+        [HttpFilter(name=RBAC, typed_config=_any(rbac))],
+    )
 
 
 def http_filters(
@@ -564,12 +752,17 @@ def http_filters(
     descriptor: bytes | str,
     service_names: Sequence[str],
     settings: GatewaySettings,
+    services: Sequence[RoutedService] = (),
 ) -> list[HttpFilter]:
+    authn, rbac = auth_filters(services, settings)
     return [
         *health_filters(registry, settings),
         body_content_type_filter(settings.max_request_body_bytes),
         HttpFilter(name=GRPC_WEB, typed_config=_any(GrpcWeb())),
+        # after grpc_web, so its 401 reaches a grpc-web client as grpc-status 16 in the trailers
+        *authn,
         transcoder_filter(descriptor, service_names, settings),
+        *rbac,
         HttpFilter(
             name=GRPC_STATS,
             typed_config=_any(GrpcStatsConfig(stats_for_all_methods=True, enable_upstream_stats=True)),
@@ -681,8 +874,111 @@ def method_mappers(services: Sequence[RoutedService], http_client: AccessLogFilt
     return mappers
 
 
+def _error_body(code: int, message: str, reason: str, metadata: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": message,
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "gateway.kitrading",
+                "metadata": dict(metadata),
+            }
+        ],
+    }
+
+
+def _header_in(name: str, values: Sequence[str]) -> AccessLogFilter:
+    """The request header `name` is one of `values` (exact matches: RE2 caps a regex's size)."""
+    filters = [
+        AccessLogFilter(
+            header_filter=HeaderFilter(
+                header=HeaderMatcher(name=name, string_match=StringMatcher(exact=value))
+            )
+        )
+        for value in values
+    ]
+    return filters[0] if len(filters) == 1 else AccessLogFilter(or_filter=OrFilter(filters=filters))
+
+
+def auth_mappers(
+    services: Sequence[RoutedService], settings: GatewaySettings, http_client: AccessLogFilter
+) -> list[ResponseMapper]:
+    """jwt_authn's 401 and RBAC's 403, said clearly: JSON google.rpc.Status for HTTP clients, a
+    grpc-message for gRPC ones (grpc-status 16 / 7 from the HTTP code). A revoked key is RBAC's 403
+    turned into 401 UNAUTHENTICATED. Empty without API keys."""
+    keys = settings.api_keys
+    if keys is None:
+        return []
+    key_id, scope = f"%REQ({KEY_ID_HEADER})%", f"%REQ({KEY_SCOPE_HEADER})%"
+    how = f"send one as the {API_KEY_HEADER} header (gRPC metadata) or Authorization: Bearer"
+    cases: list[tuple[list[AccessLogFilter], int | None, int, str, str, dict[str, str]]] = [
+        (
+            [_status_is(401)],
+            None,
+            16,
+            f"a valid API key is needed ({how}; `kitrading keys create` makes one): %LOCAL_REPLY_BODY%",
+            "API_KEY_INVALID",
+            {"envoy": "%RESPONSE_CODE_DETAILS%"},
+        )
+    ]
+    if keys.revoked:
+        cases.append(
+            (
+                [_status_is(403), _header_in(KEY_ID_HEADER, keys.revoked)],
+                401,
+                16,
+                f"API key {key_id} is revoked",
+                "API_KEY_REVOKED",
+                {"keyId": key_id},
+            )
+        )
+    paths = scoped_paths(services, settings)
+    for needed in reversed(SCOPES[1:]):
+        if paths[needed]:
+            cases.append(
+                (
+                    [_status_is(403), _header_in(":path", paths[needed])],
+                    None,
+                    7,
+                    f"API key {key_id} has scope {scope}; %REQ(:PATH)% needs scope {needed}",
+                    "API_KEY_SCOPE",
+                    {"keyId": key_id, "scope": scope, "required": needed},
+                )
+            )
+    cases.append(
+        (
+            [_status_is(403)],
+            None,
+            7,
+            f"API key {key_id} has scope {scope}; %REQ(:PATH)% needs scope read",
+            "API_KEY_SCOPE",
+            {"keyId": key_id, "scope": scope, "required": "read"},
+        )
+    )
+    mappers = []
+    for filters, status, code, message, reason, metadata in cases:
+        for clients in ("http", "grpc"):
+            matched = [*filters, http_client] if clients == "http" else filters
+            mapper = ResponseMapper(
+                filter=AccessLogFilter(and_filter=AndFilter(filters=matched))
+                if len(matched) > 1
+                else matched[0],
+                body_format_override=_json_body(_error_body(code, message, reason, metadata))
+                if clients == "http"
+                else SubstitutionFormatString(text_format_source=DataSource(inline_string=message)),
+            )
+            if status is not None:
+                mapper.status_code = status
+            mappers.append(mapper)
+    return mappers
+
+
 def local_reply_config(
-    registry: Sequence[ServiceInfo], services: Sequence[RoutedService] = ()
+    registry: Sequence[ServiceInfo],
+    services: Sequence[RoutedService] = (),
+    settings: GatewaySettings | None = None,
 ) -> LocalReplyConfig:
     """JSON bodies for Envoy's own answers to HTTP clients (gRPC clients get grpc-status as usual).
 
@@ -732,6 +1028,8 @@ def local_reply_config(
         header_filter=HeaderFilter(header=HeaderMatcher(name="x-envoy-original-path", present_match=True))
     )
     http_client = AccessLogFilter(or_filter=OrFilter(filters=[not_grpc, transcoded]))
+    if settings is not None:
+        mappers += auth_mappers(services, settings, http_client)
     mappers += method_mappers(services, http_client)
     for http_status, (code, reason) in [*LOCAL_ERRORS.items(), (400, (2, "GATEWAY_ERROR"))]:
         op = ComparisonFilterOp.EQ if http_status in LOCAL_ERRORS else ComparisonFilterOp.GE
@@ -765,6 +1063,8 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "upstream": "%UPSTREAM_HOST%",
     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     "user_agent": "%REQ(USER-AGENT)%",
+    # the API key's id (never the token), set by the gateway from a verified key
+    "key_id": "%REQ(X-KITRADING-KEY-ID)%",
     "request_id": "%REQ(X-REQUEST-ID)%",
 }
 
@@ -817,7 +1117,7 @@ def connection_manager(
             virtual_hosts=[VirtualHost(name="mesh", domains=["*"], routes=routes)],
         ),
         http_filters=filters,
-        local_reply_config=local_reply_config(registry, services),
+        local_reply_config=local_reply_config(registry, services, settings),
         access_log=access_logs(settings),
     )
 
@@ -952,8 +1252,9 @@ def bootstrap(
     env: Mapping[str, str] | None = None,
 ) -> Bootstrap:
     """The whole bootstrap: one listener, one cluster per registry service, admin, overload manager."""
-    routes = page_routes(pages) + service_routes(services, settings) + reflection_routes(settings)
-    filters = http_filters(registry, descriptor, [s.full_name for s in services], settings)
+    keys = settings.api_keys is not None
+    routes = page_routes(pages, keys=keys) + service_routes(services, settings) + reflection_routes(settings)
+    filters = http_filters(registry, descriptor, [s.full_name for s in services], settings, services)
     hcm = connection_manager(routes, filters, registry, pages, settings, services)
     listener = Listener(
         name="gateway",

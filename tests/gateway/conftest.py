@@ -10,12 +10,14 @@ One Envoy per module (start-up is ~0.5 s, building the bootstrap ~2 s), on free 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -109,35 +111,35 @@ def gateway_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield path
 
 
-@pytest_asyncio.fixture(scope="module")
-async def gateway(contracts: Contracts, descriptor_path: Path, gateway_log: Path) -> AsyncIterator[Gateway]:
+@contextlib.asynccontextmanager
+async def running_gateway(
+    contracts: Contracts, descriptor_path: Path, log_path: Path, **settings: Any
+) -> AsyncIterator[Gateway]:
+    """Envoy (built from `GatewaySettings(**settings)` on free ports) and the servers behind it."""
     data_server, data_port, _ = await start_server(contracts, [DATA_SERVICE, ""])
     watchdog = service("watchdog")
     watchdog_server, watchdog_port, watchdog_health = await start_server(None, [watchdog.grpc_service])
     ports = {s.name: free_port() for s in SERVICES}
     ports.update(data=data_port, watchdog=watchdog_port)
-    settings = GatewaySettings(
-        listen_address="127.0.0.1",
-        port=free_port(),
-        admin_port=free_port(),
-        service_ports=ports,
-        access_log=True,
+    values: dict[str, Any] = {"listen_address": "127.0.0.1", "access_log": True, **settings}
+    gateway_settings = GatewaySettings(
+        port=free_port(), admin_port=free_port(), service_ports=ports, **values
     )
-    config = build_config(settings, descriptor_path=descriptor_path)
-    config_path = write_config(gateway_log.with_name("envoy.yaml"), config)
-    with gateway_log.open("wb") as log:
+    config = build_config(gateway_settings, descriptor_path=descriptor_path)
+    config_path = write_config(log_path.with_name("envoy.yaml"), config)
+    with log_path.open("wb") as log:
         process = start_envoy(config_path, concurrency=2, stdout=log, stderr=subprocess.STDOUT)
     try:
-        await _wait_until(f"http://127.0.0.1:{settings.admin_port}/ready")
-        base_url = f"http://127.0.0.1:{settings.port}"
+        await _wait_until(f"http://127.0.0.1:{gateway_settings.admin_port}/ready")
+        base_url = f"http://127.0.0.1:{gateway_settings.port}"
         await _wait_until(f"{base_url}/data/health")
         yield Gateway(
             base_url,
-            settings.port,
-            settings.admin_port,
-            settings,
+            gateway_settings.port,
+            gateway_settings.admin_port,
+            gateway_settings,
             process,
-            gateway_log,
+            log_path,
             watchdog_server,
             watchdog_health,
         )
@@ -145,3 +147,9 @@ async def gateway(contracts: Contracts, descriptor_path: Path, gateway_log: Path
         stop_envoy(process)
         await data_server.stop(0)
         await watchdog_server.stop(0)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def gateway(contracts: Contracts, descriptor_path: Path, gateway_log: Path) -> AsyncIterator[Gateway]:
+    async with running_gateway(contracts, descriptor_path, gateway_log) as running:
+        yield running
