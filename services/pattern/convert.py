@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from kitrading.common.v1 import market_pb2
@@ -70,22 +71,44 @@ def type_order(spec: PatternSpec) -> list[str]:
     return [spec.slug]
 
 
-def found_out(found: Found, engine: str) -> pb.DetectedPattern:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _set_time(field: Any, moment: datetime) -> None:
+    """Fill a Timestamp field in place from a datetime, naive meaning UTC (no message built and
+    copied: ~1 us instead of ~5 per field, thousands of fields in a detection reply)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    field.seconds = delta.days * 86_400 + delta.seconds
+    field.nanos = delta.microseconds * 1000
+
+
+def found_out(
+    found: Found, engine: str, follow_cache: dict[int, pb.FollowThrough] | None = None
+) -> pb.DetectedPattern:
+    """One pattern. `follow_cache`: the FollowThrough messages already built in this reply, by the
+    identity of their source (every pattern of a type shares its type's figures)."""
     d = found.detection
     out = pb.DetectedPattern(
         pattern_type=d.slug,
         confidence=d.confidence,
-        start_time=timestamp(found.start_time),
-        end_time=timestamp(found.end_time),
         direction=direction_out(d.direction),
         engine=_ENGINES[engine],
-        key_points=[
-            pb.KeyPoint(time=timestamp(t), price=p.price, role=p.role)
-            for p, t in zip(d.points, found.point_times, strict=True)
-        ],
     )
+    _set_time(out.start_time, found.start_time)
+    _set_time(out.end_time, found.end_time)
+    for p, t in zip(d.points, found.point_times, strict=True):
+        point = out.key_points.add(price=p.price, role=p.role)
+        _set_time(point.time, t)
     if found.follow is not None:
-        out.follow_through.CopyFrom(follow_out(found.follow, found.follow_period))
+        key = id(found.follow)
+        built = follow_cache.get(key) if follow_cache is not None else None
+        if built is None:
+            built = follow_out(found.follow, found.follow_period)
+            if follow_cache is not None:
+                follow_cache[key] = built
+        out.follow_through.CopyFrom(built)
     return out
 
 
@@ -107,10 +130,11 @@ def follow_out(f: FollowThrough, period: tuple[Any, Any] | None = None) -> pb.Fo
 
 
 def detection_out(result: Result) -> pb.PatternDetection:
+    follow_cache: dict[int, pb.FollowThrough] = {}
     return pb.PatternDetection(
         symbol=result.symbol,
         timeframe=timeframe_out(result.timeframe),
-        patterns=[found_out(f, f.engine) for f in result.patterns],
+        patterns=[found_out(f, f.engine, follow_cache) for f in result.patterns],
         model_version=result.model_version,
         bars=result.bars,
         window_start_time=timestamp(result.window_start),

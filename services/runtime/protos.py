@@ -15,15 +15,21 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.jobs import JobState
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | str | Any | None) -> timestamp_pb2.Timestamp | None:
     """An aware datetime, a pandas Timestamp or an ISO string as a Timestamp; naive values are UTC.
     None (or "") stays None, so the field stays unset."""
     if value is None or (isinstance(value, str) and not value):
         return None
-    ts = timestamp_pb2.Timestamp()
     if isinstance(value, datetime) and value.tzinfo is not None:  # the hot path (pandas' too)
-        ts.FromDatetime(value)
-        return ts
+        # Plain arithmetic: Timestamp.FromDatetime costs ~10x more (thousands per detection reply).
+        delta = value - _EPOCH
+        return timestamp_pb2.Timestamp(
+            seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+        )
+    ts = timestamp_pb2.Timestamp()
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -61,3 +61,23 @@ def test_request_summary_is_bounded_and_never_raises() -> None:
     assert summary["updateMask"] == ["Display_Name"]
     assert len(summary["strategy"]["description"]) < SUMMARY_CHARS + 20
     assert "…" in str(summary["strategy"]["parameters"])  # nesting cut
+
+
+def test_timestamp_fast_path_matches_protobuf() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    import pandas as pd
+    from google.protobuf import timestamp_pb2
+
+    from services.runtime.protos import timestamp
+
+    for moment in (
+        datetime(2020, 1, 1, 12, 30, 15, 123456, tzinfo=UTC),
+        datetime(1960, 5, 5, 23, 59, 59, 999999, tzinfo=UTC),  # before the epoch
+        pd.Timestamp("2017-04-19 09:00:00+00:00"),
+        datetime(2020, 1, 1, tzinfo=timezone(timedelta(hours=2))),
+    ):
+        expected = timestamp_pb2.Timestamp()
+        expected.FromDatetime(moment)
+        got = timestamp(moment)
+        assert got is not None and (got.seconds, got.nanos) == (expected.seconds, expected.nanos), moment
