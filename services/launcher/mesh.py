@@ -116,6 +116,41 @@ def build_children(
     return children
 
 
+async def watch_keys(
+    supervisor: Supervisor,
+    config_path: Path,
+    env: dict[str, str],
+    ready: Callable[[], Awaitable[bool]] | None = None,
+    *,
+    period_s: float = 1.0,
+) -> None:
+    """Apply a change of the gateway's API keys: when what Envoy checks changes (keys switched on, a
+    revocation; not a new key, which the signing secret already covers), rebuild the gateway's
+    config and restart the gateway (`Supervisor.restart`, not counted as a crash), so a revoked key
+    is refused about `period_s` + a config build (~2 s) + an Envoy start (~0.5 s) later."""
+    from gateway.keys import KeyStore
+    from gateway.run import write_config
+
+    store = KeyStore.from_env(env)
+    seen = store.fingerprint()
+    while True:
+        await asyncio.sleep(period_s)
+        current = store.fingerprint()
+        if current == seen:
+            continue
+        seen = current
+        try:
+            await asyncio.to_thread(write_config, config_path, env=env)
+        except Exception as exc:  # a broken store must not take the running gateway down
+            log.warning("API keys changed but the gateway config could not be rebuilt: %s", exc)
+            continue
+        log.warning("API keys changed: restarting the gateway with the new config")
+        try:
+            await supervisor.restart("gateway", ready, timeout_s=60)
+        except TimeoutError as exc:
+            log.warning("the gateway did not come back after the key change: %s", exc)
+
+
 async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -> None:
     home = kitrading_home()
     env = dict(os.environ)
@@ -140,10 +175,17 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await supervisor.start()
+    keys_watcher = None
+    if gateway:
+        keys_watcher = asyncio.create_task(
+            watch_keys(supervisor, home / "run" / "envoy.yaml", env, readiness(services, env)("gateway"))
+        )
     print_urls(services, gateway=gateway)
     await stop.wait()
     print("\nstopping the mesh...", flush=True)
     await control.close()
+    if keys_watcher is not None:
+        keys_watcher.cancel()
     await supervisor.stop()
     if db_keeper is not None:
         db_keeper.cancel()

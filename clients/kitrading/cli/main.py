@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _describe(exc: Exception) -> str:
-    from kitrading.client import KitradingError, UnavailableError
+    from kitrading.client import KitradingError, UnauthenticatedError, UnavailableError
 
     if not isinstance(exc, KitradingError):
         return str(exc)
@@ -39,6 +39,8 @@ def _describe(exc: Exception) -> str:
         text += f" [reason {exc.reason}]"
     if exc.log_id and exc.log_id not in text:
         text += f" [log id {exc.log_id}]"
+    if isinstance(exc, UnauthenticatedError):
+        text += " (set KITRADING_API_KEY or KITRADING_API_KEY_FILE to a key from `kitrading keys create`)"
     if isinstance(exc, UnavailableError):
         text += " (is the mesh running? start it with `kitrading up`)"
     return text

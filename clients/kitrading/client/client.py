@@ -11,6 +11,7 @@ import enum
 import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -26,6 +27,10 @@ from kitrading.client.errors import NotFoundError, UnimplementedError
 
 #: Environment variable that overrides the default target.
 TARGET_ENV = "KITRADING_TARGET"
+#: The gateway's API key (`kitrading keys create`), or a file holding it; sent as `x-api-key`.
+API_KEY_ENV = "KITRADING_API_KEY"
+API_KEY_FILE_ENV = "KITRADING_API_KEY_FILE"
+API_KEY_METADATA = "x-api-key"
 DEFAULT_TIMEOUT = 30.0
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -38,6 +43,31 @@ RETRY_POLICY: dict[str, Any] = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+
+
+def api_key_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """`$KITRADING_API_KEY`, else the first line of `$KITRADING_API_KEY_FILE`, else None."""
+    source = os.environ if env is None else env
+    if source.get(API_KEY_ENV, "").strip():
+        return source[API_KEY_ENV].strip()
+    path = source.get(API_KEY_FILE_ENV, "").strip()
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{API_KEY_FILE_ENV}={path}: {exc.strerror or exc}") from None
+        return text.splitlines()[0].strip() if text else None
+    return None
+
+
+def with_api_key(
+    metadata: Sequence[tuple[str, str]] | None, api_key: str | None
+) -> Sequence[tuple[str, str]] | None:
+    """`metadata` plus `x-api-key` (the argument, else the environment's), unless it has one already."""
+    key = api_key if api_key is not None else api_key_from_env()
+    if not key or any(name.lower() == API_KEY_METADATA for name, _ in metadata or ()):
+        return metadata
+    return [*(metadata or ()), (API_KEY_METADATA, key)]
 
 
 class HealthStatus(enum.StrEnum):
@@ -225,13 +255,16 @@ def connect(
     retries: bool = True,
     metadata: Sequence[tuple[str, str]] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    api_key: str | None = None,
 ) -> Client:
     """A blocking client of the mesh.
 
     `target`: `host:port` of the gateway or of one service (default `$KITRADING_TARGET`, else
     `localhost:3000`). `timeout`: default deadline in seconds of every unary call (streams have none
     unless a call passes one). `retries`: retry idempotent (GET) methods on UNAVAILABLE, up to 4
-    attempts with 0.1-2 s backoff. `metadata`: sent with every call. `credentials`: TLS.
+    attempts with 0.1-2 s backoff. `metadata`: sent with every call. `credentials`: TLS. `api_key`: the
+    gateway's API key, sent as `x-api-key` metadata (default `$KITRADING_API_KEY`, else the file
+    `$KITRADING_API_KEY_FILE`; none on a gateway without keys).
     """
     resolved = resolve_target(target)
     options = channel_options(retries)
@@ -239,7 +272,7 @@ def connect(
         channel = grpc.insecure_channel(resolved, options=options)
     else:
         channel = grpc.secure_channel(resolved, credentials, options=options)
-    return Client(channel, target=resolved, timeout=timeout, metadata=metadata)
+    return Client(channel, target=resolved, timeout=timeout, metadata=with_api_key(metadata, api_key))
 
 
 def connect_async(
@@ -249,6 +282,7 @@ def connect_async(
     retries: bool = True,
     metadata: Sequence[tuple[str, str]] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    api_key: str | None = None,
 ) -> AsyncClient:
     """The `asyncio` client; same arguments as `connect()`. Use it as `async with connect_async() as c:`."""
     resolved = resolve_target(target)
@@ -257,4 +291,4 @@ def connect_async(
         channel = grpc.aio.insecure_channel(resolved, options=options)
     else:
         channel = grpc.aio.secure_channel(resolved, credentials, options=options)
-    return AsyncClient(channel, target=resolved, timeout=timeout, metadata=metadata)
+    return AsyncClient(channel, target=resolved, timeout=timeout, metadata=with_api_key(metadata, api_key))
