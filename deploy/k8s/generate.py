@@ -32,6 +32,8 @@ IMAGE = f"{IMAGE_NAME}:{IMAGE_TAG}"
 CONFIG_MAP = "kitrading-config"
 SECRET = "kitrading-secrets"
 SECRET_DIR = "/run/secrets/kitrading"
+#: Where the gateway reads its API keys (items of the Secret `kitrading-secrets`).
+GATEWAY_KEYS_DIR = "/run/secrets/kitrading-gateway"
 HOME = "/var/lib/kitrading"
 UID = 10001
 PART_OF = {"app.kubernetes.io/part-of": "kitrading"}
@@ -291,10 +293,16 @@ def gateway_documents() -> list[dict[str, Any]]:
         "envFrom": [{"configMapRef": {"name": CONFIG_MAP}}],
         "env": [
             {"name": "KITRADING_GATEWAY_BIND", "value": "0.0.0.0"},
-            # No API keys yet: an open gateway is allowed only when said (keep its Service internal).
-            {"name": "KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED", "value": "true"},
+            # API keys from the Secret (`kitrading keys --secrets-dir DIR create ...`, docs/gateway.md);
+            # without them the gateway refuses to listen beyond loopback and says how to create one.
+            {"name": "KITRADING_GATEWAY_KEYS_FILE", "value": f"{GATEWAY_KEYS_DIR}/gateway_keys.json"},
+            {
+                "name": "KITRADING_GATEWAY_SIGNING_KEY_FILE",
+                "value": f"{GATEWAY_KEYS_DIR}/gateway_signing_key",
+            },
             {"name": "KITRADING_GATEWAY_PORT", "value": str(GATEWAY_PORT)},
         ],
+        "volumeMounts": [{"name": "gateway-keys", "mountPath": GATEWAY_KEYS_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1536Mi"}},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
@@ -314,6 +322,20 @@ def gateway_documents() -> list[dict[str, Any]]:
                     "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "gateway-keys",
+                            "secret": {
+                                "secretName": SECRET,
+                                "items": [
+                                    {"key": "gateway_keys.json", "path": "gateway_keys.json"},
+                                    {"key": "gateway_signing_key", "path": "gateway_signing_key"},
+                                ],
+                                "defaultMode": 0o440,
+                                "optional": True,
+                            },
+                        }
+                    ],
                 },
             },
         },

@@ -78,7 +78,13 @@ def test_gateway_reaches_every_service_by_name(compose: dict[str, Any]) -> None:
     assert gateway["command"] == ["python", "-m", "gateway", "--run"]
     env = env_of(gateway)
     assert env["KITRADING_GATEWAY_BIND"] == "0.0.0.0"
-    assert env["KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED"] == "true"  # said explicitly (no keys yet)
+    # API keys from secret files; an open gateway only when deploy/.env says so
+    opt_out = "${KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED:-false}"
+    assert env["KITRADING_GATEWAY_ALLOW_UNAUTHENTICATED"] == opt_out
+    assert env["KITRADING_GATEWAY_KEYS_FILE"] == "/run/secrets/gateway_keys"
+    assert env["KITRADING_GATEWAY_SIGNING_KEY_FILE"] == "/run/secrets/gateway_signing_key"
+    assert set(gateway["secrets"]) == {"gateway_keys", "gateway_signing_key"}
+    assert compose["secrets"]["gateway_keys"]["file"].endswith("/gateway_keys.json")
     for info in SERVICES:
         # gateway/envoy_config.py: GatewaySettings.from_env reads KITRADING_<NAME>_HOST per cluster.
         assert env[f"KITRADING_{info.name.upper()}_HOST"] == info.name
