@@ -14,7 +14,6 @@ from kitrading.common.v1 import job_pb2
 from services.runtime.errors import InvalidArgument
 from services.runtime.jobs import JobState
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
