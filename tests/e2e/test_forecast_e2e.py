@@ -255,9 +255,15 @@ def test_performance_table_vs_baselines(mesh: RunningMesh, train_all: dict[str, 
     for row in rows:
         assert row["modelVersion"] == "v000001" and row["horizon"] == 24 and row["samples"] == 6 * 24
         methods = [m["method"] for m in row["metrics"]]
-        assert methods == ["FORECAST_METHOD_NHITS", "FORECAST_METHOD_NAIVE", "FORECAST_METHOD_SEASONAL_NAIVE"]
-        nhits, naive, seasonal = row["metrics"]
-        assert all(m["mae"] > 0 and m["rmse"] >= m["mae"] and m["mase"] > 0 for m in (nhits, naive, seasonal))
+        assert methods == [
+            "FORECAST_METHOD_NHITS",
+            "FORECAST_METHOD_NAIVE",
+            "FORECAST_METHOD_SEASONAL_NAIVE",
+            "FORECAST_METHOD_AUTO_ETS",
+            "FORECAST_METHOD_AUTO_THETA",
+        ]
+        nhits = row["metrics"][0]
+        assert all(m["mae"] > 0 and m["rmse"] >= m["mae"] and m["mase"] > 0 for m in row["metrics"])
         assert [c["level"] for c in nhits["intervalCoverage"]] == [80, 95]
     metrics = get(mesh, "/nhits/api/v1/system/metrics")["metrics"]
     assert metrics["cpuCount"] >= 1 and int(metrics["processMemoryBytes"]) > 0
