@@ -1,4 +1,4 @@
-"""Self-contained HTML pages the gateway serves: API docs per service and the index at `/`.
+"""Self-contained HTML pages the gateway serves: API docs per service and the index at `/docs`.
 
 The docs page is rendered from the service's OpenAPI document (so the two never disagree) into plain
 HTML with inline CSS and a few lines of inline JavaScript for "try it" forms. No CDN, no external
@@ -338,7 +338,8 @@ def render_service_page(spec: Mapping[str, Any]) -> str:
         f'<h1>{_e(info.get("title", "API"))} <span class="muted">{_e(info.get("version", ""))}</span></h1>'
         f"<p>{_e(str(info.get('description', '')).split(chr(10))[0])} "
         f'<a href="/{_e(prefix)}/openapi.json">openapi.json</a> · '
-        f'<a href="/{_e(prefix)}/health">health</a> · <a href="/">all services</a></p>'
+        f'<a href="/{_e(prefix)}/health">health</a> · <a href="/docs">all services</a> · '
+        '<a href="/">dashboard</a></p>'
     )
     sections: list[str] = [_prose(str(info.get("description", "")))]
     tags = spec.get("tags", [])
@@ -369,7 +370,7 @@ class IndexEntry:
 
 
 def render_index(entries: Sequence[IndexEntry], *, title: str = "KI Trading Mesh") -> str:
-    """`GET /`: every service with its docs, OpenAPI and live health."""
+    """`GET /docs`: every service with its docs, OpenAPI and live health."""
     items: list[str] = []
     for entry in entries:
         links = [f'<a href="/{_e(entry.prefix)}/health">health</a>']
@@ -386,6 +387,6 @@ def render_index(entries: Sequence[IndexEntry], *, title: str = "KI Trading Mesh
             f"<br>{' · '.join(links)}</li>"
         )
     tagline = "gRPC service mesh behind one gateway: JSON/HTTP, gRPC and grpc-web on this port."
-    header = f"<h1>{_e(title)}</h1><p>{tagline}</p>"
+    header = f'<h1>{_e(title)}</h1><p>{tagline} <a href="/">Open the dashboard</a></p>'
     body = f'<h2>Services</h2><ul class="services">{"".join(items)}</ul>'
     return _page(title, header, body, _HEALTH_JS)

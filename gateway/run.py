@@ -20,6 +20,7 @@ import httpx
 import yaml
 
 from gateway import envoy_config
+from gateway.dashboard import DashboardService, dashboard_pages
 from gateway.descriptors import DEFAULT_DESCRIPTOR_PATH, Contracts
 from gateway.docs import CONTENT_SECURITY_POLICY, IndexEntry, render_index, render_service_page
 from gateway.envoy_config import GatewaySettings, Page
@@ -49,7 +50,8 @@ def envoy_binary() -> str:
 def build_pages(
     contracts: Contracts, registry: Sequence[ServiceInfo], settings: GatewaySettings
 ) -> list[Page]:
-    """`/`, and `/<prefix>/docs` + `/<prefix>/openapi.json` for every service with contracts."""
+    """`/` (the dashboard and its files, `gateway.dashboard`), `/docs` (the API index), and
+    `/<prefix>/docs` + `/<prefix>/openapi.json` for every service with contracts."""
     html_headers = (("content-security-policy", CONTENT_SECURITY_POLICY),)
     documented = {s.mesh.name for s in contracts.routed_services(registry)}
     pages: list[Page] = []
@@ -67,8 +69,11 @@ def build_pages(
         IndexEntry(s.name, s.prefix, s.title, s.grpc_service, s.implemented, s.name in documented)
         for s in registry
     ]
-    pages.insert(0, Page("/", "text/html; charset=utf-8", render_index(entries), html_headers))
-    return pages
+    index = Page("/docs", "text/html; charset=utf-8", render_index(entries), html_headers, ("/docs/",))
+    dashboard = dashboard_pages(
+        [DashboardService(s.name, s.prefix, s.title, s.implemented, s.name in documented) for s in registry]
+    )
+    return [*dashboard, index, *pages]
 
 
 def build_config(

@@ -12,6 +12,7 @@ import pytest
 
 from gateway import METHOD_TIMEOUTS, GatewaySettings, build_config, envoy_command, write_config
 from gateway.__main__ import main
+from gateway.dashboard import ASSET_PREFIX, CHARTS_PATH
 from gateway.descriptors import Contracts
 from gateway.docs import render_service_page
 from gateway.envoy_config import TRANSCODER
@@ -169,14 +170,18 @@ def test_pages_are_direct_responses_outside_the_transcoder(
     not_allowed = [r for r in direct if r["direct_response"]["status"] == 405]
     assert {r["match"]["path"] for r in not_allowed} == set(pages)
     documented = {s.mesh.prefix for s in contracts.routed_services()}
-    expected = {"/"} | {f"/{p}/docs" for p in documented} | {f"/{p}/openapi.json" for p in documented}
-    assert set(pages) == expected
+    expected = {"/", "/docs"} | {f"/{p}/docs" for p in documented}
+    expected |= {f"/{p}/openapi.json" for p in documented}
+    # the dashboard's modules, stylesheet and the chart library (gateway.dashboard)
+    assets = {path for path in pages if path.startswith(ASSET_PREFIX)}
+    assert CHARTS_PATH in assets and f"{ASSET_PREFIX}app.js" in assets and f"{ASSET_PREFIX}app.css" in assets
+    assert set(pages) == expected | assets
     limit = _hcm(config)["route_config"]["max_direct_response_body_size_bytes"]
     for route in pages.values():
         assert route["typed_per_filter_config"][TRANSCODER]["disabled"] is True
         assert len(route["direct_response"]["body"]["inline_string"].encode()) <= limit
     redirects = [r for r in routes if "redirect" in r]
-    assert {r["match"]["path"] for r in redirects} >= {"/data", "/data/", "/data/docs/"}
+    assert {r["match"]["path"] for r in redirects} >= {"/data", "/data/", "/data/docs/", "/docs/"}
     assert all(r["typed_per_filter_config"][TRANSCODER]["disabled"] for r in redirects)
     # Pages come first: a gRPC prefix route must never shadow them.
     local = len(direct) + len(redirects)

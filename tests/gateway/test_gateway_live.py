@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import struct
 import time
 
@@ -273,10 +274,41 @@ async def test_openapi_document(gateway: Gateway) -> None:
 
 async def test_index_lists_every_service(gateway: Gateway) -> None:
     async with gateway.client() as client:
-        response = await client.get("/")
+        response = await client.get("/docs")
+        assert (await client.get("/docs/")).headers["location"].endswith("/docs")
     assert response.status_code == 200
     for prefix in ("data", "nhits", "llm", "watchdog"):
         assert f"/{prefix}/health" in response.text
+
+
+async def test_dashboard_and_its_files(gateway: Gateway) -> None:
+    """`/` is the dashboard; its modules, stylesheet and the chart library with their own types."""
+    async with gateway.client() as client:
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert '<script type="module" src="/ui/app.js">' in page.text
+        config = re.search(r'<script id="mesh-config" type="application/json">(.*?)</script>', page.text)
+        assert config is not None
+        mesh = json.loads(config.group(1))
+        assert {"data", "forecast", "llm", "watchdog"} <= {s["name"] for s in mesh["services"]}
+        expected = {
+            "/ui/app.js": "text/javascript; charset=utf-8",
+            "/ui/api.js": "text/javascript; charset=utf-8",
+            "/ui/app.css": "text/css; charset=utf-8",
+            "/ui/vendor/lightweight-charts.js": "text/javascript; charset=utf-8",
+        }
+        for path, content_type in expected.items():
+            response = await client.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"] == content_type, path
+            assert response.headers["x-content-type-options"] == "nosniff", path
+        charts = (await client.get("/ui/vendor/lightweight-charts.js")).text
+        assert "TradingView Lightweight Charts" in charts and "window.LightweightCharts" in charts
+        assert mesh["charts"].startswith("lightweight-charts 2.1, library v4.")
+        assert (await client.get("/dashboard")).headers["location"].endswith("/")
 
 
 async def test_admin_is_not_on_the_gateway_port(gateway: Gateway) -> None:
@@ -402,7 +434,7 @@ async def test_a_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
         # an unknown path stays 404
         assert (await client.put("/api/v1/no-such-thing", json={})).status_code == 404
         # the docs pages are GET (and HEAD) only
-        for path in ("/data/docs", "/data/openapi.json", "/"):
+        for path in ("/data/docs", "/data/openapi.json", "/", "/docs", "/ui/app.js"):
             deleted = await client.delete(path)
             assert deleted.status_code == 405, (path, deleted.text)
             assert deleted.headers["allow"] == "GET, HEAD"
