@@ -42,6 +42,7 @@ from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, Bootstr
 from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakers,
     CircuitBreakersThresholds,
+    CircuitBreakersThresholdsRetryBudget,
     Cluster,
     ClusterCommonLbConfig,
     ClusterDiscoveryType,
@@ -96,6 +97,9 @@ from envoy_data_plane.envoy.config.route.v3 import (
     HeaderMatcher,
     RedirectAction,
     RedirectActionRedirectResponseCode,
+    RetryPolicy,
+    RetryPolicyRetryBackOff,
+    RetryPolicyRetryHostPredicate,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -134,6 +138,7 @@ from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.
     DownstreamConnectionsConfig,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.fixed_heap.v3 import FixedHeapConfig
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
@@ -300,6 +305,10 @@ class GatewaySettings:
     max_upstream_connections: int = 1024
     max_upstream_requests: int = 4096
     max_pending_requests: int = 1024
+    #: Retries of a read (a unary RPC bound to HTTP GET) that meets a connection failure, a reset or
+    #: UNAVAILABLE, to another host where there is one (`read_retry_policy`); writes are never
+    #: retried. The cluster's retry budget bounds them (`RETRY_BUDGET_PERCENT`).
+    read_retries: int = 2
     #: Transcoder buffer limits (a JSON body is transcoded whole; streams per message).
     max_request_body_bytes: int = 8 * _MiB
     max_response_body_bytes: int = 64 * _MiB
@@ -421,8 +430,39 @@ def _route_action(cluster: str, timeout_s: float, idle_timeout_s: float | None) 
     return action
 
 
+#: Retries may add at most this share of a cluster's active requests (at least 3 at a time), so a
+#: failing service is not hit with a multiple of its load.
+RETRY_BUDGET_PERCENT = 20.0
+
+
+def is_read(method: RpcMethod) -> bool:
+    """A unary RPC whose every HTTP binding is GET: safe to send twice (the SDK retries the same)."""
+    streaming = method.server_streaming or method.client_streaming
+    return not streaming and bool(method.bindings) and all(b.verb == "get" for b in method.bindings)
+
+
+def read_retry_policy(settings: GatewaySettings) -> RetryPolicy:
+    """Connection failures, resets and UNAVAILABLE (a service restarting or draining), another host
+    first; 25 ms backoff doubling to 250 ms, within the route's timeout."""
+    return RetryPolicy(
+        retry_on="connect-failure,refused-stream,reset,unavailable",
+        num_retries=settings.read_retries,
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts", typed_config=_any(PreviousHostsPredicate())
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+        retry_back_off=RetryPolicyRetryBackOff(
+            base_interval=datetime.timedelta(milliseconds=25),
+            max_interval=datetime.timedelta(milliseconds=250),
+        ),
+    )
+
+
 def service_routes(services: Sequence[RoutedService], settings: GatewaySettings) -> list[Route]:
-    """gRPC routes: exact ones for methods with their own timeout, then one prefix per service.
+    """gRPC routes: exact ones for methods with their own timeout or a retry policy (reads), then one
+    prefix per service.
 
     The transcoder rewrites JSON calls to the gRPC path before routing, so these routes serve native
     gRPC, grpc-web and JSON alike.
@@ -434,18 +474,20 @@ def service_routes(services: Sequence[RoutedService], settings: GatewaySettings)
         for method in svc.methods:
             timeout = route_timeout(method, svc.mesh, settings)
             streaming = method.server_streaming or method.client_streaming
-            if timeout == default and not streaming:
+            retried = settings.read_retries > 0 and is_read(method)
+            if timeout == default and not streaming and not retried:
                 continue
             # Without an idle timeout as long as the route's, Envoy's stream idle timeout would cut
             # a quiet stream or a long unary call first.
-            idle = settings.stream_idle_timeout_s if streaming or timeout == 0 else max(timeout, 1.0)
-            exact.append(
-                Route(
-                    name=method.full_name,
-                    match=RouteMatch(path=method.grpc_path),
-                    route=_route_action(svc.mesh.name, timeout, idle),
-                )
+            idle: float | None = (
+                settings.stream_idle_timeout_s if streaming or timeout == 0 else max(timeout, 1.0)
             )
+            if timeout == default and not streaming:  # a read only here for its retries: as its prefix
+                idle = default if default > settings.request_idle_timeout_s else None
+            action = _route_action(svc.mesh.name, timeout, idle)
+            if retried:
+                action.retry_policy = read_retry_policy(settings)
+            exact.append(Route(name=method.full_name, match=RouteMatch(path=method.grpc_path), route=action))
         idle_default = default if default > settings.request_idle_timeout_s else None
         prefixes.append(
             Route(
@@ -1169,6 +1211,9 @@ def cluster(service: ServiceInfo, settings: GatewaySettings, env: Mapping[str, s
                     max_pending_requests=settings.max_pending_requests,
                     max_requests=settings.max_upstream_requests,
                     max_retries=3,
+                    retry_budget=CircuitBreakersThresholdsRetryBudget(
+                        budget_percent=Percent(value=RETRY_BUDGET_PERCENT), min_retry_concurrency=3
+                    ),
                 )
             ]
         ),

@@ -51,6 +51,7 @@ def _bad_request(field: str, description: str) -> grpc.Status:
 class FakeData:
     def __init__(self, contracts: Contracts) -> None:
         self.m = DataMessages(contracts)
+        self.attempts: dict[str, int] = {}
 
     async def list_symbols(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         if request.prefix.startswith("!"):
@@ -64,8 +65,29 @@ class FakeData:
         )
         return response
 
+    async def get_symbol(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
+        """`FLAKY*`: UNAVAILABLE on the first attempt of each name (a service restarting), then the
+        symbol with the attempt count as its display name; `DOWN`: always UNAVAILABLE."""
+        attempt = self.attempts[request.symbol] = self.attempts.get(request.symbol, 0) + 1
+        if request.symbol == "DOWN" or (request.symbol.startswith("FLAKY") and attempt == 1):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        response: Message = self.m.GetSymbolResponse(
+            symbol=self.m.Symbol(symbol=request.symbol, display_name=f"attempt {attempt}")
+        )
+        return response
+
     async def update_symbol(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
-        """Echoes the symbol it was asked to change, so a test sees which id reached the service."""
+        """Echoes the symbol it was asked to change, so a test sees which id reached the service;
+        `FLAKY*` symbols are UNAVAILABLE on their first attempt (writes must not be retried)."""
+        name = request.symbol.symbol
+        attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+        if name.startswith("FLAKY") and attempt == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        if name.startswith("FLAKY"):
+            response_flaky: Message = self.m.UpdateSymbolResponse(
+                symbol=self.m.Symbol(symbol=name, display_name=f"attempt {attempt}")
+            )
+            return response_flaky
         response: Message = self.m.UpdateSymbolResponse(symbol=request.symbol)
         return response
 
@@ -87,6 +109,11 @@ def data_handler(contracts: Contracts) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
+            "GetSymbol": grpc.unary_unary_rpc_method_handler(
+                fake.get_symbol,
+                request_deserializer=m.GetSymbolRequest.FromString,
+                response_serializer=m.GetSymbolResponse.SerializeToString,
+            ),
             "ListSymbols": grpc.unary_unary_rpc_method_handler(
                 fake.list_symbols,
                 request_deserializer=m.ListSymbolsRequest.FromString,

@@ -464,3 +464,30 @@ async def test_a_body_over_the_limit_is_413_not_a_retryable_429(gateway: Gateway
     writer.close()
     assert status == 413, head
     assert body["details"][0]["reason"] == "REQUEST_TOO_LARGE" and "8388608" in body["message"]
+
+
+async def test_reads_are_retried_on_unavailable_writes_are_not(
+    gateway: Gateway, contracts: Contracts
+) -> None:
+    """A read (a GET-bound unary RPC) that meets UNAVAILABLE, as during a restart, is tried again by
+    the gateway within a bounded budget; a write is never sent twice."""
+    async with gateway.client() as client:
+        read = await client.get("/api/v1/symbols/FLAKYR")
+        assert read.status_code == 200, read.text
+        assert read.json()["symbol"]["displayName"] == "attempt 2"  # the first attempt failed
+        down = await client.get("/api/v1/symbols/DOWN")
+        assert down.status_code == 503  # retried, still down: the client is told so
+        path = "/api/v1/symbols/FLAKYW"
+        write = await client.patch(path, params={"updateMask": "displayName"}, json={"displayName": "x"})
+        assert write.status_code == 503, write.text  # not retried
+        again = await client.patch(path, params={"updateMask": "displayName"}, json={"displayName": "x"})
+        assert again.json()["symbol"]["displayName"] == "attempt 2"  # the first request made one attempt
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        m = DataMessages(contracts)
+        get_symbol = channel.unary_unary(
+            "/kitrading.data.v1.DataService/GetSymbol",
+            request_serializer=lambda r: r.SerializeToString(),
+            response_deserializer=m.GetSymbolResponse.FromString,
+        )
+        reply = await get_symbol(m.GetSymbolRequest(symbol="FLAKYG"), timeout=5)
+        assert reply.symbol.display_name == "attempt 2"  # native gRPC through the gateway too
