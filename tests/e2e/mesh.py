@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,20 @@ class RunningMesh:
         return self.process.returncode
 
 
+def _distinct_ports() -> Iterator[int]:
+    """Free ports, never the same one twice (the OS can hand a just-released port out again)."""
+    seen: set[int] = set()
+    while True:
+        port = free_port()
+        if port not in seen:
+            seen.add(port)
+            yield port
+
+
 def start_mesh(home: Path, only: list[str], extra_env: dict[str, str] | None = None) -> RunningMesh:
-    ports = {s.name: free_port() for s in mesh.SERVICES}
-    ports.update(gateway=free_port(), admin=free_port(), reflection=free_port())
+    free = _distinct_ports()
+    ports = {s.name: next(free) for s in mesh.SERVICES}
+    ports.update(gateway=next(free), admin=next(free), reflection=next(free))
     env = dict(os.environ)
     env.update(
         KITRADING_HOME=str(home),
@@ -115,7 +127,7 @@ def start_mesh(home: Path, only: list[str], extra_env: dict[str, str] | None = N
     )
     for s in mesh.SERVICES:
         env[f"KITRADING_{s.name.upper()}_PORT"] = str(ports[s.name])
-        env[f"KITRADING_{s.name.upper()}_METRICS_PORT"] = str(free_port())
+        env[f"KITRADING_{s.name.upper()}_METRICS_PORT"] = str(next(free))
     env.update(extra_env or {})
     log = (home / "up.log").open("wb")
     process = subprocess.Popen(
