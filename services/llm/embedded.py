@@ -114,6 +114,13 @@ PRESENCE_PENALTY = 0.3
 STOP_SEQUENCES = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
 #: The prompt's fence markers: written after the answer has begun, they end it (`AnswerFilter`).
 MARKER_STOPS = ("[END QUESTION", "[QUESTION")
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
 _HEADER_LINE = re.compile(r"\[[^\[\]\n]{0,100}\]")
 _MAX_HEADER_CHARS = 120
 
@@ -128,10 +135,17 @@ class AnswerFilter:
     back until it is known not to be.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_sentences: int = 0) -> None:
         self.pending = ""
         self.started = False
         self.stopped = False
+        self.max_sentences = max_sentences
+        self.sentences = 0
+        self._shown = ""  # the answer so far, as emitted
+        self._scanned = 0  # where the search for the next sentence end resumes
+        self._sentence_start = 0
+        self._seen: set[str] = set()
+        self._held = ""  # text that may begin a repeated sentence, not shown yet
 
     def feed(self, text: str) -> str:
         """The text to show now (possibly empty)."""
@@ -168,10 +182,47 @@ class AnswerFilter:
         )
         cut = len(self.pending) - hold
         out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out
+        return self._sentence_budget(out)
+
+    def _sentence_budget(self, out: str) -> str:
+        """End the answer right after its `max_sentences`-th sentence, or before a sentence that
+        repeats an earlier one word for word (the small model's loops survive the sampler's
+        penalties): text that may be the start of such a repeat is held back until it is known not
+        to be. A sentence ends at `.`, `!` or `?` followed by white space (`1.0650` does not end
+        one), and so does a line break (list items); a `.` that ends a piece counts once the next piece
+        shows the space after it."""
+        if not self.max_sentences or self.stopped:
+            self._shown += out
+            return out
+        text = self._shown + self._held + out
+        for match in _SENTENCE_END.finditer(text, self._scanned):
+            stop = match.start() + 1
+            sentence = _words(text[self._sentence_start : stop])
+            began, self._sentence_start, self._scanned = self._sentence_start, stop, stop
+            if not sentence.strip(" -*.!?"):  # a blank line or a lone bullet: no sentence
+                continue
+            if sentence in self._seen:  # a loop: the answer ends before the repeat
+                return self._end(text, began)
+            self._seen.add(sentence)
+            self.sentences += 1
+            if self.sentences >= self.max_sentences:
+                return self._end(text, stop)
+        self._scanned = max(self._scanned, len(text) - 1)  # a trailing "." is looked at again
+        rest = _words(text[self._sentence_start :])
+        repeat_so_far = bool(rest) and any(seen.startswith(rest) for seen in self._seen)
+        show_to = max(self._sentence_start if repeat_so_far else len(text), len(self._shown))
+        emitted, self._held = text[len(self._shown) : show_to], text[show_to:]
+        self._shown = text[:show_to]
+        return emitted
+
+    def _end(self, text: str, at: int) -> str:
+        self.stopped, self.pending, self._held = True, "", ""
+        shown = len(self._shown)
+        self._shown = text[: max(at, shown)]
+        return text[shown:at] if at > shown else ""
 
     def flush(self) -> str:
-        out, self.pending = self.pending, ""
+        out, self.pending, self._held = self._held + self.pending, "", ""
         return out
 
 
@@ -365,7 +416,7 @@ class LlamaCppEngine:
                 stream=True,
             )
             prompt_tokens: int | None = None
-            answer = AnswerFilter()
+            answer = AnswerFilter(self.settings.max_sentences)
             try:
                 for chunk in chunks:
                     if cancel.is_set():

@@ -45,6 +45,9 @@ class EmbeddedSettings:
     context_tokens: int = 2048
     batch_tokens: int = 256
     seed: int = 42
+    #: The answer ends after this many sentences (0: no limit). The bundled 135M model rarely ends
+    #: on its own and rambles to the token limit; the prompt asks for three to five sentences.
+    max_sentences: int = 6
 
     def __post_init__(self) -> None:
         check_fields(self, EMBEDDED_FIELDS)
@@ -185,6 +188,7 @@ EMBEDDED_FIELDS: dict[str, Var] = {
     "context_tokens": IntVar(_CONTEXT, 256, 1 << 20, auto=0),
     "batch_tokens": IntVar("KITRADING_LLM_BATCH_TOKENS", 1, 1 << 20),
     "seed": IntVar("KITRADING_LLM_SEED", 0, 2**31 - 1),
+    "max_sentences": IntVar("KITRADING_LLM_MAX_SENTENCES", 0, 1000),
 }
 #: LlmSettings attribute -> its environment variable and range.
 FIELDS: dict[str, Var] = {

@@ -270,7 +270,7 @@ def test_stream_is_grounded_and_arrives_token_by_token(embedded: RunningMesh) ->
     assert completion["completionTokens"] == len(tokens)
     assert completion["finishReason"] in {"FINISH_REASON_STOP", "FINISH_REASON_LENGTH"}
     if completion["finishReason"] == "FINISH_REASON_LENGTH":
-        assert len(tokens) == 32
+        assert len(tokens) <= 32  # text held back (a possible marker or repeat) goes out merged
     assert completion["tokensPerSecond"] > 0
     assert 0 < completion["timeToFirstTokenMs"] <= completion["totalMs"]
     assert completion["engine"] == "LLM_ENGINE_EMBEDDED"

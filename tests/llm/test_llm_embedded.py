@@ -165,12 +165,13 @@ async def test_analyze_end_to_end_records_speed(embedded_engine: LlamaCppEngine)
 
 
 @pytest.mark.parametrize("symbol", ["EURUSD", "GOOG", "SP500", "NASDAQ", "MSFT"])
-async def test_a_grounded_answer_is_prose_without_loops_or_markers(
+async def test_a_grounded_answer_ends_on_its_own_below_the_limit(
     embedded_engine: LlamaCppEngine, symbol: str
 ) -> None:
-    """Temperature 0 is the worst case for loops: without the repetition controls the bundled model
-    repeated one line until the limit; with the markers last in the prompt it echoed a marker and
-    stopped after a few tokens (an empty answer)."""
+    """Temperature 0 is the worst case: without the repetition controls the bundled model repeated
+    one line until the limit; with the fence markers as stop sequences it echoed one and stopped after
+    a few tokens (an empty answer); without a sentence budget it rambles to any limit (400 of 400
+    tokens on all five symbols). Now: prose, no marker, no repeated line, ended by the budget."""
     series = load_candles([s for s in SAMPLES if s.symbol == symbol])[symbol][-100:]
     closes = [c.close for c in series]
     grounding = Grounding(
@@ -185,11 +186,11 @@ async def test_a_grounded_answer_is_prose_without_loops_or_markers(
         unavailable=("forecast", "regime", "patterns", "knowledge"),
     )
     analyst = Analyst(LlmSettings(), engine=embedded_engine)
-    limit = 128
+    limit = 400
     question = "Should I buy or sell? Explain the trend, the risks and the levels to watch."
     tokens = [t async for t in analyst.analyze(question, grounding, max_tokens=limit, temperature=0.0)]
     text = "".join(t.text for t in tokens)
-    assert len(tokens) <= limit + 1
+    assert tokens[-1].finish_reason == "stop" and len(tokens) < limit, text
     assert len(text.split()) >= 20, text
     assert "QUESTION" not in text
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -218,3 +219,25 @@ def test_answer_filter_ends_at_a_fence_marker_once_the_answer_has_begun() -> Non
     assert feed_all(["Sell. [QUESTION x] again"]) == ("Sell. ", True)
     # a "[" that turns out not to be a marker is shown, late but whole
     assert feed_all(["Range [", "1.08", ", 1.09]"]) == ("Range [1.08, 1.09]", False)
+
+
+def test_answer_filter_ends_after_the_sentence_budget() -> None:
+    answer = AnswerFilter(max_sentences=2)
+    shown = ""
+    for piece in ["EURUSD is at 1.0650", ". It rose", " 0.5%. Risks", " remain. More", " text."]:
+        shown += answer.feed(piece)
+        if answer.stopped:
+            break
+    assert answer.stopped and shown == "EURUSD is at 1.0650. It rose 0.5%."
+    # a "." ending one piece counts once the next piece starts with white space
+    late = AnswerFilter(max_sentences=1)
+    assert late.feed("Buy.") == "Buy." and not late.stopped
+    assert late.feed(" Then more") == "" and late.stopped
+
+
+def test_answer_filter_ends_before_a_repeated_sentence() -> None:
+    answer = AnswerFilter(max_sentences=10)
+    shown = ""
+    for piece in ["Rates rise. The euro", " falls. Rates", " rise. Again"]:
+        shown += answer.feed(piece)
+    assert answer.stopped and shown == "Rates rise. The euro falls."
