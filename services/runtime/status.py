@@ -3,14 +3,19 @@
 Every non-OK status the mesh sends carries one `ErrorInfo` (UPPER_SNAKE reason, domain
 `kitrading.<service>`), and bad input also a `BadRequest` with one field violation per bad field.
 Envoy's `convert_grpc_status` turns these details into the JSON body of the HTTP error.
+
+An error whose metadata has `retry_after_s` (a full training queue, the LLM's waiting room) also
+carries a `google.rpc.RetryInfo` and the `retry-after` metadata key (whole seconds, rounded up),
+which the gateway passes on as the HTTP `Retry-After` header of the 429.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from services.runtime.errors import DomainError, FieldViolation, InvalidArgument
@@ -41,7 +46,21 @@ def build_status(
         bad_request = any_pb2.Any()
         bad_request.Pack(error_details_pb2.BadRequest(field_violations=field_violations))
         details.append(bad_request)
+    delay = retry_after_seconds(metadata)
+    if delay is not None:
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=delay)))
+        details.append(retry)
     return status_pb2.Status(code=code.value[0], message=message, details=details)
+
+
+def retry_after_seconds(metadata: Mapping[str, str] | None) -> int | None:
+    """`retry_after_s` of an error's metadata as whole seconds (at least 1), or None."""
+    try:
+        value = float((metadata or {})["retry_after_s"])
+    except (KeyError, ValueError):
+        return None
+    return max(1, math.ceil(value)) if math.isfinite(value) else None
 
 
 def status_for(error: DomainError, domain: str) -> tuple[grpc.StatusCode, status_pb2.Status]:
@@ -68,8 +87,15 @@ def internal_status(log_id: str, domain: str) -> status_pb2.Status:
     )
 
 
-def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, str | bytes], ...]:
+    """The status details, and `retry-after` when the status has a RetryInfo."""
+    out: list[tuple[str, str | bytes]] = [("grpc-status-details-bin", status.SerializeToString())]
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            out.append(("retry-after", str(max(1, info.retry_delay.seconds))))
+    return tuple(out)
 
 
 assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

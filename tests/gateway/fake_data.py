@@ -20,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from gateway.descriptors import Contracts
+from services.runtime.errors import ResourceExhausted
+from services.runtime.status import status_for, trailing_metadata
 
 SERVICE = "kitrading.data.v1.DataService"
 EVENT_GAP_S = 0.4
@@ -68,6 +70,12 @@ class FakeData:
     async def get_symbol(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
         """`FLAKY*`: UNAVAILABLE on the first attempt of each name (a service restarting), then the
         symbol with the attempt count as its display name; `DOWN`: always UNAVAILABLE."""
+        if request.symbol == "BUSY":  # a full queue, as the runtime answers it (status + metadata)
+            error = ResourceExhausted(
+                "queue full", reason="TRAINING_QUEUE_FULL", metadata={"retry_after_s": "6.2"}
+            )
+            _, status = status_for(error, "kitrading.data")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", trailing_metadata(status))
         attempt = self.attempts[request.symbol] = self.attempts.get(request.symbol, 0) + 1
         if request.symbol == "DOWN" or (request.symbol.startswith("FLAKY") and attempt == 1):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")

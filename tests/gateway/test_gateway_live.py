@@ -491,3 +491,16 @@ async def test_reads_are_retried_on_unavailable_writes_are_not(
         )
         reply = await get_symbol(m.GetSymbolRequest(symbol="FLAKYG"), timeout=5)
         assert reply.symbol.display_name == "attempt 2"  # native gRPC through the gateway too
+
+
+async def test_a_full_queue_is_429_with_retry_after(gateway: Gateway) -> None:
+    """The runtime's RESOURCE_EXHAUSTED with `retry_after_s` (training queue, LLM waiting room) is
+    429 with the HTTP `Retry-After` header (whole seconds, rounded up) and a google.rpc.RetryInfo."""
+    async with gateway.client() as client:
+        response = await client.get("/api/v1/symbols/BUSY")
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == "7"
+    kinds = [d["@type"] for d in response.json()["details"]]
+    assert "type.googleapis.com/google.rpc.RetryInfo" in kinds, kinds
+    retry = next(d for d in response.json()["details"] if d["@type"].endswith("RetryInfo"))
+    assert retry["retryDelay"] == "7s"

@@ -81,3 +81,17 @@ def test_timestamp_fast_path_matches_protobuf() -> None:
         expected.FromDatetime(moment)
         got = timestamp(moment)
         assert got is not None and (got.seconds, got.nanos) == (expected.seconds, expected.nanos), moment
+
+
+def test_a_retry_hint_becomes_retry_info_and_retry_after() -> None:
+    from google.rpc import error_details_pb2
+
+    from services.runtime.errors import ResourceExhausted
+    from services.runtime.status import status_for, trailing_metadata
+
+    _, status = status_for(ResourceExhausted("full", reason="QUEUE", metadata={"retry_after_s": "0.2"}), "d")
+    infos = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(infos) == 1
+    assert ("retry-after", "1") in trailing_metadata(status)  # at least a second
+    _, plain = status_for(ResourceExhausted("full", reason="QUEUE"), "d")
+    assert [k for k, _ in trailing_metadata(plain)] == ["grpc-status-details-bin"]
