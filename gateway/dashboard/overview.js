@@ -80,7 +80,9 @@ export async function mount(root, { config }) {
 
   function renderAlerts() {
     alertsBox.replaceChildren(alerts.length
-      ? table(['When', 'Target', 'Kind', 'Severity', 'Message', 'Delivery'], alertRows(alerts.slice(0, 8)))
+      ? h('ul', { class: 'plain small', id: 'recent-alerts' }, alerts.slice(0, 8).map((a) => h('li', {},
+        h('span', { class: `badge ${a.kind === 'ALERT_KIND_DOWN' ? 'down' : a.kind === 'ALERT_KIND_RECOVERED' ? 'ok' : ''}` }, enumName(a.kind, 'ALERT_KIND_')),
+        ` ${a.target} · ${ago(a.createTime)} · ${a.message}`)))
       : h('p', { class: 'muted' }, 'No alerts yet.'));
   }
 

@@ -31,7 +31,7 @@ export async function mount(root, { args }) {
 
   const symbolSel = h('select', { id: 'symbol-select' }, all.map((s) => h('option', { value: s.symbol, selected: s === chosen ? true : undefined }, `${s.symbol} · ${s.displayName || ''}`)));
   const tfSel = h('select', { id: 'timeframe-select' }, series.map((s) => h('option', { value: s.timeframe, selected: s.timeframe === timeframe ? true : undefined }, `${enumName(s.timeframe, 'TIMEFRAME_').toUpperCase()} (${s.count} bars)`)));
-  const horizon = h('input', { id: 'horizon', type: 'number', min: 1, max: 720, value: 24, inputmode: 'numeric' });
+  const horizon = h('input', { id: 'horizon', type: 'number', min: 1, value: 24, inputmode: 'numeric' });
   const go = () => { location.hash = `#/symbol/${encodeURIComponent(symbolSel.value)}/${tfSel.value && symbolSel.value === chosen.symbol ? tfSel.value : ''}`; };
   symbolSel.addEventListener('change', go);
   tfSel.addEventListener('change', go);
@@ -165,8 +165,8 @@ export async function mount(root, { args }) {
       const patterns = (reply.detection && reply.detection.patterns) || [];
       const first = candles.length ? ts(candles[0].time) : 0;
       markers = [];
-      // On the chart: the 30 most recent patterns (all of them in the table below).
-      const shown = patterns.slice().sort((a, b) => ts(b.endTime) - ts(a.endTime)).slice(0, 30);
+      // On the chart: the 20 most recent patterns (all of them in the table below).
+      const shown = patterns.slice().sort((a, b) => ts(b.endTime) - ts(a.endTime)).slice(0, 20);
       for (const p of shown) {
         const bullish = p.direction === 'PATTERN_DIRECTION_BULLISH';
         const color = bullish ? '#1b7f3b' : p.direction === 'PATTERN_DIRECTION_BEARISH' ? '#b3261e' : '#6b4fbb';

@@ -39,7 +39,7 @@ export async function mount(root) {
   } },
   h('label', { for: 'train-model' }, 'Model', modelSel),
   h('label', { for: 'train-symbol' }, 'Symbol', symSel),
-  h('label', { for: 'train-steps' }, 'Max steps (forecast, pattern)', steps),
+  h('label', { for: 'train-steps' }, 'Max steps (pattern; forecast trains its configured steps)', steps),
   h('label', { class: 'check', for: 'train-force' }, force, 'Force (retrain even if up to date)'),
   button);
 
@@ -64,12 +64,18 @@ export async function mount(root) {
       h('p', {}, h('strong', {}, model), ' job ', h('span', { class: 'mono' }, job.jobId)), bar, text);
     live.prepend(card);
     let state = job;
+    let shown = 0;
+    let lastStep = null;
     const render = (step) => {
+      if (step) lastStep = step;
       const done = step ? step.jobStep : state.step;
       const max = step ? step.jobMaxSteps : state.maxSteps;
       const value = max ? Math.min(100, (100 * done) / max) : 0;
-      bar.value = ACTIVE.has(state.state) ? value : state.state === 'JOB_STATE_SUCCEEDED' ? 100 : value;
+      // Snapshots and transitions can lag the step events: the bar never goes back while running.
+      shown = state.state === 'JOB_STATE_SUCCEEDED' ? 100 : ACTIVE.has(state.state) ? Math.max(shown, value) : value;
+      bar.value = shown;
       bar.dataset.value = String(bar.value);
+      step = step || (ACTIVE.has(state.state) ? lastStep : null);
       const eta = step && step.etaSeconds ? `, ETA ${fmt(step.etaSeconds, 2)} s` : '';
       const loss = step && step.trainLoss ? `, loss ${fmt(step.trainLoss)}` : '';
       text.textContent = `${enumName(state.state, 'JOB_STATE_')} · ${step ? `${step.key || step.symbol} ` : ''}${done}/${max} steps${loss}${eta}${state.error ? ` · ${state.error}` : ''}`;
