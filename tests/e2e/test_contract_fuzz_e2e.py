@@ -38,7 +38,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         assert code == 0, f"kitrading up exited with {code}"
 
 
-def test_no_request_gets_a_server_error(mesh: RunningMesh) -> None:
+def test_no_request_gets_a_server_error(mesh: RunningMesh, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is in the dev group"
     result = subprocess.run(
@@ -52,7 +52,7 @@ def test_no_request_gets_a_server_error(mesh: RunningMesh) -> None:
             "--exclude-path-regex", r"\{[a-z_]+\.[a-z_]+\}",
             "--no-color",
         ],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,  # its .schemathesis/ there
     )  # fmt: skip
     summary = result.stdout[-1500:]
     print(summary)
