@@ -70,7 +70,9 @@ EXTRA_ENV = {
     "KITRADING_PATTERN_BATCH_SIZE": "32",
     "KITRADING_PATTERN_TRAIN_BARS": "1500",
     "KITRADING_PATTERN_USE_GPU": "false",
-    # the full grounding (forecast, regime, patterns, passages, model cards) needs more than 2048
+    # With every service up, the full grounding (forecast, regime, patterns, passages, model cards)
+    # is more than the embedded model's default 2048-token context ("Requested tokens (2506) exceed
+    # context window of 2048", seen here): an LLM-service bug, worked around in this test only.
     "KITRADING_LLM_CONTEXT": "4096",
 }
 
@@ -282,8 +284,10 @@ def test_the_analyst_stop_button(page: Page, forecast_model: None) -> None:
     p = page.open("analyst/EURUSD")
     p.fill("#analyst-max-tokens", "400")
     p.click("#analyst-ask")
-    tokens = "() => Number(document.getElementById('analyst-answer').dataset.tokens || 0) >= 2"
+    tokens = "() => { const a = document.getElementById('analyst-answer');"
+    tokens += " return Number(a.dataset.tokens || 0) >= 2 || a.dataset.state !== 'running'; }"
     p.wait_for_function(tokens, timeout=300_000)
+    assert p.get_attribute("#analyst-answer", "data-state") == "running", p.inner_text("#analyst-error")
     p.click("#analyst-stop")
     p.wait_for_selector("#analyst-answer[data-state=stopped]", timeout=10_000)
     assert "Stopped after" in p.inner_text("#analyst-meta")
