@@ -42,7 +42,8 @@ class EmbeddedSettings:
     #: Expected sha256 of the GGUF; None with the bundled model means the pinned hash.
     model_sha256: str | None = None
     threads: int = 1
-    context_tokens: int = 2048
+    #: 4096: with every service up the grounded prompt is ~2,500 tokens (2048 refused it).
+    context_tokens: int = 4096
     batch_tokens: int = 256
     seed: int = 42
     #: The answer ends after this many sentences (0: no limit). The bundled 135M model rarely ends
@@ -163,7 +164,7 @@ def _json_object(var: TextVar, env: Mapping[str, str] | None) -> dict[str, objec
     return value
 
 
-_CONTEXT = "KITRADING_LLM_CONTEXT"  # 0 (or unset): 2048 embedded, the model's default with Ollama
+_CONTEXT = "KITRADING_LLM_CONTEXT"  # 0 (or unset): 4096 embedded, the model's default with Ollama
 OLLAMA_URL = TextVar("OLLAMA_BASE_URL", "an http(s) URL", URL_PATTERN)  # unset: the embedded engine
 #: OllamaSettings attribute -> its environment variable and range.
 OLLAMA_FIELDS: dict[str, Var] = {

@@ -70,10 +70,6 @@ EXTRA_ENV = {
     "KITRADING_PATTERN_BATCH_SIZE": "32",
     "KITRADING_PATTERN_TRAIN_BARS": "1500",
     "KITRADING_PATTERN_USE_GPU": "false",
-    # With every service up, the full grounding (forecast, regime, patterns, passages, model cards)
-    # is more than the embedded model's default 2048-token context ("Requested tokens (2506) exceed
-    # context window of 2048", seen here): an LLM-service bug, worked around in this test only.
-    "KITRADING_LLM_CONTEXT": "4096",
 }
 
 pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev group pins it)")
