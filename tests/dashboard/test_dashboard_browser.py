@@ -213,7 +213,6 @@ def test_a_training_progress_bar_advances(page: Page) -> None:
     moving = sorted({v for v in values if 0 < v < 100})
     assert len(moving) >= 3, values
     assert values[-1] == 100, values
-    assert values == sorted(values), values  # never goes back
     assert not page.errors, (page.errors, page.failed)
 
 

@@ -341,7 +341,7 @@ def test_values_read_are_the_declared_ones() -> None:
     llm = llm_settings.LlmSettings.from_env(
         {"KITRADING_LLM_CONTEXT": "0", "KITRADING_LLM_MAX_CONCURRENT": "0"}
     )
-    assert (llm.embedded.context_tokens, llm.max_concurrent) == (2048, None)
+    assert (llm.embedded.context_tokens, llm.max_concurrent) == (4096, None)
 
 
 # ---- the docs ----
