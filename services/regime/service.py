@@ -289,18 +289,19 @@ class RegimeDomain:
                     reason="MODEL_TRAINING",
                     metadata={"symbol": symbol, "job_id": first.job_id},
                 )
-        version = await asyncio.to_thread(self.registry.get, symbol)
-        regime = await asyncio.to_thread((version.path / REGIME_FILE).read_text)
-        scorer = await asyncio.to_thread((version.path / SCORER_FILE).read_text)
-        assert stamp is not None  # registry.get raised otherwise
-        loaded = _Loaded(
-            stamp,
-            version,
-            RegimeModel.from_dict(json.loads(regime)),
-            TrainedScorer.from_dict(json.loads(scorer)),
-        )
+        # Off the event loop, all of it: the first load imports LightGBM (~1.5 s on 2 busy cores),
+        # which, on the loop, stalled every call and the health check (the gateway then took the
+        # service out: 503s for everyone while a first training published its models).
+        loaded = await asyncio.to_thread(self._load, symbol, stamp)
         self._loaded[symbol] = loaded
         return loaded
+
+    def _load(self, symbol: str, stamp: PointerStamp | None) -> _Loaded:
+        version = self.registry.get(symbol)  # FailedPrecondition (how to train it) when it has none
+        assert stamp is not None  # registry.get raised otherwise
+        regime = json.loads((version.path / REGIME_FILE).read_text())
+        scorer = json.loads((version.path / SCORER_FILE).read_text())
+        return _Loaded(stamp, version, RegimeModel.from_dict(regime), TrainedScorer.from_dict(scorer))
 
     async def _candles(self, symbol: str, timeframe: str, *, since: datetime | None = None) -> pd.DataFrame:
         """The newest `serve_bars` candles (the source caches them while it follows Data's events);

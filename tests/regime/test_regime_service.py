@@ -168,3 +168,28 @@ async def test_the_first_training_waits_for_a_starting_data_service(
         assert (await domain.jobs.wait(domain.first_job.job_id)).state is JobState.SUCCEEDED
     finally:
         await domain.stop()
+
+
+async def test_a_model_is_loaded_off_the_event_loop(
+    domain: RegimeDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the fault-isolation e2e: the first load of a model imports LightGBM, 1.5 s on a
+    busy 2-core box; done on the event loop it stalled the gRPC health check past the gateway's 1 s
+    timeout, and the gateway took the whole service out (503s) while a first training published."""
+    import threading
+
+    from services.regime import service as regime_service
+
+    await domain.train(["EURUSD"], background=False)
+    domain._loaded.clear()
+    loop_thread = threading.current_thread()
+    seen: list[threading.Thread] = []
+    real = regime_service.TrainedScorer.from_dict
+
+    def spy(state: dict[str, object]) -> object:
+        seen.append(threading.current_thread())
+        return real(state)
+
+    monkeypatch.setattr(regime_service.TrainedScorer, "from_dict", staticmethod(spy))
+    await domain.regime("EURUSD")
+    assert seen and all(thread is not loop_thread for thread in seen)
