@@ -12,8 +12,10 @@ client thread keeps calling the OTHER services through the gateway, and measures
 
 Then the database: `pg_ctl stop -m fast` on the embedded server. The data service must report
 NOT_SERVING, the watchdog alert for `database`, and everything recover by itself (the launcher's
-`keep_database_running`). So that the outage lasts long enough to be observed, the test holds
-pgserver's start lock until both were seen (the keeper waits on that lock), then lets go.
+`keep_database_running`); rag, whose searches read their passages from the database, goes
+NOT_SERVING with it once its pool notices, and every other service must keep answering. So that
+the outage lasts long enough to be observed, the test holds pgserver's start lock until both were
+seen (the keeper waits on that lock), then lets go.
 
 Every figure is printed as a Markdown table (docs/reliability.md keeps the latest run), and written
 as JSON to `$KITRADING_RELIABILITY_JSON` when that is set. `KITRADING_KEEP_FAULT_HOME=1` keeps the
@@ -31,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,10 @@ CALLS = {
     "watchdog": "/watchdog/api/v1/status",
 }
 SAMPLE_SYMBOLS = {"EURUSD", "GOOG", "MSFT"}
+#: Services whose every answer needs the database: their health follows their pool's, so they
+#: are NOT_SERVING (the gateway's 503) while it is away and must come back by themselves after.
+#: The database outage's isolation figure counts the calls to every other service.
+DATABASE_BOUND = frozenset({"data", "rag"})
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
@@ -179,6 +186,8 @@ def state_reloaded(env: Env, name: str) -> bool:
     if name == "llm":
         reply = env.get("/api/v1/llm/status")
         return reply.status_code == 200 and reply.json().get("loaded") is True
+    if name == "rag":
+        return env.get("/api/v1/rag/status").status_code == 200
     if name == "watchdog":
         reply = env.get("/watchdog/api/v1/alerts/history", pageSize=1000)
         # the history of the earlier kills was kept in PostgreSQL across the restart
@@ -298,14 +307,15 @@ def report() -> None:
             _s(db, "db_restarted_after_release_s"),
             f"{_s(db, 'data_healthy_after_release_s')} / {_s(db, 'data_serving_after_release_s')}",
             _s(db, "recovered_alert_after_release_s"),
+            _s(db, "rag_serving_after_release_s"),
             f"{db.get('other_calls', '-')} ({db.get('other_failed', '-')})",
         ]
         lines += [
             "",
             "| database stopped | data NOT_SERVING | DOWN alert | held down | PostgreSQL back after release "
             "| data healthy / answering after release | RECOVERED alert after release "
-            "| calls to the others (failed) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| rag answering after release | calls to the others, not data or rag (failed) |",
+            "|---|---|---|---|---|---|---|---|---|",
             "| " + " | ".join(cells) + " |",
         ]
     startup = RESULTS.get("_startup", {}).get("seconds")
@@ -406,8 +416,8 @@ def test_database_outage(env: Env) -> None:
     pgdata = env.mesh.home / "postgres"
     pgserver = _pgserver()
     user = "pgserver" if os.geteuid() == 0 else None
-    others = {s.name for s in SERVICES} - {"data"}
-    env.traffic.skip = frozenset({"data"})
+    others = {s.name for s in SERVICES} - DATABASE_BOUND
+    env.traffic.skip = DATABASE_BOUND
     result: dict[str, Any] = {}
 
     with pgserver.PostgresServer._lock:  # the launcher's keeper cannot restart it while we hold this
@@ -439,6 +449,9 @@ def test_database_outage(env: Env) -> None:
         lambda: env.alert("database", "RECOVERED", stopped), 15, "RECOVERED alert for the database"
     )
     result["recovered_alert_after_release_s"] = recovered.at - released
+    for name in sorted(DATABASE_BOUND - {"data"}):
+        wait(partial(state_reloaded, env, name), 30, f"{name} answering again", step=0.05)
+        result[f"{name}_serving_after_release_s"] = time.monotonic() - released
     wait(lambda: calm(env), 60, "calm after the outage", step=0.2)
     during = env.traffic.since(stopped, time.monotonic(), services=others)
     env.traffic.skip = frozenset()
