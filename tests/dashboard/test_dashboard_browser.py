@@ -318,10 +318,29 @@ def test_a_killed_service_shows_down_and_comes_back(page: Page, up: RunningMesh)
     p.wait_for_selector(f"{row}[data-status=SERVING]", timeout=180_000)
     back = time.monotonic() - killed
     print(f"regime killed: shown down after {seen_down:.2f} s, serving again after {back:.1f} s")
+    # The watchdog says SERVING a moment before Envoy's own health check (1 s) routes to the new
+    # process: the next test's page must not meet that gap's 503s (seen in the fresh-clone CI).
+    routed = _wait_routed(up, "/api/v1/regime/training/jobs?pageSize=1")
+    print(f"regime routed by the gateway again after {routed - killed:.1f} s")
     # two watchdog intervals, plus the stream's and the page's own latency
     assert seen_down <= 2 * INTERVAL + 1.0, seen_down
     errors = [e for e in page.errors if "Failed to load resource" not in e]
     assert not errors, errors
+
+
+def _wait_routed(up: RunningMesh, path: str, timeout_s: float = 60.0) -> float:
+    """Wait until `path` answers 200 through the gateway three times in a row; returns the time."""
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    while time.monotonic() < deadline:
+        try:
+            streak = streak + 1 if httpx.get(f"{up.gateway}{path}", timeout=5).status_code == 200 else 0
+        except httpx.HTTPError:
+            streak = 0
+        if streak >= 3:
+            return time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"{path} not answering through the gateway after {timeout_s:.0f} s")
 
 
 def test_page_weight_and_first_render(browser: Any, up: RunningMesh) -> None:
