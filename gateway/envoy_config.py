@@ -155,10 +155,12 @@ from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
+from gateway import tracing as gateway_tracing
 from gateway.descriptors import RoutedService, RpcMethod
 from gateway.keys import ISSUER, SCOPES, ApiKeys, KeyStore, jwks, scopes_granting
 from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
 from services.runtime.config import ConfigError
+from services.runtime.tracing import TracingSettings
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 GRPC_WEB = "envoy.filters.http.grpc_web"
@@ -324,6 +326,8 @@ class GatewaySettings:
     api_keys: ApiKeys | None = field(default=None, repr=False)
     #: `package.Service/Method` -> scope, where the HTTP verb misleads (`SCOPE_OVERRIDES`).
     scope_overrides: Mapping[str, str] = field(default_factory=lambda: dict(SCOPE_OVERRIDES))
+    #: Envoy's OpenTelemetry tracer (`gateway.tracing`): the standard OTEL_* variables; off by default.
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def __post_init__(self) -> None:
         check_exposure(self.listen_address, self.allow_unauthenticated, self.api_keys is not None)
@@ -355,6 +359,7 @@ class GatewaySettings:
         if source.get("KITRADING_SERVICE_HOST"):
             values["service_host"] = source["KITRADING_SERVICE_HOST"]
         values["api_keys"] = KeyStore.from_env(source).api_keys()
+        values["tracing"] = TracingSettings.from_env(source)
         hosts = {
             s.name: source[f"KITRADING_{s.name.upper()}_HOST"]
             for s in SERVICES
@@ -1108,6 +1113,8 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     # the API key's id (never the token), set by the gateway from a verified key
     "key_id": "%REQ(X-KITRADING-KEY-ID)%",
     "request_id": "%REQ(X-REQUEST-ID)%",
+    # the request's trace (tracing on): the same id as in the services' log lines and error bodies
+    "trace_id": "%TRACE_ID%",
 }
 
 
@@ -1161,6 +1168,7 @@ def connection_manager(
         http_filters=filters,
         local_reply_config=local_reply_config(registry, services, settings),
         access_log=access_logs(settings),
+        tracing=gateway_tracing.connection_manager_tracing(settings.tracing),
     )
 
 
@@ -1316,7 +1324,8 @@ def bootstrap(
         static_resources=BootstrapStaticResources(
             listeners=[listener],
             clusters=[cluster(service, settings, env) for service in registry]
-            + reflection_clusters(settings),
+            + reflection_clusters(settings)
+            + [c for c in [gateway_tracing.collector_cluster(settings.tracing)] if c is not None],
         ),
         overload_manager=overload_manager(settings),
     )

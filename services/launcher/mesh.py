@@ -39,6 +39,9 @@ def selected_services(only: Sequence[str] | None) -> list[mesh.ServiceInfo]:
 
 def child_env(base: dict[str, str], home: Path) -> dict[str, str]:
     env = dict(base)
+    # One OTEL_SERVICE_NAME for every process would merge their spans: each names itself
+    # (`kitrading-<service>`, services.runtime.tracing); compose sets one per container instead.
+    env.pop("OTEL_SERVICE_NAME", None)
     env.setdefault("KITRADING_HOME", str(home))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("PYTHONFAULTHANDLER", "1")  # a native crash leaves its traceback in the log

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from kitrading.client.client import service_config
+from services.runtime import tracing
 
 #: Options every mesh channel gets, retries or not.
 BASE_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -40,5 +41,8 @@ def channel_options(*, retries: bool = True) -> list[tuple[str, Any]]:
 
 
 def mesh_channel(target: str, *, retries: bool = True) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to another service (`host:port`) with the options above."""
-    return grpc.aio.insecure_channel(target, options=channel_options(retries=retries))
+    """An insecure grpc.aio channel to another service (`host:port`) with the options above; while
+    tracing is on (`services.runtime.tracing`), each call is a CLIENT span that the callee continues."""
+    return grpc.aio.insecure_channel(
+        target, options=channel_options(retries=retries), interceptors=tracing.client_interceptors() or None
+    )

@@ -26,7 +26,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 from services.runtime.deadline import set_deadline
 from services.runtime.errors import (
     DomainError,
@@ -70,6 +70,7 @@ class _Call:
     start: float
     peer: str
     code: str = "OK"
+    message: str = ""  # of a failed call's status
     sent: int = 0
     response: Message | None = None
 
@@ -371,6 +372,11 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         call = _Call(start=time.perf_counter(), peer=context.peer())  # peer: never after teardown
         in_flight = metrics.RPC_IN_FLIGHT.labels(self.service, method)
         admitted = False
+        span = (
+            tracing.start_server_span(method, context.invocation_metadata(), call.peer)
+            if tracing.ENABLED
+            else None
+        )
         try:
             self._admit(streaming=streaming)
             admitted = True
@@ -385,13 +391,16 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         except BaseException as exc:
             call.code, status = self._classify(exc, context, method)
             if status is not None:
+                call.message = status.message
                 await context.abort(_code(call.code), status.message, trailing_metadata(status))
             raise
         finally:
             if admitted:
                 self._count(streaming, -1)
                 in_flight.dec()
-            self._finish(method, request, call)
+            self._finish(method, request, call)  # its log line still names the span's trace
+            if span is not None:
+                span.end(call.code, call.message)
 
     def _count(self, streaming: bool, delta: int) -> None:
         if streaming:
@@ -412,12 +421,14 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):  # the servicer aborted on its own
             code = context.code()
             return (code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"), None
+        # One id finds everything about a failed call: the trace's, in the error's ErrorInfo metadata.
+        trace_id = tracing.current_trace_id() if tracing.ENABLED else None
         if isinstance(exc, DomainError):
-            status_code, status = status_for(exc, self.domain)
+            status_code, status = status_for(exc, self.domain, trace_id=trace_id)
             return status_code.name, status
         log_id = uuid.uuid4().hex[:12]
         log.error("unhandled error in %s", method, exc_info=exc, extra={"log_id": log_id, "method": method})
-        return "INTERNAL", internal_status(log_id, self.domain)
+        return "INTERNAL", internal_status(log_id, self.domain, trace_id=trace_id)
 
     def _finish(self, method: str, request: Message, call: _Call) -> None:
         code, sent, duration = call.code, call.sent, time.perf_counter() - call.start

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from services.runtime import tracing
+
 _SECRETS: set[str] = set()
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -46,6 +48,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 payload[key] = value
+        if tracing.ENABLED and "trace_id" not in payload:
+            ids = tracing.current_ids()
+            if ids is not None:
+                payload["trace_id"], payload["span_id"] = ids
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return redact(json.dumps(payload, default=str))

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 from services.runtime.config import ConfigError, RuntimeSettings
 from services.runtime.interceptor import Observer, RuntimeInterceptor
 from services.runtime.logging import configure_logging
@@ -221,6 +221,7 @@ async def create_server(
 async def serve(app: ServiceApp, settings: RuntimeSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain in-flight calls and return (the process exits 0)."""
     configure_logging(settings.service.name, settings.log_level)
+    tracing.configure_tracing(settings.service.name)
     if settings.metrics_port is not None:
         metrics_port = metrics.start_metrics_server(settings.host, settings.metrics_port)
         log.info("metrics on %s:%d/metrics", settings.host, metrics_port)
@@ -246,6 +247,7 @@ async def serve(app: ServiceApp, settings: RuntimeSettings) -> None:
     log.info("draining (grace %.1fs)", settings.grace_seconds)
     await running.stop()
     log.info("stopped")
+    tracing.shutdown_tracing()  # export the last spans
 
 
 def run_service(app_factory: type[ServiceApp] | object, name: str) -> None:
@@ -254,6 +256,7 @@ def run_service(app_factory: type[ServiceApp] | object, name: str) -> None:
 
     try:
         settings = RuntimeSettings.from_env(lookup(name))
+        tracing.TracingSettings.from_env()  # a bad OTEL_* value is named here, before serving
         app = app_factory() if callable(app_factory) else app_factory
     except (
         ConfigError,

@@ -63,7 +63,14 @@ def retry_after_seconds(metadata: Mapping[str, str] | None) -> int | None:
     return max(1, math.ceil(value)) if math.isfinite(value) else None
 
 
-def status_for(error: DomainError, domain: str) -> tuple[grpc.StatusCode, status_pb2.Status]:
+def _with_trace(metadata: Mapping[str, str], trace_id: str | None) -> Mapping[str, str]:
+    return {**metadata, "trace_id": trace_id} if trace_id else metadata
+
+
+def status_for(
+    error: DomainError, domain: str, *, trace_id: str | None = None
+) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The status of a domain error; `trace_id` (tracing on) joins its ErrorInfo metadata."""
     code = _code(error.code)
     violations = error.violations if isinstance(error, InvalidArgument) else ()
     status = build_status(
@@ -71,19 +78,19 @@ def status_for(error: DomainError, domain: str) -> tuple[grpc.StatusCode, status
         error.message,
         reason=error.reason,
         domain=domain,
-        metadata=error.metadata,
+        metadata=_with_trace(error.metadata, trace_id),
         violations=violations,
     )
     return code, status
 
 
-def internal_status(log_id: str, domain: str) -> status_pb2.Status:
+def internal_status(log_id: str, domain: str, *, trace_id: str | None = None) -> status_pb2.Status:
     return build_status(
         grpc.StatusCode.INTERNAL,
         f"internal error (log id {log_id})",
         reason="INTERNAL",
         domain=domain,
-        metadata={"log_id": log_id},
+        metadata=_with_trace({"log_id": log_id}, trace_id),
     )
 
 

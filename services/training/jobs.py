@@ -25,9 +25,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from services.runtime import tracing
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.runtime.jobs import JobState
 from services.runtime.pagination import paginate
+from services.training import metrics as training_metrics
 from services.training.events import KIND, Phase, ProgressEvent, Step, Validation
 from services.training.trainer import Skip, Trainer, TrainResult
 from services.training.worker import TaskFailed, TrainingWorker, WorkerCrashed, WorkerOptions
@@ -145,6 +147,8 @@ class _Run:
     base_step: int = 0  # job steps of the items before the current one
     durations: list[float] = field(default_factory=list)
     training: bool = False  # a task is in the worker
+    #: `traceparent` of the request that queued the job (tracing on): the job's spans continue it.
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 def _now() -> datetime:
@@ -171,6 +175,7 @@ class JobRunner:
         self._sequence = 0
         self._runner: asyncio.Task[None] | None = None
         self._running: str | None = None
+        training_metrics.track(self)  # progress gauges, read at scrape time
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -280,7 +285,7 @@ class JobRunner:
                 options=options,
             )
             self._jobs[job.job_id] = job
-            self._runs[job.job_id] = _Run()
+            self._runs[job.job_id] = _Run(trace=tracing.inject())
             self._trim()
             self._publish(job, JobEventType.JOB)
             self._queue.put_nowait(job.job_id)
@@ -490,6 +495,18 @@ class JobRunner:
         return worker
 
     async def _run_job(self, job: TrainingJob, run: _Run) -> None:
+        with tracing.span(
+            f"training job {job.model}",
+            parent=run.trace,
+            attributes={
+                "kitrading.job_id": job.job_id,
+                "kitrading.model": job.model,
+                "kitrading.trigger": job.trigger,
+            },
+        ):
+            await self._run_items(job, run)
+
+    async def _run_items(self, job: TrainingJob, run: _Run) -> None:
         job.state = JobState.RUNNING
         job.start_time = _now()
         self._publish(job, JobEventType.JOB)
@@ -498,7 +515,8 @@ class JobRunner:
                 break
             if item.state.terminal:  # done by an earlier item's run (one model for several keys)
                 continue
-            await self._run_item(job, run, item)
+            with tracing.span(f"train {item.key}", attributes={"kitrading.key": item.key}):
+                await self._run_item(job, run, item)
         if run.cancel:
             self._finish(job, JobState.CANCELLED, "cancelled")
             return

@@ -6,10 +6,11 @@ torch trainers, the device of `services.runtime.gpu` with its per-process memory
 domain code it runs comes from the trainer's `WorkerSpec`, imported only here.
 
 Protocol: length-prefixed pickle frames (4-byte big-endian length). Server -> worker on the
-worker's stdin: ("train", task) | ("stop", None). Worker -> server on a dedicated pipe (stdout
-stays free for library chatter, which goes to stderr): ("ready", info) once, then per task any
-number of ("event", ProgressEvent) and one ("done", TrainResult) or ("failed", error). Cancelling
-a job kills the worker (SIGKILL); the registry's atomic publish makes that safe at any instant.
+worker's stdin: ("train", task, trace) | ("stop", None), `trace` the job's `traceparent` carrier
+(empty while tracing is off). Worker -> server on a dedicated pipe (stdout stays free for library
+chatter, which goes to stderr): ("ready", info) once, then per task any number of
+("event", ProgressEvent) and one ("done", TrainResult) or ("failed", error). Cancelling a job kills
+the worker (SIGKILL); the registry's atomic publish makes that safe at any instant.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from services.runtime import tracing
 from services.training.events import Emit, ProgressEvent
 from services.training.trainer import TrainResult, WorkerContext, WorkerSpec
 
@@ -187,7 +189,7 @@ class TrainingWorker:
         async with self._lock:
             if not self.alive:
                 raise WorkerCrashed("training worker is not running")
-            await self._send(("train", task))
+            await self._send(("train", task, tracing.inject()))
             while True:
                 kind, payload = await self._recv()
                 if kind == "event":
@@ -292,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         out.write(encode((kind, payload)))
 
     info = _isolate(ns.nice, ns.threads)
+    # `services.pattern.trainer:setup` -> spans of `kitrading-pattern-worker` (tracing on)
+    owner = ns.setup.split(":")[0].split(".")
+    tracing.configure_tracing(
+        f"{owner[1] if len(owner) > 1 else owner[0]}-worker", {**os.environ, "OTEL_SERVICE_NAME": ""}
+    )
     if ns.torch:
         info.update(_torch_device(ns.threads, ns.use_gpu, ns.gpu_device, ns.gpu_memory_fraction))
     else:
@@ -315,16 +322,21 @@ def main(argv: list[str] | None = None) -> int:
         if len(header) < _HEADER.size:
             return 0  # server closed our stdin
         body = source.read(_HEADER.unpack(header)[0])
-        kind, task = pickle.loads(body)
+        kind, task, *extra = pickle.loads(body)
         if kind == "stop":
+            tracing.shutdown_tracing()
             return 0
         try:
-            result = run(task, state, emitter)
+            with tracing.span(
+                "worker train", parent=extra[0] if extra else None, attributes={"process.pid": os.getpid()}
+            ):
+                result = run(task, state, emitter)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             send("failed", {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__})
         else:
             send("done", result)
+        tracing.flush()  # before the server may kill an idle worker
 
 
 if __name__ == "__main__":
