@@ -13,7 +13,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 BREAKING_AGAINST ?= .git\#ref=HEAD~1
 
-.PHONY: deps up test test-fast timescaledb chromium generate check-generated lint format breaking bench clean-venv
+.PHONY: deps up test test-fast timescaledb chromium promtool generate check-generated lint format breaking bench clean-venv
 
 $(STAMP): pyproject.toml deploy/llama_cpp.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,17 @@ deps: $(STAMP)
 up: deps
 	$(VENV)/bin/kitrading up
 
-test: deps timescaledb chromium
+test: deps timescaledb chromium promtool
 	$(PY) -m pytest
 
 # Debian's chromium for the dashboard's browser tests, apt-get installed where missing (docs/dashboard.md).
 chromium:
 	@bash deploy/chromium.sh
+
+# promtool from Debian's prometheus package, fetched once where missing, for the observability tests
+# (deploy/observability: config, alert rules, dashboard queries; docs/observability.md).
+promtool:
+	@bash deploy/promtool.sh >/dev/null
 
 # PostgreSQL + TimescaleDB for the tests of the hypertable path: built once (~20 s), cached (docs/data.md).
 timescaledb: deps

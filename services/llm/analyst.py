@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from services.llm import metrics
 from services.llm.embedded import LlamaCppEngine
 from services.llm.engine import ChatMessage, Engine, Token
 from services.llm.gpu_budget import GpuUsage
@@ -72,6 +73,7 @@ class Analyst:
         self.engine = engine if engine is not None else create_engine(settings)
         self.limiter = GenerationLimiter(settings.concurrency, settings.max_queued)
         self.meter = SpeedMeter(settings.recent_window)
+        metrics.track(self)
 
     async def start(self) -> None:
         await self.engine.start()
@@ -132,6 +134,7 @@ class Analyst:
                     async for token in tokens:
                         if token.text:
                             timer.token()
+                            metrics.TOKENS.inc()
                         if token.finish_reason:
                             reason = token.finish_reason
                         yield token
@@ -141,5 +144,8 @@ class Analyst:
                 reason = "error"
                 raise
             finally:
+                metrics.ANSWERS.labels(reason).inc()
                 if timer.tokens:
-                    self.meter.record(timer.finish(reason))
+                    stats = timer.finish(reason)
+                    self.meter.record(stats)
+                    metrics.FIRST_TOKEN.observe(stats.first_token_seconds)

