@@ -173,4 +173,4 @@ def test_up_rejects_unknown_services(capsys: Capture) -> None:
 def test_usage_errors_exit_2(capsys: Capture) -> None:
     assert main(["candles"]) == 2
     assert main(["candles", "EURUSD", "--timeframe", "H2"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert "Invalid value for '--timeframe'" in capsys.readouterr().err

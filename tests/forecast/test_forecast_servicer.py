@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from kitrading.cli.commands.forecast import run_forecast, run_train
-from kitrading.cli.main import build_parser
+from kitrading.cli.main import parse_args
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
 from kitrading.data.v1 import service_pb2_grpc as data_grpc
@@ -436,21 +436,19 @@ async def test_versions_rollback_and_cancel(stack: Stack, trained: Watched) -> N
 
 async def test_cli_train_follow_and_forecast_plot(stack: Stack, trained: Watched, tmp_path: Path) -> None:
     out = io.StringIO()
-    args = build_parser().parse_args(["--target", stack.target, "train", "GOOG", "--force", "--follow"])
+    args = parse_args(["--target", stack.target, "train", "GOOG", "--force", "--follow"])
     assert await asyncio.to_thread(run_train, args, out) == 0
     text = out.getvalue()
     lines = text.splitlines()
     assert lines[0].startswith("job ") and lines[0].endswith(": GOOG"), text
-    bars = [line for line in lines if line.startswith("[")]
-    assert bars and f"GOOG step {STEPS}/{STEPS}" in bars[-1] and "100%" in bars[-1], text
+    bars = [line for line in lines if line.startswith("GOOG ") and "%" in line]
+    assert bars and f"step {STEPS}/{STEPS}" in bars[-1] and "100%" in bars[-1], text
     assert any(line.startswith("GOOG") and "succeeded" in line and "model v000002" in line for line in lines)
     assert " succeeded in " in lines[-1], text
 
     out = io.StringIO()
     png = tmp_path / "goog.png"
-    args = build_parser().parse_args(
-        ["--target", stack.target, "forecast", "GOOG", "--horizon", "5", "--plot", str(png)]
-    )
+    args = parse_args(["--target", stack.target, "forecast", "GOOG", "--horizon", "5", "--plot", str(png)])
     assert await asyncio.to_thread(run_forecast, args, out) == 0
     text = out.getvalue()
     assert "GOOG D1 forecast, 5 bars" in text and "model v000002" in text, text

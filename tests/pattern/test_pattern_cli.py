@@ -17,7 +17,7 @@ import grpc.aio
 import pytest
 
 from kitrading.cli.commands.patterns import run_pattern_model, run_patterns, run_train_patterns
-from kitrading.cli.main import build_parser, main
+from kitrading.cli.main import main, parse_args
 from kitrading.common.v1 import market_pb2
 from kitrading.pattern.v1 import request_response_pb2 as rr
 from kitrading.pattern.v1 import resources_pb2 as pb
@@ -59,7 +59,7 @@ async def stack(postgres: PostgresForTests, tmp_path_factory: pytest.TempPathFac
 
 async def cli(handler: Callable[[argparse.Namespace, TextIO], int], argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     status = await asyncio.to_thread(handler, args, out)
     return status, out.getvalue()
 
@@ -134,8 +134,10 @@ async def test_train_patterns_follows_with_the_progress_bar_then_the_tcn_answers
     assert status == 0, text
     lines = text.splitlines()
     assert lines[0].startswith("job ") and lines[0].endswith(": tcn"), text
-    bars = [line for line in lines if line.startswith("[")]
-    assert bars and "100%" in bars[-1] and "tcn step 20/20" in bars[-1], text
+    # not a terminal: the Rich progress rows printed as plain lines (name, bar, percentage, step, loss)
+    bars = [line for line in lines if line.startswith("tcn ") and "%" in line]
+    assert bars and "100%" in bars[-1] and "step 20/20  loss " in bars[-1], text
+    assert "\x1b[" not in text, "no colours or cursor moves off a terminal"
     assert any(line.startswith("tcn") and "succeeded" in line and "model v000001" in line for line in lines)
     assert " succeeded in " in lines[-1] and "(1 symbols, manual)" in lines[-1], text
 
@@ -194,4 +196,4 @@ async def test_errors_print_the_service_message_and_exit_2(
     assert await asyncio.to_thread(main, ["--target", stack.target, "train-patterns", "X", "--job", "j"]) == 2
     assert "not both" in capsys.readouterr().err
     # an interrupted --follow names `kitrading train-pattern --job ... -f`: that spelling works too
-    assert build_parser().parse_args(["train-pattern", "--job", "j1", "-f"]).handler is run_train_patterns
+    assert parse_args(["train-pattern", "--job", "j1", "-f"]).handler is run_train_patterns

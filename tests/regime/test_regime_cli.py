@@ -20,7 +20,7 @@ import pytest
 
 from kitrading.cli.commands.forecast import follow
 from kitrading.cli.commands.regime import NO_EDGE, run_regime, run_regime_model, run_score, run_train_regime
-from kitrading.cli.main import build_parser, main
+from kitrading.cli.main import main, parse_args
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.regime.v1 import request_response_pb2 as rr
 from kitrading.regime.v1 import service_pb2_grpc
@@ -84,7 +84,7 @@ async def trained(stack: Stack) -> training_pb2.TrainingJob:
 
 async def cli(handler: Callable[[argparse.Namespace, TextIO], int], argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     status = await asyncio.to_thread(handler, args, out)
     return status, out.getvalue()
 
@@ -162,8 +162,8 @@ async def test_train_regime_follows_with_a_progress_bar(
     assert status == 0, text
     lines = text.splitlines()
     assert lines[0].startswith("job ") and lines[0].endswith(": EURUSD"), text
-    bars = [line for line in lines if line.startswith("[")]
-    assert bars and "100%" in bars[-1] and "EURUSD" in bars[-1], text
+    bars = [line for line in lines if line.startswith("EURUSD ") and "%" in line]
+    assert bars and "100%" in bars[-1] and " step " in bars[-1], text
     assert any(
         line.startswith("EURUSD") and "succeeded" in line and "model v000002" in line for line in lines
     )

@@ -1,32 +1,81 @@
-"""`kitrading`: the entry point (console script `kitrading.cli.main:main`)."""
+"""`kitrading`: the entry point (console script `kitrading.cli.main:main`).
+
+Click parses the command line (help, usage errors, shell completion) and hands back the parsed args;
+`main` runs the command's handler outside Click, so a failed call becomes one line on stderr and an
+exit status, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
+import click
+
 from kitrading.cli import commands
-from kitrading.cli.common import EXIT_ERROR, EXIT_INTERRUPTED
+from kitrading.cli.common import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_INTERRUPTED, CommandGroup, option
+
+PROG = "kitrading"
+COMPLETION = (
+    'Shell completion: eval "$(_KITRADING_COMPLETE=bash_source kitrading)" in ~/.bashrc '
+    "(zsh_source, fish_source for those shells; docs/cli.md)."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kitrading",
-        description="KI Trading Mesh: start it, check it, and call its services.",
+@functools.cache
+def build_cli() -> click.Group:
+    """The `kitrading` group with every command module's commands."""
+    cli = CommandGroup(
+        PROG,
+        help="KI Trading Mesh: start it, check it, and call its services.",
+        epilog=COMPLETION,
+        params=[
+            option(
+                "--target",
+                metavar="HOST:PORT",
+                default=None,
+                help="gateway or service address (default: $KITRADING_TARGET, else localhost:3000)",
+            ),
+            option(
+                "--timeout", type=float, default=None, help="deadline of each call in seconds (default: 30)"
+            ),
+        ],
+        context_settings=CONTEXT_SETTINGS,
+        subcommand_metavar="COMMAND [ARGS]...",
     )
-    parser.add_argument(
-        "--target",
-        default=None,
-        help="gateway or service address host:port (default: $KITRADING_TARGET, else localhost:3000)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="deadline of each call in seconds (default: 30)"
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in commands.modules():
-        module.register(subparsers)
-    return parser
+        module.register(cli)
+    return cli
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (`sys.argv[1:]` by default) with its `handler`. Like argparse, it raises
+    SystemExit after --help (0), a usage error (2, the message on stderr) or shell completion."""
+    cli = build_cli()
+    try:
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False
+        )
+    except click.exceptions.NoArgsIsHelpError as exc:  # `kitrading` or `kitrading rag` alone
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.UsageError as exc:  # usage, then `kitrading candles: Missing argument 'SYMBOL'.`
+        path = PROG
+        if exc.ctx is not None:
+            path = exc.ctx.command_path
+            click.echo(f"{exc.ctx.get_usage()}\nTry '{path} -h' for help.", err=True)
+        click.echo(f"{path}: {exc.format_message()}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        click.echo(f"{PROG}: {exc.format_message()}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    if not isinstance(result, argparse.Namespace):  # --help: Click printed it
+        raise SystemExit(result if isinstance(result, int) else 0)
+    return result
 
 
 def _describe(exc: Exception) -> str:
@@ -47,14 +96,16 @@ def _describe(exc: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 1 unhealthy/failed check, 2 error)."""
+    """Run one command; returns the exit status (0 ok, 1 unhealthy/failed check, 2 error, 130
+    interrupted)."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help, usage errors, shell completion
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     from kitrading.client import KitradingError
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help and usage errors
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     try:
         status: int = args.handler(args)
     except KitradingError as exc:

@@ -1,7 +1,8 @@
 """Command groups of the `kitrading` CLI, one module each, discovered by name.
 
-A module here defines `register(subparsers: Subparsers) -> None`, which adds its subcommands and sets
-`handler=<function(args) -> int>` on each (see `kitrading.cli.common`). Nothing else lists them.
+A module here defines `register(cli: click.Group) -> None`, which adds its commands with
+`kitrading.cli.common.add_command(cli, name, handler, params=[...])`; a handler takes the parsed
+args and returns the exit status. Nothing else lists them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,22 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from kitrading.cli.common import Subparsers, client_from, enum_label, message_dict, print_json, timestamp
+import click
+
+from kitrading.cli.common import (
+    add_command,
+    add_group,
+    argument,
+    choice,
+    client_from,
+    enum_label,
+    flag,
+    json_flag,
+    message_dict,
+    option,
+    print_json,
+    timestamp,
+)
 from kitrading.common.v1 import market_pb2
 from kitrading.llm.v1 import request_response_pb2 as llm_rr
 from kitrading.llm.v1 import resources_pb2 as llm_res
@@ -21,37 +36,37 @@ TIMEFRAMES = [
 ANALYZE_TIMEOUT = 600.0
 
 
-def register(subparsers: Subparsers) -> None:
-    analyze = subparsers.add_parser(
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "analyze",
+        run_analyze,
         help="ask the LLM analyst about a symbol",
         description=(
             "Ask the LLM analyst a question about a symbol. The figures it gathered (candles, forecast, "
             "regime, patterns, knowledge base) are printed first, then the answer as it is written."
         ),
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            argument("question", help='e.g. "Should I buy or sell?"'),
+            option(
+                "--timeframe", type=choice(TIMEFRAMES), default=None, help="default H1 (D1 without H1 data)"
+            ),
+            option("--max-tokens", type=int, default=None, help="answer length limit (service default)"),
+            option("--temperature", type=float, default=None, help="0-2 (service default)"),
+            flag("--no-stream", help="wait for the whole answer (unary call)"),
+            json_flag("print JSON: one object per streamed message (with --no-stream one document)"),
+        ],
     )
-    analyze.add_argument("symbol", help="symbol, e.g. EURUSD")
-    analyze.add_argument("question", help='e.g. "Should I buy or sell?"')
-    analyze.add_argument(
-        "--timeframe",
-        type=str.upper,
-        choices=TIMEFRAMES,
-        default=None,
-        help="default H1 (D1 without H1 data)",
+    llm = add_group(cli, "llm", help="LLM analyst state", description="LLM analyst tasks.")
+    add_command(
+        llm,
+        "status",
+        run_status,
+        help="engine, model, queue and speed",
+        description="Show the LLM engine, model and load.",
+        params=[json_flag()],
     )
-    analyze.add_argument("--max-tokens", type=int, default=None, help="answer length limit (service default)")
-    analyze.add_argument("--temperature", type=float, default=None, help="0-2 (service default)")
-    analyze.add_argument("--no-stream", action="store_true", help="wait for the whole answer (unary call)")
-    analyze.add_argument("--json", action="store_true", help="print JSON (one object per streamed message)")
-    analyze.set_defaults(handler=run_analyze)
-
-    llm = subparsers.add_parser("llm", help="LLM analyst state", description="LLM analyst tasks.")
-    tasks = llm.add_subparsers(dest="task", metavar="TASK", required=True)
-    status = tasks.add_parser(
-        "status", help="engine, model, queue and speed", description="Show the LLM engine, model and load."
-    )
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(handler=run_status)
 
 
 def _request(args: argparse.Namespace) -> llm_rr.AnalyzeStreamRequest:

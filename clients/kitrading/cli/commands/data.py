@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
+import click
+
 from kitrading.cli.common import (
-    Subparsers,
+    add_command,
+    add_group,
+    argument,
+    choice,
     client_from,
     enum_label,
+    flag,
+    json_flag,
     message_dict,
+    option,
     print_json,
     print_table,
     timestamp,
@@ -27,42 +35,51 @@ TIMEFRAMES = [
 IMPORT_TIMEOUT = 600.0
 
 
-def register(subparsers: Subparsers) -> None:
-    symbols = subparsers.add_parser("symbols", help="list symbols", description="List every symbol.")
-    symbols.add_argument("--active-only", action="store_true", help="only active symbols")
-    symbols.add_argument("--json", action="store_true", help="print JSON")
-    symbols.set_defaults(handler=list_symbols)
-
-    candles = subparsers.add_parser(
-        "candles", help="show the latest candles of a symbol", description="Show the latest candles."
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
+        "symbols",
+        list_symbols,
+        help="list symbols",
+        description="List every symbol.",
+        params=[flag("--active-only", help="only active symbols"), json_flag()],
     )
-    candles.add_argument("symbol", help="symbol, e.g. EURUSD")
-    candles.add_argument("--timeframe", type=str.upper, choices=TIMEFRAMES, default="H1", help="default H1")
-    candles.add_argument("--limit", type=int, default=10, help="number of candles (default 10)")
-    candles.add_argument("--json", action="store_true", help="print JSON")
-    candles.set_defaults(handler=list_candles)
-
-    events = subparsers.add_parser(
+    add_command(
+        cli,
+        "candles",
+        list_candles,
+        help="show the latest candles of a symbol",
+        description="Show the latest candles of a symbol, oldest first.",
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            option("--timeframe", type=choice(TIMEFRAMES), default="H1", help="default H1"),
+            option("--limit", type=int, default=10, help="number of candles (default 10)"),
+            json_flag(),
+        ],
+    )
+    add_command(
+        cli,
         "events",
+        list_events,
         help="list or follow the data event stream",
         description="List persisted events, or with --follow stream them as they happen (Ctrl-C stops).",
+        params=[
+            flag("--follow", "-f", help="stream new events"),
+            option("--after", type=int, default=0, help="only events after this id"),
+            option("--limit", type=int, default=None, help="stop after this many events"),
+            option("--symbol", multiple=True, help="only this symbol (repeatable)"),
+            json_flag("print JSON (one document; with --follow one object per line)"),
+        ],
     )
-    events.add_argument("--follow", "-f", action="store_true", help="stream new events")
-    events.add_argument("--after", type=int, default=0, help="only events after this id")
-    events.add_argument("--limit", type=int, default=None, help="stop after this many events")
-    events.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable)")
-    events.add_argument("--json", action="store_true", help="print one JSON object per event")
-    events.set_defaults(handler=list_events)
-
-    data = subparsers.add_parser("data", help="data service maintenance", description="Data service tasks.")
-    tasks = data.add_subparsers(dest="task", metavar="TASK", required=True)
-    samples = tasks.add_parser(
+    data = add_group(cli, "data", help="data service maintenance", description="Data service tasks.")
+    add_command(
+        data,
         "import-samples",
+        import_samples,
         help="import the bundled real market data (idempotent)",
         description="Import the bundled real market data into the data service (safe to repeat).",
+        params=[json_flag()],
     )
-    samples.add_argument("--json", action="store_true", help="print JSON")
-    samples.set_defaults(handler=import_samples)
 
 
 def _series(symbol: data_res.Symbol) -> str:
@@ -154,8 +171,12 @@ def list_events(args: argparse.Namespace) -> int:
             request = data_rr.ListEventsRequest(
                 after_event_id=args.after, page_size=args.limit or 100, symbols=args.symbol
             )
-            for event in client.data.list_events(request).events:
-                _print_event(event, as_json=args.json)
+            events = client.data.list_events(request).events
+            if args.json:
+                print_json({"events": [message_dict(e) for e in events]})
+                return 0
+            for event in events:
+                _print_event(event, as_json=False)
             return 0
         request_watch = data_rr.WatchEventsRequest(after_event_id=args.after, symbols=args.symbol)
         seen = 0

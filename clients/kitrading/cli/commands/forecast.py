@@ -11,19 +11,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 from typing import TYPE_CHECKING, TextIO
+
+import click
 
 from kitrading.cli.common import (
     EXIT_ERROR,
-    Subparsers,
+    STATE_STYLES,
+    add_command,
+    argument,
+    choice,
     client_from,
     enum_label,
+    flag,
+    json_flag,
     message_dict,
+    option,
     print_json,
     print_table,
     timestamp,
 )
+from kitrading.cli.progress import JobProgress, job_state
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
 from kitrading.forecast.v1 import request_response_pb2 as forecast_rr
@@ -37,104 +45,71 @@ TIMEFRAMES = [
     for name in market_pb2.Timeframe.DESCRIPTOR.values_by_name
     if not name.endswith("UNSPECIFIED")
 ]
-#: A progress line at most this often when the output is not a terminal (logs, pipes).
-PLAIN_PROGRESS_EVERY_S = 0.5
-BAR_WIDTH = 24
 #: Bars of history drawn before the forecast in `--plot`.
 DEFAULT_HISTORY = 120
 
 
-def register(subparsers: Subparsers) -> None:
-    train = subparsers.add_parser(
+def plot_option(help: str) -> click.Option:
+    return option("--plot", metavar="PNG", type=click.Path(dir_okay=False), help=help)
+
+
+def train_options(job_help: str) -> list[click.Parameter]:
+    """--job, --force, --follow/-f and --json of every training command."""
+    return [
+        option("--job", metavar="JOB_ID", help=job_help),
+        flag("--force", help="retrain models that are still fresh"),
+        flag("--follow", "-f", help="show progress until the job ends"),
+        json_flag("print JSON: the job (one document); with --follow one object per streamed event"),
+    ]
+
+
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "train",
+        run_train,
         help="train NHITS forecast models (live progress with --follow)",
         description=(
             "Start a training job of one symbol or of every active symbol (--all), or follow an existing "
             "job (--job). With --follow, a progress bar follows the job's real training steps until it ends."
         ),
+        params=[
+            argument("symbol", required=False, help="symbol to train, e.g. EURUSD"),
+            flag("--all", help="train every active symbol"),
+            *train_options("follow this job instead of starting one"),
+        ],
     )
-    train.add_argument("symbol", nargs="?", help="symbol to train, e.g. EURUSD")
-    train.add_argument("--all", action="store_true", help="train every active symbol")
-    train.add_argument("--job", metavar="JOB_ID", help="follow this job instead of starting one")
-    train.add_argument("--force", action="store_true", help="retrain models that are still fresh")
-    train.add_argument("--follow", "-f", action="store_true", help="show progress until the job ends")
-    train.add_argument("--json", action="store_true", help="print JSON (one object per streamed event)")
-    train.set_defaults(handler=run_train)
-
-    forecast = subparsers.add_parser(
+    add_command(
+        cli,
         "forecast",
-        help="forecast a symbol with 80%% and 95%% intervals",
+        run_forecast,
+        help="forecast a symbol with 80% and 95% intervals",
         description="Print the NHITS forecast of a symbol with its intervals; --plot saves a chart.",
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            option("--horizon", type=int, default=24, help="future bars (default 24)"),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default: the model's series"),
+            plot_option("save a chart of history and forecast to this file"),
+            option(
+                "--history",
+                type=int,
+                default=DEFAULT_HISTORY,
+                help=f"bars of history in the plot ({DEFAULT_HISTORY})",
+            ),
+            json_flag(),
+        ],
     )
-    forecast.add_argument("symbol", help="symbol, e.g. EURUSD")
-    forecast.add_argument("--horizon", type=int, default=24, help="future bars (default 24)")
-    forecast.add_argument(
-        "--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default: the model's series"
-    )
-    forecast.add_argument("--plot", metavar="PNG", help="save a chart of history and forecast to this file")
-    forecast.add_argument(
-        "--history",
-        type=int,
-        default=DEFAULT_HISTORY,
-        help=f"bars of history in the plot ({DEFAULT_HISTORY})",
-    )
-    forecast.add_argument("--json", action="store_true", help="print JSON")
-    forecast.set_defaults(handler=run_forecast)
 
 
 # -- train ----------------------------------------------------------------------------------------
-
-
-def _state(value: int) -> str:
-    return enum_label(job_pb2.JobState.Name(value), "JOB_STATE_").lower()  # type: ignore[arg-type]
 
 
 def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-class ProgressBar:
-    """One progress line: redrawn in place on a terminal, printed now and then elsewhere."""
-
-    def __init__(self, out: TextIO, *, tty: bool) -> None:
-        self.out = out
-        self.tty = tty
-        self.last_plain = 0.0
-        self.drawn = False
-
-    def update(self, step: training_pb2.TrainingStep, *, force: bool = False) -> None:
-        total = max(step.job_max_steps, 1)
-        done = min(step.job_step, total)
-        filled = round(BAR_WIDTH * done / total)
-        eta = f"  eta {step.eta_seconds:.0f}s" if step.HasField("eta_seconds") else ""
-        val = f"  val {step.val_loss:.4g}" if step.HasField("val_loss") else ""
-        text = (
-            f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {100 * done / total:3.0f}%  "
-            f"{step.key or step.symbol} step {step.step}/{step.max_steps}  loss {step.train_loss:.4g}{val}  "
-            f"job {done}/{total}{eta}"
-        )
-        if self.tty:
-            self.out.write("\r\x1b[2K" + text)
-            self.drawn = True
-        else:
-            now = time.monotonic()
-            if not force and now - self.last_plain < PLAIN_PROGRESS_EVERY_S and step.step < step.max_steps:
-                return
-            self.last_plain = now
-            self.out.write(text + "\n")
-        self.out.flush()
-
-    def line(self, text: str) -> None:
-        """A permanent line above the bar."""
-        if self.tty and self.drawn:
-            self.out.write("\r\x1b[2K")
-            self.drawn = False
-        self.out.write(text + "\n")
-        self.out.flush()
-
-
 def symbol_line(s: training_pb2.SymbolTrainingState) -> str:
-    state = _state(s.state)
+    state = job_state(s.state)
     parts = [f"{s.key or s.symbol:<10} {state}"]
     if s.model_version:
         parts.append(f"model {s.model_version}")
@@ -153,7 +128,7 @@ def job_line(job: training_pb2.TrainingJob) -> str:
     took = ""
     if job.HasField("start_time") and job.HasField("end_time"):
         took = f" in {job.end_time.ToDatetime().timestamp() - job.start_time.ToDatetime().timestamp():.1f}s"
-    text = f"job {job.job_id} {_state(job.state)}{took} ({len(job.symbols)} symbols, {trigger})"
+    text = f"job {job.job_id} {job_state(job.state)}{took} ({len(job.symbols)} symbols, {trigger})"
     return text + (f": {job.error}" if job.error else "")
 
 
@@ -167,41 +142,53 @@ def follow(
     service: str = "forecast",
 ) -> int:
     """Stream a training job of any model service (`forecast`, `regime`, `pattern`...) until it
-    ends; 0 when it SUCCEEDED, 1 otherwise."""
-    bar = ProgressBar(out, tty=out.isatty())
+    ends, as Rich progress bars (`JobProgress`) or, `as_json`, one JSON object per event; 0 when it
+    SUCCEEDED, 1 otherwise."""
     final: training_pb2.TrainingJob | None = None
     messages = importlib.import_module(f"kitrading.{service}.v1.request_response_pb2")
     request = messages.WatchTrainingJobRequest(job_id=job_id)
+    bars = None if as_json else JobProgress(out)
     with getattr(client, service).watch_training_job(request, timeout=timeout) as stream:
         try:
+            if bars is not None:
+                bars.progress.start()
             for message in stream:
                 event = message.event
                 if as_json:
                     print_json(message_dict(event), out=out, indent=None)
                 kind = event.WhichOneof("event")
                 if kind == "snapshot":
-                    job = event.snapshot
-                    if not as_json:
-                        names = ", ".join(s.key or s.symbol for s in job.symbols) or "nothing to train"
-                        bar.line(f"job {job.job_id} {_state(job.state)}: {names}")
-                    if job.state in _ENDED:
-                        final = job
-                elif kind == "step" and not as_json:
-                    bar.update(event.step)
-                elif kind == "symbol_transition" and not as_json:
-                    bar.line(symbol_line(event.symbol_transition))
+                    if bars is not None:
+                        bars.snapshot(event.snapshot)
+                    if event.snapshot.state in _ENDED:
+                        final = event.snapshot
+                elif kind == "step" and bars is not None:
+                    bars.step(event.step)
+                elif kind == "symbol_transition" and bars is not None:
+                    bars.transition(event.symbol_transition, symbol_line(event.symbol_transition))
                 elif kind == "result":
                     final = event.result
         except KeyboardInterrupt:
             again = "train" if service == "forecast" else f"train-{service}"
-            bar.line(f"stopped following; the job goes on (kitrading {again} --job {job_id} -f)")
+            hint = f"stopped following; the job goes on (kitrading {again} --job {job_id} -f)"
+            if bars is not None:
+                bars.line(hint, "yellow")
+            else:
+                print(hint, file=sys.stderr)
             raise
+        finally:
+            if bars is not None:
+                bars.close()
+    style: str | None = "red"
     if final is None:
-        bar.line(f"the stream of job {job_id} ended without a result")
-        return 1
-    if not as_json:
-        bar.line(job_line(final))
-    return 0 if final.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+        text = f"the stream of job {job_id} ended without a result"
+    else:
+        text, style = job_line(final), STATE_STYLES.get(job_state(final.state))
+    if bars is not None:
+        bars.line(text, style)
+    elif final is None:
+        print(text, file=sys.stderr)
+    return 0 if final is not None and final.state == job_pb2.JOB_STATE_SUCCEEDED else 1
 
 
 _ENDED = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)

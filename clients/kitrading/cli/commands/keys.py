@@ -13,37 +13,69 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kitrading.cli.common import EXIT_ERROR, Subparsers, print_json, print_table
+import click
+
+from kitrading.cli.common import (
+    EXIT_ERROR,
+    add_command,
+    add_group,
+    argument,
+    choice,
+    json_flag,
+    option,
+    print_json,
+    print_table,
+    state,
+)
 
 SCOPE_HELP = "read: every read; write: also writes and expensive calls (training, sync, analyze); admin: all"
 
 
-def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+def register(cli: click.Group) -> None:
+    keys = add_group(
+        cli,
         "keys",
         help="create, list and revoke the gateway's API keys",
         description="The gateway's API keys. Once one exists, every call through the gateway needs a key.",
+        params=[
+            option(
+                "--secrets-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=None,
+                help="folder of gateway_keys.json and gateway_signing_key (default: $KITRADING_HOME/secrets; "
+                "deploy/secrets for compose)",
+            )
+        ],
     )
-    parser.add_argument(
-        "--secrets-dir",
-        type=Path,
-        default=None,
-        help="folder of gateway_keys.json and gateway_signing_key (default: $KITRADING_HOME/secrets; "
-        "deploy/secrets for compose)",
+    add_command(
+        keys,
+        "create",
+        run_create,
+        help="make a key and print it once",
+        params=[
+            option("--scope", required=True, type=choice(("read", "write", "admin")), help=SCOPE_HELP),
+            option("--name", default="", help="what the key is for (shown by `list`)"),
+            option("--expires-days", type=float, default=None, help="the key stops working after this"),
+            json_flag("print the key and its record as JSON"),
+        ],
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="make a key and print it once")
-    create.add_argument("--scope", required=True, choices=("read", "write", "admin"), help=SCOPE_HELP)
-    create.add_argument("--name", default="", help="what the key is for (shown by `list`)")
-    create.add_argument("--expires-days", type=float, default=None, help="the key stops working after this")
-    create.add_argument("--json", action="store_true", help="print the key and its record as JSON")
-    create.set_defaults(handler=run_create)
-    listing = actions.add_parser("list", help="the keys (ids, scopes, names; never the tokens)")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=run_list)
-    revoke = actions.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("key_id", metavar="ID", help="the key's id (k_...), from `kitrading keys list`")
-    revoke.set_defaults(handler=run_revoke)
+    add_command(
+        keys,
+        "list",
+        run_list,
+        help="the keys (ids, scopes, names; never the tokens)",
+        params=[json_flag()],
+    )
+    add_command(
+        keys,
+        "revoke",
+        run_revoke,
+        help="revoke a key by its id",
+        params=[
+            argument("key_id", metavar="ID", help="the key's id (k_...), from `kitrading keys list`"),
+            json_flag("print the revoked key's record as JSON"),
+        ],
+    )
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -107,23 +139,23 @@ def run_create(args: argparse.Namespace) -> int:
     return _guarded(args, create)
 
 
+def _record(r: Any) -> dict[str, Any]:
+    """A key's record as `keys list --json` prints it (never the token: the store has none)."""
+    return {
+        "id": r.id,
+        "name": r.name,
+        "scope": r.scope,
+        "created": r.created,
+        "expires": r.expires,
+        "revoked": r.revoked,
+    }
+
+
 def run_list(args: argparse.Namespace) -> int:
     def listing(store: Any) -> int:
         records = store.records()
         if args.json:
-            print_json(
-                [
-                    {
-                        "id": r.id,
-                        "name": r.name,
-                        "scope": r.scope,
-                        "created": r.created,
-                        "expires": r.expires,
-                        "revoked": r.revoked,
-                    }
-                    for r in records
-                ]
-            )
+            print_json([_record(r) for r in records])
             return 0
         if not records:
             print("no API keys: the gateway needs none on loopback (`kitrading keys create --scope ...`)")
@@ -135,7 +167,7 @@ def run_list(args: argparse.Namespace) -> int:
                 r.name or "-",
                 _when(r.created),
                 _when(r.expires),
-                "revoked" if r.revoked else "active",
+                state("revoked" if r.revoked else "active"),
             )
             for r in records
         ]
@@ -152,6 +184,9 @@ def run_revoke(args: argparse.Namespace) -> int:
         except KeyError:
             print(f"kitrading keys revoke: no key {args.key_id} (see `kitrading keys list`)", file=sys.stderr)
             return EXIT_ERROR
+        if args.json:
+            print_json(_record(record))
+            return 0
         print(f"revoked {record.id} (scope {record.scope}). {APPLY}")
         return 0
 

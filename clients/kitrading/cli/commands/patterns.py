@@ -18,16 +18,30 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
-from kitrading.cli.commands.forecast import TIMEFRAMES, follow, job_line, symbol_line
-from kitrading.cli.commands.regime import CANDLE_PAGE, _frame, _seconds, _timeframe
+import click
+
+from kitrading.cli.commands.forecast import (
+    TIMEFRAMES,
+    follow,
+    job_line,
+    plot_option,
+    symbol_line,
+    train_options,
+)
+from kitrading.cli.commands.regime import CANDLE_PAGE, _frame, _seconds, _timeframe, data_target_option
 from kitrading.cli.common import (
     EXIT_ERROR,
-    Subparsers,
+    add_command,
+    argument,
+    choice,
     client_from,
     enum_label,
+    json_flag,
     message_dict,
+    option,
     print_json,
     print_table,
+    state,
     timestamp,
 )
 from kitrading.data.v1 import request_response_pb2 as data_rr
@@ -54,9 +68,11 @@ DEFAULT_MARKS = 12
 ENGINE_STYLES = {pattern_res.PATTERN_ENGINE_RULES: "-", pattern_res.PATTERN_ENGINE_TCN: "--"}
 
 
-def register(subparsers: Subparsers) -> None:
-    patterns = subparsers.add_parser(
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "patterns",
+        run_patterns,
         help="chart patterns found in a symbol's recent candles, with their historical follow-through",
         description=(
             "Print the chart patterns confirmed in a symbol's newest candles (most confident first): type, "
@@ -64,44 +80,37 @@ def register(subparsers: Subparsers) -> None:
             "followed the type on held-out bars against the base rate. --plot saves the candles with each "
             "pattern's key points marked."
         ),
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default: the symbol's"),
+            option("--lookback", type=int, default=0, help="bars to scan (default: the service's, 200)"),
+            option(
+                "--engine",
+                type=choice(sorted(ENGINES)),
+                default=None,
+                help="rules (default), tcn (the rules answer until a TCN is published), or both",
+            ),
+            option(
+                "--min-confidence",
+                type=float,
+                default=0.0,
+                help="drop patterns below this (default: 0.5 for rules)",
+            ),
+            plot_option("save the candles with the patterns marked to this file"),
+            option(
+                "--marks",
+                type=int,
+                default=DEFAULT_MARKS,
+                help=f"most confident patterns marked in the plot ({DEFAULT_MARKS}; 0: all)",
+            ),
+            data_target_option("Data service for the plot's candles (default: --target, e.g. the gateway)"),
+            json_flag(),
+        ],
     )
-    patterns.add_argument("symbol", help="symbol, e.g. EURUSD")
-    patterns.add_argument(
-        "--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default: the symbol's"
-    )
-    patterns.add_argument(
-        "--lookback", type=int, default=0, help="bars to scan (default: the service's, 200)"
-    )
-    patterns.add_argument(
-        "--engine",
-        type=str.lower,
-        choices=sorted(ENGINES),
-        default=None,
-        help="rules (default), tcn (the rules answer until a TCN is published), or both",
-    )
-    patterns.add_argument(
-        "--min-confidence", type=float, default=0.0, help="drop patterns below this (default: 0.5 for rules)"
-    )
-    patterns.add_argument(
-        "--plot", metavar="PNG", help="save the candles with the patterns marked to this file"
-    )
-    patterns.add_argument(
-        "--marks",
-        type=int,
-        default=DEFAULT_MARKS,
-        help=f"most confident patterns marked in the plot ({DEFAULT_MARKS}; 0: all)",
-    )
-    patterns.add_argument(
-        "--data-target",
-        metavar="HOST:PORT",
-        default=None,
-        help="Data service for the plot's candles (default: --target, e.g. the gateway)",
-    )
-    patterns.add_argument("--json", action="store_true", help="print JSON")
-    patterns.set_defaults(handler=run_patterns)
-
-    model = subparsers.add_parser(
+    add_command(
+        cli,
         "pattern-model",
+        run_pattern_model,
         help="the pattern TCN's model card: held-out scores against the rule-based detector",
         description=(
             "Print the training status and the TCN's model card: the series it trained on and, per pattern "
@@ -109,13 +118,15 @@ def register(subparsers: Subparsers) -> None:
             "labels, calibration, and the follow-through of the TCN's and the rules' signals beside the base "
             "rate."
         ),
+        params=[
+            option("--version", default="", help="a published version, e.g. v000002 (default: served)"),
+            json_flag(),
+        ],
     )
-    model.add_argument("--version", default="", help="a published version, e.g. v000002 (default: served)")
-    model.add_argument("--json", action="store_true", help="print JSON")
-    model.set_defaults(handler=run_pattern_model)
-
-    train = subparsers.add_parser(
+    add_command(
+        cli,
         "train-patterns",
+        run_train_patterns,
         # `follow` names `train-pattern` in its hint when interrupted: both spellings work
         aliases=["train-pattern"],
         help="train the pattern TCN (live progress with --follow)",
@@ -124,21 +135,20 @@ def register(subparsers: Subparsers) -> None:
             "active symbol when none is; or show an existing job (--job). With --follow, a progress bar "
             "follows the job's real training steps until it ends."
         ),
+        params=[
+            argument(
+                "symbols", nargs=-1, metavar="[SYMBOL]...", help="symbols to train on (default: all active)"
+            ),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default: each symbol's"),
+            option(
+                "--max-steps",
+                type=int,
+                default=0,
+                help="optimiser steps (default: the service's; it refuses others)",
+            ),
+            *train_options("show or follow this job instead of starting one"),
+        ],
     )
-    train.add_argument(
-        "symbols", nargs="*", metavar="SYMBOL", help="symbols to train on (default: all active)"
-    )
-    train.add_argument(
-        "--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default: each symbol's"
-    )
-    train.add_argument("--job", metavar="JOB_ID", help="show or follow this job instead of starting one")
-    train.add_argument("--force", action="store_true", help="retrain even when the model is fresh")
-    train.add_argument(
-        "--max-steps", type=int, default=0, help="optimiser steps (default: the service's; it refuses others)"
-    )
-    train.add_argument("--follow", "-f", action="store_true", help="show progress until the job ends")
-    train.add_argument("--json", action="store_true", help="print JSON (one object per streamed event)")
-    train.set_defaults(handler=run_train_patterns)
 
 
 # -- shared ---------------------------------------------------------------------------------------
@@ -186,11 +196,11 @@ PATTERN_HEADERS = (
 )
 
 
-def pattern_rows(detection: pattern_res.PatternDetection) -> list[tuple[str, ...]]:
+def pattern_rows(detection: pattern_res.PatternDetection) -> list[tuple[object, ...]]:
     return [
         (
             type_name(p.pattern_type),
-            direction_name(p.direction),
+            state(direction_name(p.direction)),
             f"{p.confidence:.2f}",
             timestamp(p.start_time),
             timestamp(p.end_time),

@@ -8,20 +8,26 @@ is already stored changes nothing (the service deduplicates by content hash).
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+import click
 from google.protobuf import timestamp_pb2
 
 from kitrading.cli.common import (
     EXIT_ERROR,
-    Subparsers,
+    add_command,
+    add_group,
+    argument,
     client_from,
+    flag,
+    json_flag,
     message_dict,
+    option,
     print_json,
     print_table,
+    state,
     timestamp,
 )
 from kitrading.rag.v1 import request_response_pb2 as rag_rr
@@ -32,50 +38,74 @@ ADD_TIMEOUT = 600.0
 TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".text", ".rst", ""}
 
 
-def register(subparsers: Subparsers) -> None:
-    rag = subparsers.add_parser(
-        "rag", help="knowledge base: add, query, list", description="Knowledge-base tasks."
-    )
-    tasks = rag.add_subparsers(dest="task", metavar="TASK", required=True)
-
-    add = tasks.add_parser(
+def register(cli: click.Group) -> None:
+    rag = add_group(cli, "rag", help="knowledge base: add, query, list", description="Knowledge-base tasks.")
+    add_command(
+        rag,
         "add",
+        run_add,
         help="add text, markdown or PDF files",
         description="Add files to the knowledge base (text, markdown; PDF when pypdf is installed).",
+        params=[
+            argument(
+                "files",
+                nargs=-1,
+                required=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                metavar="FILE...",
+                help="text, markdown or PDF files",
+            ),
+            option("--symbol", type=str.upper, default=None, help="the symbol the files are about"),
+            option("--tag", multiple=True, help="a tag (repeatable)"),
+            option("--source", default=None, help="where they came from (default: file:<name>)"),
+            option("--title", default=None, help="title (default: the first heading, else the file name)"),
+            json_flag(),
+        ],
     )
-    add.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    add.add_argument("--symbol", type=str.upper, default=None, help="the symbol the files are about")
-    add.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
-    add.add_argument("--source", default=None, help="where they came from (default: file:<name>)")
-    add.add_argument("--title", default=None, help="title (default: the first heading, else the file name)")
-    add.add_argument("--json", action="store_true", help="print JSON")
-    add.set_defaults(handler=run_add)
-
-    query = tasks.add_parser("query", help="search the knowledge base", description="Find the best passages.")
-    query.add_argument("query", help='e.g. "how is the forecast evaluated?"')
-    query.add_argument("--top-k", type=int, default=5, help="passages (default 5, at most 50)")
-    query.add_argument("--symbol", type=str.upper, default=None, help="only documents about it or about none")
-    query.add_argument("--source", default="", help="only documents from this source")
-    query.add_argument("--tag", action="append", default=[], help="only documents with this tag (repeatable)")
-    query.add_argument("--hybrid", action="store_true", help="vector + full-text search, fused by rank")
-    query.add_argument("--json", action="store_true", help="print JSON")
-    query.set_defaults(handler=run_query)
-
-    listing = tasks.add_parser("list", help="list documents", description="List documents, newest first.")
-    listing.add_argument("--symbol", type=str.upper, default=None, help="only documents about this symbol")
-    listing.add_argument("--tag", default="", help="only documents with this tag")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler=run_list)
-
-    delete = tasks.add_parser(
-        "delete", help="remove a document", description="Remove a document and its chunks."
+    add_command(
+        rag,
+        "query",
+        run_query,
+        help="search the knowledge base",
+        description="Find the best passages.",
+        params=[
+            argument("query", help='e.g. "how is the forecast evaluated?"'),
+            option("--top-k", type=int, default=5, help="passages (default 5, at most 50)"),
+            option("--symbol", type=str.upper, default=None, help="only documents about it or about none"),
+            option("--source", default="", help="only documents from this source"),
+            option("--tag", multiple=True, help="only documents with this tag (repeatable)"),
+            flag("--hybrid", help="vector + full-text search, fused by rank"),
+            json_flag(),
+        ],
     )
-    delete.add_argument("document_id")
-    delete.set_defaults(handler=run_delete)
-
-    status = tasks.add_parser("status", help="index state", description="Show the index: kind, size, model.")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(handler=run_status)
+    add_command(
+        rag,
+        "list",
+        run_list,
+        help="list documents",
+        description="List documents, newest first.",
+        params=[
+            option("--symbol", type=str.upper, default=None, help="only documents about this symbol"),
+            option("--tag", default="", help="only documents with this tag"),
+            json_flag(),
+        ],
+    )
+    add_command(
+        rag,
+        "delete",
+        run_delete,
+        help="remove a document",
+        description="Remove a document and its chunks.",
+        params=[argument("document_id", help="the document's id, from `kitrading rag list`"), json_flag()],
+    )
+    add_command(
+        rag,
+        "status",
+        run_status,
+        help="index state",
+        description="Show the index: kind, size, model.",
+        params=[json_flag()],
+    )
 
 
 def read_document(path: Path) -> str:
@@ -95,26 +125,19 @@ def read_document(path: Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text") from None
 
 
-def progress(done: int, total: int, label: str, out: TextIO, width: int = 24) -> None:
-    """`[#########-----]  3/5 name`, redrawn on one line (a new line at the end)."""
-    filled = width * done // max(total, 1)
-    end = "\n" if done == total else ""
-    out.write(f"\r[{'#' * filled}{'-' * (width - filled)}] {done}/{total} {label[:40]:<40}{end}")
-    out.flush()
-
-
 def run_add(args: argparse.Namespace, err: TextIO | None = None) -> int:
-    bar = err or sys.stderr
+    from kitrading.cli.progress import FileProgress
+
     results: list[rag_rr.AddDocumentResponse] = []
     failed = 0
     modified = timestamp_pb2.Timestamp()
-    with client_from(args, timeout=ADD_TIMEOUT) as client:
+    with client_from(args, timeout=ADD_TIMEOUT) as client, FileProgress(len(args.files), err) as bar:
         for i, path in enumerate(args.files):
-            progress(i, len(args.files), path.name, bar)
+            bar.update(i, path.name)
             try:
                 text = read_document(path)
             except (OSError, ValueError) as exc:
-                bar.write(f"\n{exc}\n")
+                bar.line(str(exc), "red")
                 failed += 1
                 continue
             modified.FromDatetime(datetime.fromtimestamp(path.stat().st_mtime, tz=UTC))
@@ -130,7 +153,7 @@ def run_add(args: argparse.Namespace, err: TextIO | None = None) -> int:
             if args.symbol:
                 request.symbol = args.symbol
             results.append(client.rag.add_document(request))
-        progress(len(args.files), len(args.files), "done", bar)
+        bar.update(len(args.files), "done")
     if args.json:
         print_json({"documents": [message_dict(r) for r in results]})
     else:
@@ -139,7 +162,7 @@ def run_add(args: argparse.Namespace, err: TextIO | None = None) -> int:
                 r.document.document_id,
                 r.document.title,
                 r.document.chunk_count,
-                "added" if r.created else "already there",
+                state("added" if r.created else "already there"),
             )
             for r in results
         ]
@@ -209,6 +232,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     with client_from(args) as client:
         reply = client.rag.delete_document(rag_rr.DeleteDocumentRequest(document_id=args.document_id))
+    if args.json:
+        print_json({"documentId": args.document_id, "chunksDeleted": reply.chunks_deleted})
+        return 0
     print(f"deleted {args.document_id} ({reply.chunks_deleted} chunks)")
     return 0
 

@@ -17,15 +17,29 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
+import click
 from google.protobuf import timestamp_pb2
 
-from kitrading.cli.commands.forecast import TIMEFRAMES, follow, job_line, symbol_line
+from kitrading.cli.commands.forecast import (
+    TIMEFRAMES,
+    follow,
+    job_line,
+    plot_option,
+    symbol_line,
+    train_options,
+)
 from kitrading.cli.common import (
     EXIT_ERROR,
-    Subparsers,
+    Styled,
+    add_command,
+    argument,
+    choice,
     client_from,
     enum_label,
+    flag,
+    json_flag,
     message_dict,
+    option,
     print_json,
     print_table,
     timestamp,
@@ -55,9 +69,15 @@ NO_EDGE = "no edge in walk-forward evaluation: read the score as the base rate"
 CANDLE_PAGE = 5000
 
 
-def register(subparsers: Subparsers) -> None:
-    regime = subparsers.add_parser(
+def data_target_option(help: str) -> click.Option:
+    return option("--data-target", metavar="HOST:PORT", default=None, help=help)
+
+
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "regime",
+        run_regime,
         help="current market regime of a symbol, its probabilities and recent segments",
         description=(
             "Print a symbol's current regime (hidden Markov model), every regime's probability, the expected "
@@ -65,89 +85,89 @@ def register(subparsers: Subparsers) -> None:
             "uses a later one); --hindsight adds the Viterbi segments, which do use later bars. --plot saves "
             "the close price shaded by regime."
         ),
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default H1"),
+            option("--lookback", type=int, default=0, help="bars to segment (default: the service's, 500)"),
+            flag("--hindsight", help="also show the Viterbi (hindsight) segments"),
+            option(
+                "--segments",
+                type=int,
+                default=DEFAULT_SEGMENTS,
+                help=f"newest segments to print ({DEFAULT_SEGMENTS}; 0: all)",
+            ),
+            plot_option("save the close price shaded by regime to this file"),
+            data_target_option("Data service for the plot's prices (default: --target, e.g. the gateway)"),
+            json_flag(),
+        ],
     )
-    regime.add_argument("symbol", help="symbol, e.g. EURUSD")
-    regime.add_argument("--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default H1")
-    regime.add_argument(
-        "--lookback", type=int, default=0, help="bars to segment (default: the service's, 500)"
-    )
-    regime.add_argument("--hindsight", action="store_true", help="also show the Viterbi (hindsight) segments")
-    regime.add_argument(
-        "--segments",
-        type=int,
-        default=DEFAULT_SEGMENTS,
-        help=f"newest segments to print ({DEFAULT_SEGMENTS}; 0: all)",
-    )
-    regime.add_argument("--plot", metavar="PNG", help="save the close price shaded by regime to this file")
-    regime.add_argument(
-        "--data-target",
-        metavar="HOST:PORT",
-        default=None,
-        help="Data service for the plot's prices (default: --target, e.g. the gateway)",
-    )
-    regime.add_argument("--json", action="store_true", help="print JSON")
-    regime.set_defaults(handler=run_regime)
-
-    score = subparsers.add_parser(
+    add_command(
+        cli,
         "score",
+        run_score,
         help="score a buy or sell signal in the current regime",
         description=(
             "Print the calibrated probability that a trade reaches its take-profit before its stop-loss "
             "within the horizon (after costs), its expected return, the regime, the model's trade setting, "
             "whether the model has an edge, and the features behind the score."
         ),
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            argument("side", type=choice(sorted(SIDES)), help="buy or sell"),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default: the model's"),
+            option(
+                "--time",
+                metavar="ISO",
+                default=None,
+                help="entry bar, e.g. 2024-05-01T13:00 (UTC; default: the last)",
+            ),
+            option("--horizon", type=int, default=0, help="bars until exit (default: the model's)"),
+            option("--take-profit", type=float, default=None, help="distance in --unit (model's)"),
+            option("--stop-loss", type=float, default=None, help="distance in --unit (model's)"),
+            option("--unit", type=choice(sorted(UNITS)), default=None, help="barrier unit (model's)"),
+            option(
+                "--top",
+                type=int,
+                default=DEFAULT_FEATURES,
+                help=f"features to print ({DEFAULT_FEATURES}; 0: all)",
+            ),
+            json_flag(),
+        ],
     )
-    score.add_argument("symbol", help="symbol, e.g. EURUSD")
-    score.add_argument("side", type=str.lower, choices=sorted(SIDES), help="buy or sell")
-    score.add_argument(
-        "--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default: the model's"
-    )
-    score.add_argument(
-        "--time",
-        metavar="ISO",
-        default=None,
-        help="entry bar, e.g. 2024-05-01T13:00 (UTC; default: the last)",
-    )
-    score.add_argument("--horizon", type=int, default=0, help="bars until exit (default: the model's)")
-    score.add_argument("--take-profit", type=float, default=None, help="distance in --unit (model's)")
-    score.add_argument("--stop-loss", type=float, default=None, help="distance in --unit (model's)")
-    score.add_argument("--unit", choices=sorted(UNITS), default=None, help="barrier unit (model's)")
-    score.add_argument(
-        "--top", type=int, default=DEFAULT_FEATURES, help=f"features to print ({DEFAULT_FEATURES}; 0: all)"
-    )
-    score.add_argument("--json", action="store_true", help="print JSON")
-    score.set_defaults(handler=run_score)
-
-    model = subparsers.add_parser(
+    add_command(
+        cli,
         "regime-model",
+        run_regime_model,
         help="the regime model card: HMM states and the scorer's walk-forward evaluation",
         description=(
             "Print a symbol's HMM (states, BIC per state count, convergence) and its signal scorer's "
             "walk-forward evaluation: AUC, Brier score and log loss against the base rate, the reliability "
             "table, the backtest after costs and the verdict."
         ),
+        params=[
+            argument("symbol", help="symbol, e.g. EURUSD"),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default H1"),
+            json_flag(),
+        ],
     )
-    model.add_argument("symbol", help="symbol, e.g. EURUSD")
-    model.add_argument("--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default H1")
-    model.add_argument("--json", action="store_true", help="print JSON")
-    model.set_defaults(handler=run_regime_model)
-
-    train = subparsers.add_parser(
+    add_command(
+        cli,
         "train-regime",
+        run_train_regime,
         help="train the regime models (live progress with --follow)",
         description=(
             "Start a regime training job (the HMM of each symbol, then its signal scorer) of the symbols "
             "named, or of every active symbol when none is; or follow an existing job (--job). With "
             "--follow, a progress bar follows the job's real training steps until it ends."
         ),
+        params=[
+            argument(
+                "symbols", nargs=-1, metavar="[SYMBOL]...", help="symbols to train (default: all active)"
+            ),
+            option("--timeframe", type=choice(TIMEFRAMES), default=None, help="default H1"),
+            *train_options("follow this job instead of starting one"),
+        ],
     )
-    train.add_argument("symbols", nargs="*", metavar="SYMBOL", help="symbols to train (default: all active)")
-    train.add_argument("--timeframe", type=str.upper, choices=TIMEFRAMES, default=None, help="default H1")
-    train.add_argument("--job", metavar="JOB_ID", help="follow this job instead of starting one")
-    train.add_argument("--force", action="store_true", help="retrain models that are still fresh")
-    train.add_argument("--follow", "-f", action="store_true", help="show progress until the job ends")
-    train.add_argument("--json", action="store_true", help="print JSON (one object per streamed event)")
-    train.set_defaults(handler=run_train_regime)
 
 
 # -- shared ---------------------------------------------------------------------------------------
@@ -410,9 +430,15 @@ def print_score(reply: regime_rr.ScoreSignalResponse, *, top: int, out: TextIO) 
         ),
         ("edge", edge),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, text in rows:
-        out.write(f"  {name:<{width}}  {text}\n")
+    print_table(
+        None,
+        [
+            (name, Styled(text, "green" if reply.edge else "yellow") if name == "edge" else text)
+            for name, text in rows
+        ],
+        out=out,
+        indent=2,
+    )
     out.write(
         f"\nFeatures ({'top ' + str(len(features)) if top > 0 else 'all'}, largest contribution first; "
         "contributions in log-odds, positive raises the score):\n"

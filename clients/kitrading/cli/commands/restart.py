@@ -14,23 +14,45 @@ import socket
 import sys
 from pathlib import Path
 
-from kitrading.cli.common import EXIT_ERROR, Subparsers
+import click
+from click.shell_completion import CompletionItem
+
+from kitrading import mesh
+from kitrading.cli.common import EXIT_ERROR, add_command, argument, json_flag, option, print_json
 
 
-def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+def complete_service(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    names = [*(s.name for s in mesh.SERVICES), "gateway"]
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "restart",
+        run,
         help="restart one service of a running `kitrading up` (drain, start the code on disk, wait)",
         description=(
             "Drain one service of the mesh that `kitrading up` runs, start it again with the code now "
             "on disk, and return once it serves. The other services are not touched. Exit status 1 "
             "when it does not serve again in time."
         ),
+        params=[
+            argument(
+                "service",
+                help="a service name (data, forecast, ...) or gateway",
+                shell_complete=complete_service,
+            ),
+            option("--timeout", type=float, default=120.0, help="seconds to wait for it to serve (120)"),
+            option(
+                "--home",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="the mesh's KITRADING_HOME (default: $KITRADING_HOME)",
+            ),
+            json_flag("print the launcher's answer as JSON"),
+        ],
     )
-    parser.add_argument("service", help="a service name (data, forecast, ...) or gateway")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to serve")
-    parser.add_argument("--home", default=None, help="the mesh's KITRADING_HOME (default: $KITRADING_HOME)")
-    parser.set_defaults(handler=run)
 
 
 def _home(explicit: str | None) -> Path:
@@ -60,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if not reply.get("ok"):
         print(f"kitrading restart: {reply.get('error', 'no answer')}", file=sys.stderr)
         return 1
+    if args.json:
+        print_json(reply)
+        return 0
     print(
         f"{reply['service']}: restarted (pid {reply['old_pid']} -> {reply['new_pid']}); stopped after "
         f"{reply['stopped_s']:.2f} s, serving again after {reply['serving_s']:.2f} s"

@@ -7,10 +7,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-import httpx
+import click
 
 from kitrading import mesh
-from kitrading.cli.common import Subparsers, print_json, print_table
+from kitrading.cli.common import add_command, flag, json_flag, option, print_json, print_table, state
 
 #: Deadline of each check, in seconds.
 CHECK_TIMEOUT = 1.0
@@ -29,20 +29,23 @@ class ServiceStatus:
     latency_ms: float | None
 
 
-def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "status",
+        run,
         help="health of every service (gRPC and through the gateway)",
         description=(
             "Check every service of the registry: grpc.health.v1 Check on its own port and GET "
             "/<prefix>/health through the gateway, 1 s deadline each. Exit status 1 when an "
             "implemented service is not SERVING."
         ),
+        params=[
+            option("--host", default="localhost", help="host of the services and gateway"),
+            flag("--no-gateway", help="skip the gateway health pages"),
+            json_flag(),
+        ],
     )
-    parser.add_argument("--host", default="localhost", help="host of the services and gateway")
-    parser.add_argument("--no-gateway", action="store_true", help="skip the gateway health pages")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(handler=run)
 
 
 def grpc_health(host: str, info: mesh.ServiceInfo) -> tuple[str, float | None]:
@@ -60,6 +63,8 @@ def grpc_health(host: str, info: mesh.ServiceInfo) -> tuple[str, float | None]:
 
 
 def gateway_health(host: str, info: mesh.ServiceInfo) -> str:
+    import httpx  # not at import: it costs the CLI's start a fifth of a second
+
     url = f"http://{host}:{mesh.gateway_port()}/{info.prefix}/health"
     try:
         response = httpx.get(url, timeout=CHECK_TIMEOUT)
@@ -92,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
             (
                 r.service,
                 r.port,
-                r.grpc_health,
-                r.gateway_health,
+                state(r.grpc_health),
+                state(r.gateway_health),
                 "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms",
             )
             for r in results

@@ -6,23 +6,37 @@ import argparse
 import asyncio
 import sys
 
+import click
+from click.shell_completion import CompletionItem
+
 from kitrading import mesh
-from kitrading.cli.common import EXIT_ERROR, Subparsers
+from kitrading.cli.common import EXIT_ERROR, add_command, flag, option
 
 
-def register(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+def complete_services(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of `--only data,fore<TAB>`: the service names after the last comma."""
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    return [CompletionItem(prefix + s.name) for s in mesh.SERVICES if s.name.startswith(last)]
+
+
+def register(cli: click.Group) -> None:
+    add_command(
+        cli,
         "up",
+        run,
         help="start the mesh (Ctrl-C stops it)",
         description="Start every implemented service and the Envoy gateway; Ctrl-C stops them all.",
+        params=[
+            option(
+                "--only",
+                default="",
+                help=f"comma-separated services to start ({', '.join(s.name for s in mesh.SERVICES)})",
+                shell_complete=complete_services,
+            ),
+            flag("--no-gateway", help="do not start the Envoy gateway"),
+        ],
     )
-    parser.add_argument(
-        "--only",
-        default="",
-        help=f"comma-separated services to start ({', '.join(s.name for s in mesh.SERVICES)})",
-    )
-    parser.add_argument("--no-gateway", action="store_true", help="do not start the Envoy gateway")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
