@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import tempfile
+import threading
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,3 +177,68 @@ def test_usage_errors_exit_2(capsys: Capture) -> None:
     assert main(["candles"]) == 2
     assert main(["candles", "EURUSD", "--timeframe", "H2"]) == 2
     assert "Invalid value for '--timeframe'" in capsys.readouterr().err
+
+
+def test_data_commands_print_one_json_document(data_server: ServerThread, capsys: Capture) -> None:
+    target = ["--target", data_server.target]
+    assert main([*target, "candles", "EURUSD", "--limit", "3", "--json"]) == 0
+    candles = json.loads(capsys.readouterr().out)["candles"]
+    assert len(candles) == 3 and candles[0]["time"] < candles[-1]["time"]  # oldest first, as the table
+    assert main([*target, "events", "--after", "3", "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]  # one document without --follow
+    assert [e["eventId"] for e in events] == ["4", "5", "6"] and events[0][
+        "type"
+    ] == "EVENT_TYPE_CANDLES_INGESTED"
+    assert main([*target, "data", "import-samples", "--json"]) == 0
+    datasets = json.loads(capsys.readouterr().out)["datasets"]
+    assert datasets == [
+        {"symbol": "EURUSD", "timeframe": "TIMEFRAME_H1", "package": "backtesting", "candles": "5000"}
+    ]
+
+
+def test_restart_answers_as_text_or_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
+) -> None:
+    """Against a stand-in for the launcher's control socket (the e2e restart test runs the real one)."""
+    reply = {
+        "ok": True,
+        "service": "forecast",
+        "old_pid": 41,
+        "new_pid": 42,
+        "stopped_s": 0.5,
+        "serving_s": 2.25,
+    }
+    requests: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="kt", dir="/tmp") as short,  # AF_UNIX paths are short
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener,
+    ):
+        path = str(Path(short) / "control.sock")
+        listener.bind(path)
+        listener.listen()
+
+        def answer() -> None:
+            for _ in range(2):
+                conn, _addr = listener.accept()
+                with conn:
+                    requests.append(json.loads(conn.makefile("rb").readline()))
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "mesh.json").write_text(json.dumps({"control": path}))
+        home = ["--home", str(tmp_path)]
+        assert main(["restart", "forecast", *home, "--timeout", "5"]) == 0
+        assert capsys.readouterr().out == (
+            "forecast: restarted (pid 41 -> 42); stopped after 0.50 s, serving again after 2.25 s\n"
+        )
+        assert main(["restart", "forecast", *home, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == reply
+        thread.join(5)
+    assert requests == [
+        {"op": "restart", "service": "forecast", "timeout_s": 5.0},
+        {"op": "restart", "service": "forecast", "timeout_s": 120.0},
+    ]
+    assert main(["restart", "data", "--home", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.startswith("kitrading restart: no running mesh found")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -456,6 +457,23 @@ async def test_cli_train_follow_and_forecast_plot(stack: Stack, trained: Watched
     assert len(rows) == 5 and all(row.count("[") == 2 for row in rows), text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "no history" in text  # the target is the forecast service alone: no Data there
+
+    # --json: one document each (the plot's note goes to stderr then)
+    job_id = lines[0].split()[1]
+    out = io.StringIO()
+    args = parse_args(["--target", stack.target, "train", "--job", job_id, "--json"])
+    assert await asyncio.to_thread(run_train, args, out) == 0
+    job = json.loads(out.getvalue())
+    assert job["jobId"] == job_id and job["state"] == "JOB_STATE_SUCCEEDED"
+    out = io.StringIO()
+    args = parse_args(["--target", stack.target, "forecast", "goog", "--horizon", "5", "--json"])
+    assert await asyncio.to_thread(run_forecast, args, out) == 0
+    forecast = json.loads(out.getvalue())
+    assert (
+        forecast["symbol"] == "GOOG"
+        and forecast["modelVersion"] == "v000002"
+        and len(forecast["points"]) == 5
+    )
 
 
 # -- automation and metrics -----------------------------------------------------------------------

@@ -53,9 +53,12 @@ def test_create_list_revoke(
     assert main(["keys", "list", "--json"]) == 0
     records = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
     assert records[created["id"]]["revoked"] is True
+    assert main(["keys", "revoke", created["id"], "--json"]) == 0  # again: nothing changes
+    assert json.loads(capsys.readouterr().out) == records[created["id"]]
     assert main(["keys", "revoke", "k_000000000000"]) == 2
     assert "no key" in capsys.readouterr().err
-    assert main(["keys", "create", "--scope", "root"]) == 2  # argparse refuses it
+    assert main(["keys", "create", "--scope", "root"]) == 2  # the parser refuses it
+    assert "Invalid value for '--scope'" in capsys.readouterr().err
 
 
 def test_the_sdk_sends_the_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

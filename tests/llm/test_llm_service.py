@@ -4,6 +4,7 @@ model (or the fake Ollama), grounding over gRPC with the other services down, sl
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
@@ -422,5 +423,24 @@ async def test_cli_analyze_streams_figures_and_answer(data_target: str, fake_oll
         out.truncate()
         assert await asyncio.to_thread(run, "llm", "status") == 0
         assert "engine   ollama" in out.getvalue()
+
+        # --json: the stream as one object per message; --no-stream and status one document each
+        out.seek(0)
+        out.truncate()
+        assert (
+            await asyncio.to_thread(run, "analyze", "EURUSD", QUESTION, "--max-tokens", "64", "--json") == 0
+        )
+        messages = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert "context" in messages[0] and "completion" in messages[-1]
+        assert "".join(m["token"]["text"] for m in messages if "token" in m) == fake_ollama.reply
+        out.seek(0)
+        out.truncate()
+        assert await asyncio.to_thread(run, "analyze", "EURUSD", QUESTION, "--no-stream", "--json") == 0
+        whole = json.loads(out.getvalue())
+        assert whole["answer"].strip() == fake_ollama.reply.strip() and whole["context"]["symbol"] == "EURUSD"
+        out.seek(0)
+        out.truncate()
+        assert await asyncio.to_thread(run, "llm", "status", "--json") == 0
+        assert json.loads(out.getvalue())["engine"] == "LLM_ENGINE_OLLAMA"
     finally:
         await server.stop(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +198,24 @@ async def test_errors_print_the_service_message_and_exit_2(
     assert "not both" in capsys.readouterr().err
     # an interrupted --follow names `kitrading train-pattern --job ... -f`: that spelling works too
     assert parse_args(["train-pattern", "--job", "j1", "-f"]).handler is run_train_patterns
+
+
+async def test_every_pattern_command_prints_json(stack: Stack) -> None:
+    target = ["--target", stack.target]
+    status, text = await cli(run_train_patterns, [*target, "train-patterns", "--force", "--follow", "--json"])
+    assert status == 0, text
+    events = [json.loads(line) for line in text.splitlines()]  # one object per streamed event, no bars
+    assert "snapshot" in events[0] and any("step" in e for e in events), text
+    result = events[-1]["result"]
+    assert result["state"] == "JOB_STATE_SUCCEEDED" and result["symbols"][0]["key"] == "tcn"
+    status, text = await cli(
+        run_train_patterns, [*target, "train-patterns", "--job", result["jobId"], "--json"]
+    )
+    assert status == 0 and json.loads(text)["jobId"] == result["jobId"]
+
+    status, text = await cli(run_pattern_model, [*target, "pattern-model", "--json"])
+    card = json.loads(text)
+    assert status == 0 and card["model"]["version"] == result["symbols"][0]["modelVersion"]
+    status, text = await cli(run_patterns, [*target, "patterns", "EURUSD", "--lookback", "500", "--json"])
+    detection = json.loads(text)
+    assert status == 0 and detection["symbol"] == "EURUSD" and detection["patterns"], text

@@ -5,6 +5,7 @@ carry document id and title into the analysis context that `kitrading analyze` p
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,27 @@ async def test_the_analysts_grounding_cites_passages_by_id_and_title(rag: RagSta
     assert context.passages[0].document_id == added.document.document_id  # what the SSE context event carries
     lines = context_lines(context)
     assert any(f"EURUSD desk note [{added.document.document_id}]" in line for line in lines)
+
+
+async def test_every_rag_command_prints_one_json_document(
+    rag: RagStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    note = tmp_path / "eurusd-note.md"
+    note.write_text(NOTE)
+    target = ["--target", rag.server.target]
+    status, out, err = await cli(capsys, *target, "rag", "add", str(note), "--symbol", "EURUSD", "--json")
+    assert status == 0 and "1/1" in err  # the progress stays on stderr
+    [added] = json.loads(out)["documents"]
+    document_id = added["document"]["documentId"]
+    assert added["created"] is True and added["document"]["title"] == "EURUSD desk note"
+
+    status, out, _ = await cli(capsys, *target, "rag", "query", "support for the euro", "--json")
+    passages = json.loads(out)["passages"]
+    assert status == 0 and passages[0]["documentId"] == document_id and passages[0]["text"]
+    status, out, _ = await cli(capsys, *target, "rag", "list", "--json")
+    assert status == 0 and [d["documentId"] for d in json.loads(out)["documents"]] == [document_id]
+    status, out, _ = await cli(capsys, *target, "rag", "status", "--json")
+    assert status == 0 and json.loads(out)["documents"] == 1
+    status, out, _ = await cli(capsys, *target, "rag", "delete", document_id, "--json")
+    deleted = json.loads(out)
+    assert status == 0 and deleted["documentId"] == document_id and deleted["chunksDeleted"] >= 1

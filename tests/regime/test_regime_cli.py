@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -215,3 +216,26 @@ def test_an_interrupted_follow_names_the_command_to_follow_again() -> None:
     with pytest.raises(KeyboardInterrupt):
         follow(client, "j1", as_json=False, out=out, timeout=None, service="regime")
     assert "the job goes on (kitrading train-regime --job j1 -f)" in out.getvalue()
+
+
+async def test_every_regime_command_prints_json(stack: Stack, trained: training_pb2.TrainingJob) -> None:
+    target = ["--target", stack.target]
+    status, text = await cli(run_regime, [*target, "regime", "EURUSD", "--lookback", "300", "--json"])
+    state = json.loads(text)
+    assert status == 0 and state["symbol"] == "EURUSD" and state["history"], text
+    status, text = await cli(run_score, [*target, "score", "EURUSD", "sell", "--json"])
+    score = json.loads(text)
+    assert status == 0 and score["side"] == "SIGNAL_SIDE_SELL" and 0 < score["score"] < 1, text
+    status, text = await cli(run_regime_model, [*target, "regime-model", "EURUSD", "--json"])
+    assert status == 0 and json.loads(text)["model"]["symbol"] == "EURUSD"
+    status, text = await cli(run_train_regime, [*target, "train-regime", "--job", trained.job_id, "--json"])
+    assert status == 0 and json.loads(text)["state"] == "JOB_STATE_SUCCEEDED"
+    status, text = await cli(
+        run_train_regime, [*target, "train-regime", "--job", trained.job_id, "-f", "--json"]
+    )
+    events = [json.loads(line) for line in text.splitlines()]  # an ended job: its snapshot and result
+    assert (
+        status == 0
+        and events
+        and events[-1].get("result", events[-1].get("snapshot"))["jobId"] == trained.job_id
+    )
