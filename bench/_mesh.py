@@ -55,7 +55,9 @@ class BenchMesh:
 
 
 @contextlib.contextmanager
-def data_and_gateway(import_samples: bool = False) -> Iterator[BenchMesh]:
+def data_and_gateway(
+    import_samples: bool = False, extra_env: dict[str, str] | None = None
+) -> Iterator[BenchMesh]:
     with tempfile.TemporaryDirectory(prefix="kitrading-bench-") as tmp:
         home = Path(tmp)
         db_url = start_embedded_postgres(home / "postgres", cleanup_mode="delete")
@@ -69,6 +71,7 @@ def data_and_gateway(import_samples: bool = False) -> Iterator[BenchMesh]:
             KITRADING_DATA_IMPORT_SAMPLES="true" if import_samples else "false",
             KITRADING_LOG_LEVEL="WARNING",
         )
+        env.update(extra_env or {})
         data = subprocess.Popen([sys.executable, "-m", "services.data"], env=env, stderr=subprocess.DEVNULL)
         envoy = None
         try:
