@@ -62,7 +62,7 @@ class _Rows:
         if self.live:
             self.progress.stop()
         elif self.unprinted:
-            self.print_rows(sorted(self.unprinted), final=True)
+            self.print_rows(sorted(self.unprinted))
 
     def line(self, text: str, style: str | None = None) -> None:
         """A permanent line (above the bars on a terminal)."""
@@ -78,7 +78,7 @@ class _Rows:
         if now or time.monotonic() - self.last_plain >= PLAIN_EVERY_S:
             self.print_rows(tasks)
 
-    def print_rows(self, tasks: list[TaskID], *, final: bool = False) -> None:
+    def print_rows(self, tasks: list[TaskID]) -> None:
         shown = [t for t in self.progress.tasks if t.id in tasks]
         if shown:
             emit(self.progress.make_tasks_table(shown), self.console)

@@ -9,6 +9,7 @@ kitrading forecast EURUSD --horizon 24 --plot eurusd.png
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -144,30 +145,26 @@ def follow(
     """Stream a training job of any model service (`forecast`, `regime`, `pattern`...) until it
     ends, as Rich progress bars (`JobProgress`) or, `as_json`, one JSON object per event; 0 when it
     SUCCEEDED, 1 otherwise."""
-    final: training_pb2.TrainingJob | None = None
     messages = importlib.import_module(f"kitrading.{service}.v1.request_response_pb2")
     request = messages.WatchTrainingJobRequest(job_id=job_id)
+    final: training_pb2.TrainingJob | None = None
     bars = None if as_json else JobProgress(out)
-    with getattr(client, service).watch_training_job(request, timeout=timeout) as stream:
+    with (
+        getattr(client, service).watch_training_job(request, timeout=timeout) as stream,
+        bars if bars is not None else contextlib.nullcontext(),
+    ):
         try:
-            if bars is not None:
-                bars.progress.start()
             for message in stream:
                 event = message.event
-                if as_json:
+                final = _ended(event) or final
+                if bars is None:
                     print_json(message_dict(event), out=out, indent=None)
-                kind = event.WhichOneof("event")
-                if kind == "snapshot":
-                    if bars is not None:
-                        bars.snapshot(event.snapshot)
-                    if event.snapshot.state in _ENDED:
-                        final = event.snapshot
-                elif kind == "step" and bars is not None:
+                elif event.HasField("snapshot"):
+                    bars.snapshot(event.snapshot)
+                elif event.HasField("step"):
                     bars.step(event.step)
-                elif kind == "symbol_transition" and bars is not None:
+                elif event.HasField("symbol_transition"):
                     bars.transition(event.symbol_transition, symbol_line(event.symbol_transition))
-                elif kind == "result":
-                    final = event.result
         except KeyboardInterrupt:
             again = "train" if service == "forecast" else f"train-{service}"
             hint = f"stopped following; the job goes on (kitrading {again} --job {job_id} -f)"
@@ -176,19 +173,24 @@ def follow(
             else:
                 print(hint, file=sys.stderr)
             raise
-        finally:
-            if bars is not None:
-                bars.close()
-    style: str | None = "red"
     if final is None:
-        text = f"the stream of job {job_id} ended without a result"
+        text, style = f"the stream of job {job_id} ended without a result", "red"
     else:
-        text, style = job_line(final), STATE_STYLES.get(job_state(final.state))
+        text, style = job_line(final), STATE_STYLES.get(job_state(final.state), "")
     if bars is not None:
         bars.line(text, style)
     elif final is None:
         print(text, file=sys.stderr)
     return 0 if final is not None and final.state == job_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def _ended(event: training_pb2.TrainingJobEvent) -> training_pb2.TrainingJob | None:
+    """The job when `event` says it ended: its result, or a snapshot of a job that had ended."""
+    if event.HasField("result"):
+        return event.result
+    if event.HasField("snapshot") and event.snapshot.state in _ENDED:
+        return event.snapshot
+    return None
 
 
 _ENDED = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
