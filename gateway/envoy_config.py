@@ -555,7 +555,12 @@ def page_routes(pages: Sequence[Page], *, keys: bool = False) -> list[Route]:
             Route(
                 name=f"page:{page.path}",
                 match=RouteMatch(path=page.path, headers=[_READ_METHODS]),
-                direct_response=DirectResponseAction(status=200, body=DataSource(inline_string=page.body)),
+                # Bytes (base64 in the bootstrap), not a string: Envoy's YAML parser turns some of
+                # PyYAML's escapes (`\_` for U+00A0 in Swagger UI's bundle) into other bytes, and a
+                # block scalar can lose a trailing newline; base64 comes back byte for byte.
+                direct_response=DirectResponseAction(
+                    status=200, body=DataSource(inline_bytes=page.body.encode())
+                ),
                 response_headers_to_add=[
                     _header("content-type", page.content_type),
                     _header("cache-control", "no-cache"),

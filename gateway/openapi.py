@@ -28,6 +28,12 @@ from kitrading.mesh import SERVICES, ServiceInfo
 OPENAPI_VERSION = "3.0.3"
 SCHEMA_REF = "#/components/schemas/"
 STATUS_SCHEMA = "google.rpc.Status"
+#: The securityScheme of the gateway's API keys (`gateway.keys`; the header is
+#: `gateway.envoy_config.API_KEY_HEADER`, a test keeps the two equal).
+API_KEY_SCHEME = "apiKey"
+API_KEY_HEADER = "x-api-key"
+#: Where the examples in the stream descriptions send their calls (the gateway's default address).
+EXAMPLE_ORIGIN = "http://localhost:3000"
 
 Schema = dict[str, Any]
 
@@ -102,6 +108,19 @@ _STATUS: Schema = {
         "message": {"type": "string"},
         "details": {"type": "array", "items": _WELL_KNOWN["google.protobuf.Any"]},
     },
+}
+
+_API_KEY: Schema = {
+    "type": "apiKey",
+    "in": "header",
+    "name": API_KEY_HEADER,
+    "description": (
+        "An API key of the gateway (`kitrading keys create --scope read|write|admin` prints one). "
+        "Needed only once the gateway has keys: then every call but health and docs needs one "
+        "(`Authorization: Bearer <key>` works too). A call bound to GET needs scope `read`, any other "
+        "`write` (a few reads bound to POST, such as scoring and embedding, need only `read`); `admin` "
+        "covers both."
+    ),
 }
 
 _PATH_VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
@@ -323,10 +342,12 @@ class _Builder:
                 response_schema, _ = self.field_schema(field, response)
         if method.server_streaming:
             op["x-streaming"] = "server"
+            how = self.stream_description(path, binding, request, response)
+            op["description"] = (op["description"] + "\n\n" + how) if "description" in op else how
             ok: Schema = {
                 "description": (
                     f"A stream of `{response.full_name}` messages as Server-Sent Events: each event is one "
-                    "`data: <JSON message>` block followed by a blank line. An error ends the stream."
+                    "`data: <JSON message>` line followed by a blank line. An error ends the stream."
                 ),
                 "content": {"text/event-stream": {"schema": response_schema}},
             }
@@ -344,6 +365,120 @@ class _Builder:
             },
         }
         return path, op
+
+    # ---- streams ----
+
+    def _field_lines(self, message: Descriptor) -> list[str]:
+        """`- `name` (Type): first paragraph of its comment`, then which fields share a oneof."""
+        lines: list[str] = []
+        for field in message.fields:
+            if field.message_type is not None:
+                kind = field.message_type.name
+            elif field.enum_type is not None:
+                kind = field.enum_type.name
+            else:
+                scalar = _SCALARS[field.type]
+                kind = f"{scalar['type']}, {scalar['format']}" if "format" in scalar else str(scalar["type"])
+            if _is_repeated(field):
+                kind = f"list of {kind}"
+            comment = self.contracts.comment(f"{message.full_name}.{field.name}").split("\n\n", 1)[0]
+            text = " ".join(comment.split())
+            lines.append(f"- `{self.json_name(field)}` ({kind}){': ' + text if text else ''}")
+        for oneof in message.oneofs:
+            if not _is_synthetic(oneof):
+                names = ", ".join(f"`{self.json_name(f)}`" for f in oneof.fields)
+                lines.append(f"\nAt most one of {names} is set in each (oneof `{oneof.name}`).")
+        return lines
+
+    def _example_body(self, request: Descriptor, skip: set[str]) -> str:
+        """The fields a request cannot leave out (required, or a string of at least one character) as
+        placeholders: `{"symbol": "<symbol>", "question": "<question>"}`."""
+        body: dict[str, object] = {}
+        for field in request.fields:
+            if field.name in skip:
+                continue
+            schema, required = self.field_schema(field, request)
+            if schema.get("type") == "string" and (required or schema.get("minLength", 0) >= 1):
+                body[self.json_name(field)] = f"<{field.name}>"
+            elif required:
+                body[self.json_name(field)] = {"integer": 0, "number": 0, "boolean": False}.get(
+                    str(schema.get("type")), {}
+                )
+        return json.dumps(body)
+
+    def stream_description(
+        self, path: str, binding: HttpBinding, request: Descriptor, response: Descriptor
+    ) -> str:
+        """How to read this stream (curl, a browser) and what one event carries, as Markdown."""
+        url = re.sub(r"\{([^}]+)\}", lambda m: f"<{m.group(1)}>", path)
+        carried = self.contracts.comment(response.full_name)
+        lines = [
+            "**A Server-Sent Events stream** (`text/event-stream`): each event is one `data: <JSON>` line, "
+            f"then a blank line. Each event's JSON is one `{response.name}` (schema below). "
+            + " ".join(carried.split()),
+            "",
+            *self._field_lines(response),
+        ]
+        # A response that only wraps one message (`{"event": {...}}`): describe that message too.
+        only = response.fields[0] if len(response.fields) == 1 else None
+        nested = only.message_type if only is not None else None
+        if only is not None and nested is not None and nested.full_name not in _WELL_KNOWN:
+            comment = " ".join(self.contracts.comment(nested.full_name).split())
+            lines += ["", f"`{self.json_name(only)}` holds one `{nested.name}`. {comment}".rstrip()]
+            lines += ["", *self._field_lines(nested)]
+        lines += ["", "Read it as it arrives with `curl -N` (no buffering):", "", "```sh"]
+        if binding.verb == "get":
+            lines += [
+                f"curl -N '{EXAMPLE_ORIGIN}{url}'",
+                "```",
+                "",
+                "or in a page served by the gateway (same origin) with `EventSource`, which reconnects "
+                "when a stream ends: close it after the last event you need.",
+                "",
+                "```js",
+                f"const events = new EventSource('{url}');",
+                "events.onmessage = (e) => console.log(JSON.parse(e.data));",
+                "```",
+                "",
+                "`EventSource` cannot send headers: where the gateway needs API keys, read the stream with "
+                f"`fetch` and the `{API_KEY_HEADER}` header (as below), or "
+                f'`curl -N -H "{API_KEY_HEADER}: $KEY"`.',
+            ]
+        else:
+            top_level = {v.split(".", 1)[0] for v in openapi_path(binding.template)[1]}
+            body = self._example_body(request, top_level)
+            lines += [
+                f"curl -N -H 'content-type: application/json' -d '{body}' '{EXAMPLE_ORIGIN}{url}'",
+                "```",
+                "",
+                "or in a page served by the gateway with `fetch` (`EventSource` can only GET):",
+            ]
+        verb = binding.verb.upper()
+        request_body = "" if binding.verb == "get" else ", body: JSON.stringify(request)"
+        content_type = "" if binding.verb == "get" else "'content-type': 'application/json', "
+        request_note = "" if binding.verb == "get" else f"; request: the body (`{request.name}`)"
+        lines += [
+            "",
+            "```js",
+            f"// key: your API key (leave the header out where the gateway has none){request_note}",
+            f"const response = await fetch('{url}', {{ method: '{verb}', "
+            f"headers: {{ {content_type}'{API_KEY_HEADER}': key }}{request_body} }});",
+            "const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();",
+            "let buffer = '';",
+            "for (;;) {",
+            "  const { value, done } = await reader.read();",
+            "  if (done) break;",
+            "  buffer += value;",
+            "  const blocks = buffer.split('\\n\\n');",
+            "  buffer = blocks.pop();",
+            "  for (const block of blocks) console.log(JSON.parse(block.replace(/^data: ?/, '')));",
+            "}",
+            "```",
+            "",
+            "*Try it out* here shows the events only once the stream has ended (a finished job, a complete "
+            "answer); a live watch never ends, so follow it with `curl -N`.",
+        ]
+        return "\n".join(lines)
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
@@ -442,7 +577,11 @@ def build_openapi(
         "servers": [{"url": "/"}],
         "tags": tags,
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": dict(sorted(builder.schemas.items()))},
+        "components": {
+            "schemas": dict(sorted(builder.schemas.items())),
+            "securitySchemes": {API_KEY_SCHEME: _API_KEY},
+        },
+        "security": [{API_KEY_SCHEME: []}],
         "x-kitrading": {
             "service": service.name,
             "prefix": service.prefix,

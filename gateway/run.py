@@ -22,9 +22,9 @@ import yaml
 from gateway import envoy_config
 from gateway.dashboard import DashboardService, dashboard_pages
 from gateway.descriptors import DEFAULT_DESCRIPTOR_PATH, Contracts
-from gateway.docs import CONTENT_SECURITY_POLICY, IndexEntry, render_index, render_service_page
+from gateway.docs import IndexEntry, docs_pages
 from gateway.envoy_config import GatewaySettings, Page
-from gateway.openapi import build_openapi, dumps
+from gateway.openapi import build_openapi
 from kitrading.mesh import SERVICES, ServiceInfo
 
 
@@ -50,30 +50,23 @@ def envoy_binary() -> str:
 def build_pages(
     contracts: Contracts, registry: Sequence[ServiceInfo], settings: GatewaySettings
 ) -> list[Page]:
-    """`/` (the dashboard and its files, `gateway.dashboard`), `/docs` (the API index), and
-    `/<prefix>/docs` + `/<prefix>/openapi.json` for every service with contracts."""
-    html_headers = (("content-security-policy", CONTENT_SECURITY_POLICY),)
+    """`/` (the dashboard and its files, `gateway.dashboard`), and the API docs (`gateway.docs`):
+    `/docs` (the index), `/<prefix>/docs` (Swagger UI) + `/<prefix>/openapi.json` for every service
+    with contracts, Swagger UI's files under `/docs/ui/`."""
     documented = {s.mesh.name for s in contracts.routed_services(registry)}
-    pages: list[Page] = []
-    for service in registry:
-        if service.name not in documented:
-            continue
-        spec = build_openapi(
-            contracts, service, preserve_proto_field_names=settings.preserve_proto_field_names
-        )
-        pages.append(Page(f"/{service.prefix}/openapi.json", "application/json", dumps(spec)))
-        docs = f"/{service.prefix}/docs"
-        aliases = (f"/{service.prefix}", f"/{service.prefix}/", f"{docs}/")
-        pages.append(Page(docs, "text/html; charset=utf-8", render_service_page(spec), html_headers, aliases))
+    specs = {
+        s.name: build_openapi(contracts, s, preserve_proto_field_names=settings.preserve_proto_field_names)
+        for s in registry
+        if s.name in documented
+    }
     entries = [
         IndexEntry(s.name, s.prefix, s.title, s.grpc_service, s.implemented, s.name in documented)
         for s in registry
     ]
-    index = Page("/docs", "text/html; charset=utf-8", render_index(entries), html_headers, ("/docs/",))
     dashboard = dashboard_pages(
         [DashboardService(s.name, s.prefix, s.title, s.implemented, s.name in documented) for s in registry]
     )
-    return [*dashboard, index, *pages]
+    return [*dashboard, *docs_pages(entries, specs)]
 
 
 def build_config(
@@ -111,7 +104,9 @@ def build_config(
 def render_config(config: Mapping[str, Any], fmt: str = "yaml") -> str:
     if fmt == "json":
         return json.dumps(config, indent=1) + "\n"
-    return str(yaml.safe_dump(dict(config), sort_keys=False, width=120))
+    # libyaml's emitter where PyYAML has it: the pure-Python one takes seconds over the inline pages.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return str(yaml.dump(dict(config), Dumper=dumper, sort_keys=False, width=120))
 
 
 def write_config(

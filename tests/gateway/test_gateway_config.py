@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from gateway import METHOD_TIMEOUTS, GatewaySettings, build_config, envoy_comman
 from gateway.__main__ import main
 from gateway.dashboard import ASSET_PREFIX, CHARTS_PATH
 from gateway.descriptors import Contracts
-from gateway.docs import render_service_page
+from gateway.docs import SWAGGER_UI_FILES, UI_PREFIX, render_service_page
 from gateway.envoy_config import TRANSCODER
 from gateway.openapi import build_openapi, generate, openapi_path
 from kitrading.mesh import SERVICES, service
@@ -175,11 +176,14 @@ def test_pages_are_direct_responses_outside_the_transcoder(
     # the dashboard's modules, stylesheet and the chart library (gateway.dashboard)
     assets = {path for path in pages if path.startswith(ASSET_PREFIX)}
     assert CHARTS_PATH in assets and f"{ASSET_PREFIX}app.js" in assets and f"{ASSET_PREFIX}app.css" in assets
-    assert set(pages) == expected | assets
+    # Swagger UI's files from the swagger-ui-bundle package and ours (gateway.docs)
+    swagger = {path for path in pages if path.startswith(UI_PREFIX)}
+    assert swagger == {UI_PREFIX + name for name in (*SWAGGER_UI_FILES, "docs.js", "docs.css")}
+    assert set(pages) == expected | assets | swagger
     limit = _hcm(config)["route_config"]["max_direct_response_body_size_bytes"]
     for route in pages.values():
         assert route["typed_per_filter_config"][TRANSCODER]["disabled"] is True
-        assert len(route["direct_response"]["body"]["inline_string"].encode()) <= limit
+        assert len(base64.b64decode(route["direct_response"]["body"]["inline_bytes"])) <= limit
     redirects = [r for r in routes if "redirect" in r]
     assert {r["match"]["path"] for r in redirects} >= {"/data", "/data/", "/data/docs/", "/docs/"}
     assert all(r["typed_per_filter_config"][TRANSCODER]["disabled"] for r in redirects)
@@ -284,6 +288,7 @@ def test_openapi_per_service(contracts: Contracts, name: str) -> None:
     assert not re.search(r"""(src|href)=["']https?://""", html), (
         "docs must not load anything from the network"
     )
+    assert f'data-url="/{info.prefix}/openapi.json"' in html
 
 
 def test_openapi_data_details(contracts: Contracts) -> None:

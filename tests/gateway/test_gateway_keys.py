@@ -142,7 +142,8 @@ async def test_a_write_or_admin_key_writes(keyed: Gateway, keys: tuple[KeyStore,
 
 async def test_health_and_docs_need_no_key(keyed: Gateway) -> None:
     async with keyed.client() as client:
-        for path in ("/data/health", "/gateway/health", "/data/docs", "/data/openapi.json", "/"):
+        pages = ("/data/docs", "/data/openapi.json", "/docs", "/docs/ui/swagger-ui-bundle.js", "/")
+        for path in ("/data/health", "/gateway/health", *pages):
             assert (await client.get(path)).status_code == 200, path
         assert (await client.get("/data/")).status_code == 302
 

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from gateway.descriptors import Contracts
+from gateway.docs import DOCS_CSP, swagger_ui
 
 from .conftest import Gateway
 from .fake_data import EVENT_GAP_S, DataMessages
@@ -242,15 +243,25 @@ async def _until_status(client: object, path: str, status: int, *, within_s: flo
 # ---- docs, OpenAPI, index, admin ----
 
 
-async def test_docs_page_is_html(gateway: Gateway) -> None:
+async def test_docs_page_is_swagger_ui(gateway: Gateway) -> None:
     async with gateway.client() as client:
         response = await client.get("/data/docs")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
-    assert "content-security-policy" in response.headers
-    text = response.text
-    assert text.startswith("<!doctype html>")
-    assert "/api/v1/symbols" in text and "ListSymbols" in text
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["content-security-policy"] == DOCS_CSP
+        text = response.text
+        assert text.startswith("<!doctype html>")
+        assert 'data-url="/data/openapi.json"' in text
+        # Swagger UI's files from the swagger-ui-bundle package, whole (1 MB over the 4 KiB default)
+        bundle = await client.get("/docs/ui/swagger-ui-bundle.js")
+        assert bundle.status_code == 200
+        assert bundle.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert bundle.headers["x-content-type-options"] == "nosniff"
+        files = swagger_ui()
+        assert files is not None
+        assert bundle.text == files[0]["swagger-ui-bundle.js"]
+        css = await client.get("/docs/ui/swagger-ui.css")
+        assert css.headers["content-type"] == "text/css; charset=utf-8"
 
 
 async def test_docs_aliases_redirect(gateway: Gateway) -> None:
@@ -279,6 +290,7 @@ async def test_index_lists_every_service(gateway: Gateway) -> None:
     assert response.status_code == 200
     for prefix in ("data", "nhits", "llm", "watchdog"):
         assert f"/{prefix}/health" in response.text
+    assert "/data/openapi.json" in response.text  # the dropdown's documents
 
 
 async def test_dashboard_and_its_files(gateway: Gateway) -> None:
