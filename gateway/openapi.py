@@ -456,7 +456,7 @@ class _Builder:
         verb = binding.verb.upper()
         request_body = "" if binding.verb == "get" else ", body: JSON.stringify(request)"
         content_type = "" if binding.verb == "get" else "'content-type': 'application/json', "
-        request_note = "" if binding.verb == "get" else f"; request: the body (`{request.name}`)"
+        request_note = "" if binding.verb == "get" else f"; request: the body, {request.name}"
         lines += [
             "",
             "```js",

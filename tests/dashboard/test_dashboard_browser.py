@@ -6,6 +6,8 @@ at 1280x800 written to `$KITRADING_DASHBOARD_SHOTS`, else a temp dir); the chart
 a real training's progress bar advances; the analyst's answer grows in several steps; a bad input
 shows the API's message next to its control; a service killed with SIGKILL shows as down within two
 watchdog intervals and comes back; the page weight (JavaScript < 500 KB) and the first render (< 1 s).
+The API docs (Swagger UI at `/data/docs`, `/docs`): Try it out + Execute answers 200 with no console
+error or CSP violation.
 
 `make test` installs the chromium package where it is missing; without a browser these tests skip,
 saying why. `KITRADING_DASHBOARD_README_SHOT=docs/dashboard.png` also writes the Symbol page's
@@ -303,6 +305,47 @@ def test_a_bad_input_shows_the_apis_message(page: Page, forecast_model: None) ->
     assert text.startswith("400 Bad request") and "horizon" in text, text
     # the browser logs the failed fetches themselves; nothing else may be an error
     assert all("Failed to load resource" in e for e in page.errors), page.errors
+
+
+#: Any Content-Security-Policy violation becomes a console error (Chromium logs some only as warnings).
+CSP_REPORTER = (
+    "document.addEventListener('securitypolicyviolation', (e) => "
+    "console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI))"
+)
+
+
+def test_the_api_docs_are_swagger_ui_and_try_it_out_works(page: Page, shots: Path) -> None:
+    """`/data/docs` (Swagger UI from swagger-ui-bundle, gateway/docs.py) lists the operations; Try it
+    out + Execute on GET /api/v1/symbols answers 200 through the gateway; the event stream says how to
+    read it; `/docs` switches services with the dropdown. No console error, no CSP violation."""
+    p = page.page
+    p.add_init_script(CSP_REPORTER)
+    p.goto(f"{page.base}/data/docs")
+    p.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    assert p.locator(".opblock").count() >= 10
+    op = p.locator("#operations-DataService-DataService_ListSymbols")
+    op.locator(".opblock-summary").click()
+    op.locator("button.try-out__btn").click()
+    op.locator("button.execute").click()
+    status = op.locator(".live-responses-table .response .response-col_status")
+    status.wait_for(timeout=30_000)
+    assert status.inner_text().strip() == "200", op.locator(".live-responses-table").inner_text()
+    assert op.locator(".request-url pre").inner_text() == f"{page.base}/api/v1/symbols"
+    body = op.locator(".live-responses-table .response-col_description pre").first.inner_text()
+    assert '"EURUSD"' in body, body[:300]
+    p.screenshot(path=str(shots / "api-docs.png"))
+    watch = p.locator("#operations-DataService-DataService_WatchEvents")
+    watch.locator(".opblock-summary").click()
+    described = watch.locator(".opblock-description-wrapper").first.inner_text()
+    assert "curl -N" in described and "EventSource" in described, described
+    p.goto(f"{page.base}/docs")
+    p.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    serving = f"() => document.querySelectorAll('.kt-health.kt-ok').length === {len(mesh.SERVICES)}"
+    p.wait_for_function(serving, timeout=15_000)
+    p.select_option(".topbar select", "llm")
+    p.wait_for_selector("#operations-LlmService-LlmService_AnalyzeStream", timeout=30_000)
+    assert not page.errors, (page.errors, page.failed)
+    assert not page.failed, page.failed
 
 
 def test_a_killed_service_shows_down_and_comes_back(page: Page, up: RunningMesh) -> None:
