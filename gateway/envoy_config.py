@@ -649,11 +649,23 @@ def transcoder_filter(
 BODY_CONTENT_TYPE_LUA = """
 local MAX_BODY = %(max_body)d
 local writes = {POST = true, PUT = true, PATCH = true}
+local UNQUOTABLE = "[%%c" .. string.char(34, 92) .. "]"  -- control characters, quote, backslash
 function envoy_on_request(handle)
   local headers = handle:headers()
   -- set by the gateway from a verified API key only, never taken from a client
   headers:remove("%(key_id)s")
   headers:remove("%(key_scope)s")
+  -- HTTP allows !#$%%&'*+^`|~ in a header name, gRPC metadata only [0-9a-z_.-]: forwarded, such a
+  -- header made the service's gRPC stack fail the call as INTERNAL (a 500)
+  for name, _ in pairs(headers) do
+    if string.sub(name, 1, 1) ~= ":" and string.find(name, "[^0-9a-z_%%.%%-]") then
+      local shown = string.gsub(name, UNQUOTABLE, "?")
+      -- plain text: the local reply mapper makes it the message of a google.rpc.Status (400)
+      handle:respond({[":status"] = "400", ["content-type"] = "text/plain"},
+        "header " .. shown .. " is not a valid name: gRPC metadata allows lower-case letters, digits, _ . -")
+      return
+    end
+  end
   if not writes[headers:get(":method")] then return end
   local kind = string.lower(headers:get("content-type") or "")
   local length = headers:get("content-length")

@@ -433,6 +433,25 @@ async def test_a_body_needs_a_json_content_type(gateway: Gateway) -> None:
         assert empty.status_code == 200, empty.text  # no body: nothing to declare
 
 
+async def test_a_header_name_grpc_cannot_carry_is_400_naming_it(gateway: Gateway) -> None:
+    """HTTP allows `!#$%&'*+^`|~` in a header name, gRPC metadata does not: Envoy forwarded such a
+    header and the service's gRPC stack refused the call as INTERNAL, a 500 (found by the contract
+    fuzzer). The gateway answers 400 and names the header; ordinary headers pass."""
+    async with gateway.client() as client:
+        for name in ("x*v", "a'b", "q`z", "x|y", "#dnu7~l", "c$d"):
+            response = await client.get("/api/v1/symbols/EURUSD", headers={name: "1"})
+            assert response.status_code == 400, (name, response.text)
+            error = response.json()
+            assert error["code"] == 3 and error["message"].startswith(f"header {name} is not"), error
+            assert error["details"][0]["reason"] == "INVALID_REQUEST"
+        posted = await client.post("/api/v1/symbols", json={}, headers={"x*v": "1"})
+        assert posted.status_code == 400, posted.text
+        fine = await client.get(
+            "/api/v1/symbols/EURUSD", headers={"x-request-id": "r1", "x_under.dot-9": "1", "X-Upper": "u"}
+        )
+        assert fine.status_code == 200, fine.text
+
+
 async def test_a_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
     async with gateway.client() as client:
         response = await client.put("/api/v1/symbols", json={})
