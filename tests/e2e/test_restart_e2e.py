@@ -5,6 +5,7 @@ own outage is measured and printed."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -75,7 +76,8 @@ def test_restart_one_service_the_other_never_notices(mesh: RunningMesh, restarte
     result = mesh.cli("restart", restarted, "--home", str(mesh.home), via_gateway=False)
     took = time.monotonic() - began
     routed = gateway_sees_it(mesh, restarted) + took
-    time.sleep(0.5)
+    routed_at = time.monotonic()
+    time.sleep(2.0)
     traffic.done.set()
     traffic.join(10)
     assert result.returncode == 0, result.stderr
@@ -94,7 +96,17 @@ def test_restart_one_service_the_other_never_notices(mesh: RunningMesh, restarte
         f"after {routed:.2f} s; its own failed calls: {len(failed)} of {len(own)} over {outage:.2f} s; "
         f"{other}: {len(others)} calls, 0 failed"
     )
-    assert own[-1][1] == 200, "serving again through the gateway"
+    # once routed again it serves: every call from 1 s after the gateway's health check saw it back
+    # (one CI run had a 503 within 0.5 s of it; the replies and access log lines below tell why next time)
+    after_routing = [(round(t - routed_at, 2), status) for t, status in own if t >= routed_at]
+    settled = [status for t, status in own if t >= routed_at + 1.0]
+    access = [line for line in mesh.log("gateway").splitlines() if re.search(r'"status": ?"?503', line)]
+    assert settled and all(status == 200 for status in settled), (
+        f"serving again through the gateway: replies after routing {after_routing}; "
+        f"503s in the access log: {access[-5:]}; {restarted} log: {mesh.log(restarted)[-1500:]}"
+    )
+    if any(status != 200 for _, status in after_routing):
+        print(f"{restarted}: failed calls right after routing: {after_routing}")
 
 
 def test_unknown_service_and_no_mesh(mesh: RunningMesh, tmp_path: Path) -> None:

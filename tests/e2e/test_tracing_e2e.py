@@ -264,8 +264,14 @@ def test_a_training_request_continues_into_its_job_and_worker_process(
     job = store.find(
         lambda s: s.name.startswith("training job ") and s.attributes.get("kitrading.job_id") == job_id
     )
+    # each process exports in batches (Envoy's every 5 s): wait for the whole chain, not its first part
     spans = store.wait_trace(
-        job.trace_id, lambda spans: any(s.service.endswith("-worker") for s in spans), timeout_s=60
+        job.trace_id,
+        lambda spans: (
+            {"kitrading-gateway", "kitrading-regime", "kitrading-regime-worker"} <= _services(spans)
+            and job.parent_id in {s.span_id for s in spans}
+        ),
+        timeout_s=60,
     )
     by_id = {s.span_id: s for s in spans}
     request = by_id[job.parent_id]
