@@ -299,5 +299,9 @@ def test_an_error_names_its_trace_which_finds_its_spans_and_log_line(
     assert data.name.endswith("/GetSymbol") and data.error
     lines = [json.loads(line) for line in up.log("data").splitlines() if line.startswith("{")]
     assert any(line.get("trace_id") == trace_id and line.get("msg") == "rpc" for line in lines)
-    gateway = [json.loads(line) for line in up.log("gateway").splitlines() if line.startswith("{")]
-    assert any(line.get("trace_id") == trace_id for line in gateway)  # Envoy's access log
+
+    def in_access_log() -> bool:  # Envoy writes its access log file in batches (up to 10 s apart)
+        lines = [json.loads(line) for line in up.log("gateway").splitlines() if line.startswith("{")]
+        return any(line.get("trace_id") == trace_id for line in lines)
+
+    _wait(in_access_log, 30, f"trace {trace_id} in the gateway's access log")
