@@ -13,7 +13,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 BREAKING_AGAINST ?= .git\#ref=HEAD~1
 
-.PHONY: deps up test test-fast timescaledb chromium promtool generate check-generated lint format breaking bench clean-venv
+.PHONY: deps up test test-fast timescaledb chromium promtool generate check-generated lint format breaking bench clean-venv sdk
 
 $(STAMP): pyproject.toml deploy/llama_cpp.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ breaking: deps
 	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos/kitrading 2>/dev/null; then \
 	  $(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)' && echo "buf breaking: compatible with $(BREAKING_AGAINST)"; \
 	else echo "buf breaking: no earlier contracts to compare with"; fi
+
+# The client SDK alone as a wheel, kitrading-sdk (clients/pyproject.toml; docs/sdk.md): clients/dist/.
+sdk: deps
+	@rm -rf clients/build
+	$(PIP) wheel -q --no-deps --no-build-isolation -w clients/dist ./clients
+	@ls -l clients/dist/kitrading_sdk-*.whl
 
 # Each prints ratios measured in one run against its own baseline (docs/benchmarks.md).
 bench: deps
