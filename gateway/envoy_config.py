@@ -63,6 +63,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     RuntimeUInt32,
     SocketAddress,
     SubstitutionFormatString,
+    TransportSocket,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     HttpProtocolOptions as CoreHttpProtocolOptions,
@@ -102,11 +103,13 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RetryPolicyRetryHostPredicate,
     Route,
     RouteAction,
+    RouteActionClusterNotFoundResponseCode,
     RouteConfiguration,
     RouteMatch,
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
     GrpcJsonTranscoder,
     GrpcJsonTranscoderPrintOptions,
@@ -139,6 +142,11 @@ from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.fixed_heap.v3 import FixedHeapConfig
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+)
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
@@ -170,6 +178,8 @@ HEALTH_CHECK = "envoy.filters.http.health_check"
 LUA = "envoy.filters.http.lua"
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 RBAC = "envoy.filters.http.rbac"
+CORS = "envoy.filters.http.cors"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 #: The jwt_authn provider of the gateway's API keys, and where it puts a verified key's claims
 #: (dynamic metadata of JWT_AUTHN, read by the RBAC filter).
 JWT_PROVIDER = "kitrading"
@@ -268,6 +278,60 @@ def check_exposure(address: str, allow_unauthenticated: bool, keys_configured: b
     )
 
 
+TLS_CERT_FILE = "KITRADING_GATEWAY_TLS_CERT_FILE"
+TLS_KEY_FILE = "KITRADING_GATEWAY_TLS_KEY_FILE"
+CORS_ORIGINS = "KITRADING_GATEWAY_CORS_ORIGINS"
+#: ALPN offered by the TLS listener: HTTP/2 (gRPC, and JSON/grpc-web from clients that speak it) and
+#: HTTP/1.1 (curl --http1.1, browsers' grpc-web and JSON over HTTP/1.1).
+TLS_ALPN = ("h2", "http/1.1")
+
+
+def _read_pem(setting: str, path: str, marker: str, what: str) -> None:
+    """ConfigError naming `setting` unless `path` is a readable PEM file holding `marker`."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}={path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{setting}={path}: cannot be read ({exc.strerror or exc})") from None
+    if "-----BEGIN " not in text or marker not in text:
+        raise ConfigError(f"{setting}={path}: not a PEM {what} (no '-----BEGIN ...{marker}' block)")
+
+
+def check_tls(cert_file: str | None, key_file: str | None) -> None:
+    """ConfigError for half a TLS setting, or a certificate or key that is missing, unreadable or not PEM."""
+    if bool(cert_file) != bool(key_file):
+        given, missing = (TLS_CERT_FILE, TLS_KEY_FILE) if cert_file else (TLS_KEY_FILE, TLS_CERT_FILE)
+        raise ConfigError(
+            f"{given} is set but {missing} is not: TLS at the gateway needs both the certificate "
+            "(chain) file and its private key file, PEM (`kitrading up --tls` makes a self-signed pair)"
+        )
+    if cert_file and key_file:
+        _read_pem(TLS_CERT_FILE, cert_file, "CERTIFICATE-----", "certificate")
+        _read_pem(TLS_KEY_FILE, key_file, "PRIVATE KEY-----", "private key")
+
+
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?$", re.IGNORECASE)
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """`KITRADING_GATEWAY_CORS_ORIGINS`: origins separated by commas or spaces, each
+    `http(s)://host[:port]` (no path, no `*`: any web page could then drive the gateway)."""
+    origins = []
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        origin = item.rstrip("/")
+        if not _ORIGIN.match(origin):
+            raise ConfigError(
+                f"{CORS_ORIGINS}: {item!r} is not an origin; expected scheme://host[:port], e.g. "
+                "https://app.example.com or http://localhost:5173 (no path, no wildcard)"
+            )
+        origins.append(origin.lower())
+    return tuple(dict.fromkeys(origins))
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything about the gateway that a deployment or a test may change."""
@@ -328,9 +392,20 @@ class GatewaySettings:
     scope_overrides: Mapping[str, str] = field(default_factory=lambda: dict(SCOPE_OVERRIDES))
     #: Envoy's OpenTelemetry tracer (`gateway.tracing`): the standard OTEL_* variables; off by default.
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    #: TLS on the listener (`KITRADING_GATEWAY_TLS_CERT_FILE`, `KITRADING_GATEWAY_TLS_KEY_FILE`): PEM
+    #: certificate chain and private key, both or neither; Envoy reads them at start. None: plain
+    #: HTTP/1.1 and h2c.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: Origins other than the gateway's own whose pages may call it (CORS,
+    #: `KITRADING_GATEWAY_CORS_ORIGINS`); the dashboard is same-origin and needs none.
+    cors_allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_exposure(self.listen_address, self.allow_unauthenticated, self.api_keys is not None)
+        check_tls(self.tls_cert_file, self.tls_key_file)
+        # normalised (lower case, no trailing slash, no duplicates) and checked like the variable
+        object.__setattr__(self, "cors_allowed_origins", parse_origins(",".join(self.cors_allowed_origins)))
         for name, scope in self.scope_overrides.items():
             if scope not in SCOPES:
                 raise ConfigError(f"scope of {name}: {scope!r}, expected one of {', '.join(SCOPES)}")
@@ -344,7 +419,9 @@ class GatewaySettings:
         (9901), `KITRADING_SERVICE_HOST` (127.0.0.1) and `KITRADING_<NAME>_HOST` per service
         (e.g. `KITRADING_DATA_HOST=data` in compose); ports come from the registry (`KITRADING_<NAME>_PORT`).
         API keys from the key store (`gateway.keys.KeyStore.from_env`: `KITRADING_GATEWAY_KEYS_FILE`,
-        `KITRADING_GATEWAY_SIGNING_KEY_FILE`, default `$KITRADING_HOME/secrets/`).
+        `KITRADING_GATEWAY_SIGNING_KEY_FILE`, default `$KITRADING_HOME/secrets/`). TLS from
+        `KITRADING_GATEWAY_TLS_CERT_FILE` + `KITRADING_GATEWAY_TLS_KEY_FILE`; CORS origins from
+        `KITRADING_GATEWAY_CORS_ORIGINS` (comma-separated).
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {"port": gateway_port(source)}
@@ -360,6 +437,11 @@ class GatewaySettings:
             values["service_host"] = source["KITRADING_SERVICE_HOST"]
         values["api_keys"] = KeyStore.from_env(source).api_keys()
         values["tracing"] = TracingSettings.from_env(source)
+        for name, key in ((TLS_CERT_FILE, "tls_cert_file"), (TLS_KEY_FILE, "tls_key_file")):
+            if source.get(name, "").strip():
+                values[key] = os.path.abspath(os.path.expanduser(source[name].strip()))
+        if source.get(CORS_ORIGINS, "").strip():
+            values["cors_allowed_origins"] = parse_origins(source[CORS_ORIGINS])
         hosts = {
             s.name: source[f"KITRADING_{s.name.upper()}_HOST"]
             for s in SERVICES
@@ -573,6 +655,82 @@ def page_routes(pages: Sequence[Page], *, keys: bool = False) -> list[Route]:
         ]
         + not_allowed
     )
+
+
+# ---- CORS ----
+
+#: What a page of an allowed origin may send and read: JSON and grpc-web calls with an API key.
+CORS_ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
+CORS_ALLOW_HEADERS = (
+    f"content-type, {API_KEY_HEADER}, authorization, x-grpc-web, x-user-agent, grpc-timeout, "
+    "x-request-id, traceparent"
+)
+CORS_EXPOSE_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, retry-after, x-request-id"
+CORS_MAX_AGE_S = 600
+
+
+def cors_policy(settings: GatewaySettings) -> CorsPolicy | None:
+    """The virtual host's CORS policy: exactly the configured origins, no credentials (a key travels
+    in a header, never a cookie). None without origins: the CORS filter adds nothing, so a browser
+    lets no other origin read an answer, and a preflight gets no `Access-Control-Allow-*`."""
+    if not settings.cors_allowed_origins:
+        return None
+    return CorsPolicy(
+        allow_origin_string_match=[StringMatcher(exact=o) for o in settings.cors_allowed_origins],
+        allow_methods=CORS_ALLOW_METHODS,
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        max_age=str(CORS_MAX_AGE_S),
+        allow_credentials=False,
+    )
+
+
+#: The header the CORS route takes its cluster from. No request reaches the router with it: a `!` in
+#: a header name is refused (400) by the Lua filter (`BODY_CONTENT_TYPE_LUA`), so the route never
+#: forwards, and a request that nothing else serves is 404 (cluster not found).
+CORS_NO_CLUSTER_HEADER = "kitrading!no-cluster"
+
+
+def cors_route(settings: GatewaySettings) -> list[Route]:
+    """The last route, with CORS origins only: any request carrying `Origin` that no other route
+    takes. The CORS filter, which runs before the transcoder, finds its policy through the route of
+    the path as sent, and only on a forwarding route (a direct response has no route entry); a JSON
+    path (`/api/v1/symbols`) has no route until the transcoder rewrites it (then its gRPC route
+    serves it), so without this one the filter would add no header and answer no preflight."""
+    if not settings.cors_allowed_origins:
+        return []
+    return [
+        Route(
+            name="cors",
+            match=RouteMatch(prefix="/", headers=[HeaderMatcher(name="origin", present_match=True)]),
+            route=RouteAction(
+                cluster_header=CORS_NO_CLUSTER_HEADER,
+                cluster_not_found_response_code=RouteActionClusterNotFoundResponseCode.NOT_FOUND,
+            ),
+        )
+    ]
+
+
+# ---- TLS ----
+
+
+def tls_transport_socket(settings: GatewaySettings) -> TransportSocket | None:
+    """TLS on the listener from the settings' PEM files (None without them), ALPN h2 + http/1.1:
+    the connection manager's AUTO codec then speaks whatever the client negotiated."""
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        return None
+    context = DownstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            tls_certificates=[
+                TlsCertificate(
+                    certificate_chain=DataSource(filename=os.path.abspath(settings.tls_cert_file)),
+                    private_key=DataSource(filename=os.path.abspath(settings.tls_key_file)),
+                )
+            ],
+            alpn_protocols=list(TLS_ALPN),
+        )
+    )
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_any(context))
 
 
 # ---- HTTP filters ----
@@ -820,6 +978,9 @@ def http_filters(
 ) -> list[HttpFilter]:
     authn, rbac = auth_filters(services, settings)
     return [
+        # first: it answers an allowed origin's preflight before any check, and its response headers
+        # reach every answer, the other filters' own (401, 415, health) included
+        HttpFilter(name=CORS, typed_config=_any(Cors())),
         *health_filters(registry, settings),
         body_content_type_filter(settings.max_request_body_bytes),
         HttpFilter(name=GRPC_WEB, typed_config=_any(GrpcWeb())),
@@ -1151,6 +1312,14 @@ def access_logs(settings: GatewaySettings) -> list[AccessLog]:
 # ---- listener, clusters, bootstrap ----
 
 
+def virtual_host(routes: list[Route], settings: GatewaySettings) -> VirtualHost:
+    host = VirtualHost(name="mesh", domains=["*"], routes=routes)
+    policy = cors_policy(settings)
+    if policy is not None:
+        host.typed_per_filter_config = {CORS: _any(policy)}
+    return host
+
+
 def connection_manager(
     routes: list[Route],
     filters: list[HttpFilter],
@@ -1180,7 +1349,7 @@ def connection_manager(
             name="gateway",
             # Default 4 KiB; the docs pages and OpenAPI documents are inline direct responses.
             max_direct_response_body_size_bytes=max(64 * 1024, 2 * largest_page),
-            virtual_hosts=[VirtualHost(name="mesh", domains=["*"], routes=routes)],
+            virtual_hosts=[virtual_host(routes, settings)],
         ),
         http_filters=filters,
         local_reply_config=local_reply_config(registry, services, settings),
@@ -1324,16 +1493,17 @@ def bootstrap(
     """The whole bootstrap: one listener, one cluster per registry service, admin, overload manager."""
     keys = settings.api_keys is not None
     routes = page_routes(pages, keys=keys) + service_routes(services, settings) + reflection_routes(settings)
+    routes += cors_route(settings)
     filters = http_filters(registry, descriptor, [s.full_name for s in services], settings, services)
     hcm = connection_manager(routes, filters, registry, pages, settings, services)
+    chain = FilterChain(
+        filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))]
+    )
+    tls = tls_transport_socket(settings)
+    if tls is not None:  # every connection must speak TLS: plain HTTP to this port fails its handshake
+        chain.transport_socket = tls
     listener = Listener(
-        name="gateway",
-        address=_socket(settings.listen_address, settings.port),
-        filter_chains=[
-            FilterChain(
-                filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))]
-            )
-        ],
+        name="gateway", address=_socket(settings.listen_address, settings.port), filter_chains=[chain]
     )
     return Bootstrap(
         node=Node(id=settings.node_id, cluster="kitrading"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,9 @@ TARGET_ENV = "KITRADING_TARGET"
 API_KEY_ENV = "KITRADING_API_KEY"
 API_KEY_FILE_ENV = "KITRADING_API_KEY_FILE"
 API_KEY_METADATA = "x-api-key"
+#: A PEM file of the CA (or the self-signed certificate) of a gateway that serves TLS: set, the
+#: client dials with TLS trusting it (`kitrading up --tls` prints it).
+TLS_CA_ENV = "KITRADING_TLS_CA"
 DEFAULT_TIMEOUT = 30.0
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -68,6 +72,43 @@ def with_api_key(
     if not key or any(name.lower() == API_KEY_METADATA for name, _ in metadata or ()):
         return metadata
     return [*(metadata or ()), (API_KEY_METADATA, key)]
+
+
+def tls_ca_from_env(env: Mapping[str, str] | None = None) -> Path | None:
+    """`$KITRADING_TLS_CA` as a path, else None."""
+    source = os.environ if env is None else env
+    path = source.get(TLS_CA_ENV, "").strip()
+    return Path(path).expanduser() if path else None
+
+
+def tls_credentials(tls_ca: str | os.PathLike[str]) -> grpc.ChannelCredentials:
+    """TLS credentials trusting the PEM certificate(s) in `tls_ca` (a CA, or a self-signed certificate)."""
+    try:
+        roots = Path(tls_ca).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"TLS CA file {tls_ca}: {exc.strerror or exc}") from None
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
+def _channel_security(
+    credentials: grpc.ChannelCredentials | None,
+    tls_ca: str | os.PathLike[str] | bool | None,
+    target: str | None = None,
+) -> tuple[grpc.ChannelCredentials | None, Path | None]:
+    """(credentials or None for plaintext, the CA file trusted). `tls_ca`: a PEM file; None: the
+    environment's (`KITRADING_TLS_CA`), except for a `target` naming a service (`data`: its own
+    plaintext port); False: plaintext whatever the environment says; True: TLS trusting the system's
+    roots. Explicit `credentials` win."""
+    if tls_ca is None and target is not None and (target in mesh.BY_NAME or target in mesh.BY_PREFIX):
+        tls_ca = False
+    if credentials is not None or tls_ca is False:
+        return credentials, None
+    if tls_ca is True:
+        return grpc.ssl_channel_credentials(), None
+    path = Path(tls_ca) if tls_ca is not None else tls_ca_from_env()
+    if path is None:
+        return None, None
+    return tls_credentials(path), path
 
 
 class HealthStatus(enum.StrEnum):
@@ -120,14 +161,19 @@ def _health_service_name(service: str) -> str:
     return service
 
 
-def _health_url(target: str, service: str) -> str | None:
+def _health_url(target: str, service: str, *, tls: bool = False) -> str | None:
     """The gateway's `/<prefix>/health` URL for a registry service, else None."""
     if not (service in mesh.BY_NAME or service in mesh.BY_PREFIX):
         found = [s for s in mesh.SERVICES if s.grpc_service == service]
         if not found:
             return None
         service = found[0].name
-    return f"http://{target}/{mesh.service(service).prefix}/health"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{target}/{mesh.service(service).prefix}/health"
+
+
+def _http_verify(tls_ca: Path | None) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else True
 
 
 def _http_health(status_code: int) -> HealthStatus:
@@ -149,9 +195,14 @@ class Client(SyncServices):
         target: str,
         timeout: float | None = DEFAULT_TIMEOUT,
         metadata: Metadata | None = None,
+        tls: bool = False,
+        tls_ca: Path | None = None,
     ) -> None:
         self.target = target
         self.channel = channel
+        #: whether the channel speaks TLS, and the CA file it trusts (None: the system's roots)
+        self.tls = tls
+        self.tls_ca = tls_ca
         self._transport = SyncTransport(channel, timeout=timeout, metadata=metadata)
         super().__init__(self._transport)
 
@@ -171,12 +222,14 @@ class Client(SyncServices):
         except NotFoundError:
             return HealthStatus.SERVICE_UNKNOWN
         except UnimplementedError:
-            url = _health_url(self.target, service)
+            url = _health_url(self.target, service, tls=self.tls)
             if url is None:
                 raise
             wait = self._transport.timeout if timeout is None else timeout
             try:
-                return _http_health(httpx.get(url, timeout=wait).status_code)
+                return _http_health(
+                    httpx.get(url, timeout=wait, verify=_http_verify(self.tls_ca)).status_code
+                )
             except httpx.HTTPError:
                 return HealthStatus.UNKNOWN
         return _health_status(response)
@@ -206,9 +259,14 @@ class AsyncClient(AsyncServices):
         target: str,
         timeout: float | None = DEFAULT_TIMEOUT,
         metadata: Metadata | None = None,
+        tls: bool = False,
+        tls_ca: Path | None = None,
     ) -> None:
         self.target = target
         self.channel = channel
+        #: whether the channel speaks TLS, and the CA file it trusts (None: the system's roots)
+        self.tls = tls
+        self.tls_ca = tls_ca
         self._transport = AsyncTransport(channel, timeout=timeout, metadata=metadata)
         super().__init__(self._transport)
 
@@ -222,12 +280,12 @@ class AsyncClient(AsyncServices):
         except NotFoundError:
             return HealthStatus.SERVICE_UNKNOWN
         except UnimplementedError:
-            url = _health_url(self.target, service)
+            url = _health_url(self.target, service, tls=self.tls)
             if url is None:
                 raise
             wait = self._transport.timeout if timeout is None else timeout
             try:
-                async with httpx.AsyncClient(timeout=wait) as http:
+                async with httpx.AsyncClient(timeout=wait, verify=_http_verify(self.tls_ca)) as http:
                     return _http_health((await http.get(url)).status_code)
             except httpx.HTTPError:
                 return HealthStatus.UNKNOWN
@@ -256,23 +314,35 @@ def connect(
     metadata: Sequence[tuple[str, str]] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     api_key: str | None = None,
+    tls_ca: str | os.PathLike[str] | bool | None = None,
 ) -> Client:
     """A blocking client of the mesh.
 
     `target`: `host:port` of the gateway or of one service (default `$KITRADING_TARGET`, else
     `localhost:3000`). `timeout`: default deadline in seconds of every unary call (streams have none
     unless a call passes one). `retries`: retry idempotent (GET) methods on UNAVAILABLE, up to 4
-    attempts with 0.1-2 s backoff. `metadata`: sent with every call. `credentials`: TLS. `api_key`: the
-    gateway's API key, sent as `x-api-key` metadata (default `$KITRADING_API_KEY`, else the file
-    `$KITRADING_API_KEY_FILE`; none on a gateway without keys).
+    attempts with 0.1-2 s backoff. `metadata`: sent with every call. `credentials`: TLS credentials of
+    your own. `tls_ca`: a gateway serving TLS, trusted through this PEM CA (or self-signed certificate)
+    file (default `$KITRADING_TLS_CA`, else plaintext; `True`: TLS with the system's roots; `False`:
+    plaintext whatever the environment says). `api_key`: the gateway's API key, sent as `x-api-key`
+    metadata (default `$KITRADING_API_KEY`, else the file `$KITRADING_API_KEY_FILE`; none on a
+    gateway without keys).
     """
     resolved = resolve_target(target)
     options = channel_options(retries)
+    credentials, ca = _channel_security(credentials, tls_ca, target or os.environ.get(TARGET_ENV))
     if credentials is None:
         channel = grpc.insecure_channel(resolved, options=options)
     else:
         channel = grpc.secure_channel(resolved, credentials, options=options)
-    return Client(channel, target=resolved, timeout=timeout, metadata=with_api_key(metadata, api_key))
+    return Client(
+        channel,
+        target=resolved,
+        timeout=timeout,
+        metadata=with_api_key(metadata, api_key),
+        tls=credentials is not None,
+        tls_ca=ca,
+    )
 
 
 def connect_async(
@@ -283,12 +353,21 @@ def connect_async(
     metadata: Sequence[tuple[str, str]] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     api_key: str | None = None,
+    tls_ca: str | os.PathLike[str] | bool | None = None,
 ) -> AsyncClient:
     """The `asyncio` client; same arguments as `connect()`. Use it as `async with connect_async() as c:`."""
     resolved = resolve_target(target)
     options = channel_options(retries)
+    credentials, ca = _channel_security(credentials, tls_ca, target or os.environ.get(TARGET_ENV))
     if credentials is None:
         channel = grpc.aio.insecure_channel(resolved, options=options)
     else:
         channel = grpc.aio.secure_channel(resolved, credentials, options=options)
-    return AsyncClient(channel, target=resolved, timeout=timeout, metadata=with_api_key(metadata, api_key))
+    return AsyncClient(
+        channel,
+        target=resolved,
+        timeout=timeout,
+        metadata=with_api_key(metadata, api_key),
+        tls=credentials is not None,
+        tls_ca=ca,
+    )

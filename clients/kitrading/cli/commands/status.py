@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -52,7 +53,8 @@ def grpc_health(host: str, info: mesh.ServiceInfo) -> tuple[str, float | None]:
     from kitrading.client import KitradingError, connect
 
     started = time.perf_counter()
-    with connect(f"{host}:{info.port()}", timeout=CHECK_TIMEOUT, retries=False) as client:
+    # a service's own port is plaintext, even when the gateway serves TLS (KITRADING_TLS_CA)
+    with connect(f"{host}:{info.port()}", timeout=CHECK_TIMEOUT, retries=False, tls_ca=False) as client:
         try:
             status = client.health(info.grpc_service)
         except KitradingError as exc:
@@ -65,9 +67,13 @@ def grpc_health(host: str, info: mesh.ServiceInfo) -> tuple[str, float | None]:
 def gateway_health(host: str, info: mesh.ServiceInfo) -> str:
     import httpx  # not at import: it costs the CLI's start a fifth of a second
 
-    url = f"http://{host}:{mesh.gateway_port()}/{info.prefix}/health"
+    from kitrading.client.client import tls_ca_from_env
+
+    ca = tls_ca_from_env()  # the gateway serves TLS (`kitrading up --tls` prints it)
+    scheme, verify = ("https", ssl.create_default_context(cafile=str(ca))) if ca else ("http", True)
+    url = f"{scheme}://{host}:{mesh.gateway_port()}/{info.prefix}/health"
     try:
-        response = httpx.get(url, timeout=CHECK_TIMEOUT)
+        response = httpx.get(url, timeout=CHECK_TIMEOUT, verify=verify)
     except httpx.HTTPError:
         return "UNREACHABLE"
     return "SERVING" if response.is_success else f"HTTP {response.status_code}"
