@@ -59,6 +59,18 @@ class RunningMesh:
         path = self.home / "logs" / f"{child}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def wait_for_samples(self, timeout_s: float = 180.0) -> None:
+        """Wait until Data serves the bundled samples (imported in the background of readiness)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = httpx.get(
+                f"{self.gateway}/api/v1/symbols/EURUSD/stats", params={"timeframe": "TIMEFRAME_H1"}, timeout=5
+            )
+            if stats.status_code == 200 and int(stats.json().get("bars", 0)) > 0:
+                return
+            assert time.monotonic() < deadline, stats.text
+            time.sleep(0.5)
+
     def wait_healthy(self, prefix: str, timeout_s: float = 180.0) -> float:
         """Wait for `/<prefix>/health` to answer 200; returns the seconds waited."""
         start = time.monotonic()

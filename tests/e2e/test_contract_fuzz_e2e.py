@@ -16,11 +16,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from kitrading import mesh as mesh_services
@@ -42,17 +40,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     try:
         for service in SERVICES:
             running.wait_healthy(service.prefix, timeout_s=300)
-        deadline = time.monotonic() + 180
-        while True:  # the bundled samples are imported in the background: fuzz a Data with data
-            stats = httpx.get(
-                f"{running.gateway}/api/v1/symbols/EURUSD/stats",
-                params={"timeframe": "TIMEFRAME_H1"},
-                timeout=5,
-            )
-            if stats.status_code == 200 and int(stats.json().get("bars", 0)) > 0:
-                break
-            assert time.monotonic() < deadline, stats.text
-            time.sleep(0.5)
+        running.wait_for_samples()
         yield running
     finally:
         code = running.stop()

@@ -154,17 +154,7 @@ def up(collector: tuple[Collector, int]) -> Iterator[RunningMesh]:
         for s in mesh.SERVICES:
             if s.implemented:
                 running.wait_healthy(s.prefix, timeout_s=300)
-        deadline = time.monotonic() + 180
-        while True:  # the bundled samples are imported in the background of readiness
-            stats = httpx.get(
-                f"{running.gateway}/api/v1/symbols/EURUSD/stats",
-                params={"timeframe": "TIMEFRAME_H1"},
-                timeout=5,
-            )
-            if stats.status_code == 200 and int(stats.json().get("bars", 0)) > 0:
-                break
-            assert time.monotonic() < deadline, stats.text
-            time.sleep(0.5)
+        running.wait_for_samples()
         with httpx.Client(base_url=running.gateway, timeout=10.0) as client:
             # the knowledge base holds the mesh's docs (a query then asks the embedder), and the
             # regime's first-start training is done (a training request then runs at once)
