@@ -6,6 +6,9 @@
 - `database_url` (per test): a fresh, empty database on that server, dropped afterwards.
 - `health_server` (per test): a real gRPC server with only grpc.health.v1 on a free port, as
   (port, servicer); set statuses on the servicer.
+- every test (autouse): fails if it leaves a mesh setting (`KITRADING_*`, `WATCHDOG_*`) in this process's
+  environment that it did not find there; later tests would start services with it (a TLS pair left by
+  one test once made two benchmarks' gateways refuse plain HTTP, far from the cause).
 """
 
 from __future__ import annotations
@@ -26,6 +29,28 @@ import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 
 from services.runtime.embedded import _pgserver, ensure_embedded_running, start_embedded_postgres
+
+#: Prefixes of the settings the services read from the environment (`services.runtime.settings`).
+MESH_SETTING_PREFIXES = ("KITRADING_", "WATCHDOG_")
+
+
+def _mesh_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(MESH_SETTING_PREFIXES)}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_settings(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test that changes the mesh settings of this process without putting them back (code
+    under test writing `os.environ` directly: monkeypatch restores only what it set itself)."""
+    before = _mesh_settings()
+    yield
+    after = _mesh_settings()
+    if after != before:
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        os.environ.update(before)  # restore, so the next tests run on what the session started with
+        for key in after.keys() - before.keys():
+            del os.environ[key]
+        pytest.fail(f"{request.node.nodeid} left settings changed in os.environ: {', '.join(changed)}")
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,9 @@ def test_up_tls_makes_a_pair_sets_the_gateway_settings_and_prints_https_urls(
     monkeypatch.setenv("KITRADING_HOME", str(tmp_path))
     monkeypatch.setenv("KITRADING_GATEWAY_PORT", "3443")
     for name in (TLS_CERT_FILE, TLS_KEY_FILE, "WATCHDOG_GATEWAY_HEALTH_URL", "KITRADING_GATEWAY_ADMIN_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        # set first, so monkeypatch records what was there and removes what `up --tls` writes
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     assert cli_main(["up", "--tls"]) == 0
     cert, key = tmp_path / "tls" / "gateway.crt", tmp_path / "tls" / "gateway.key"
     env = seen[0]
