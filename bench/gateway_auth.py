@@ -1,13 +1,16 @@
-"""What the API-key check adds per call: the same gateway with and without keys, p50 side by side.
+"""What the API-key check and the rate limits add per call: the same gateway with and without them,
+p50 side by side.
 
     .venv/bin/python -m bench.gateway_auth [--rounds 10] [--calls 300] [--json]
 
-Two real Envoys from `gateway.run` (one worker each) in front of one upstream process (a gRPC server
+Three real Envoys from `gateway.run` (one worker each) in front of one upstream process (a gRPC server
 answering every method with an empty message, and health SERVING), on free ports: `open` is the
 loopback default without keys; `keyed` has API keys configured (jwt_authn verifies an HS256 key from
-`x-api-key`, RBAC checks its scope). The same read (`GetSymbol`) is called sequentially over native
-gRPC and over HTTP JSON; the paths are interleaved round by round so machine noise hits them alike,
-and each round's p50 of `keyed` is compared with the `open` round beside it. A write over gRPC
+`x-api-key`, RBAC checks its scope) and rate limits off; `limited` is `keyed` with the per-key rate
+limits on (`gateway.rate_limits`, buckets large enough that no call is refused: only their cost
+shows). The same read (`GetSymbol`) is called sequentially over native gRPC and over HTTP JSON; the
+paths are interleaved round by round so machine noise hits them alike, and each round's p50 is
+compared with the round beside it (`keyed` with `open`, `limited` with `keyed`). A write over gRPC
 (`UpdateSymbol` with a write key) shows the longer RBAC policy walk. No database, no service code:
 only what the gateway does differs.
 """
@@ -31,6 +34,7 @@ from bench._mesh import free_port, wait_serving
 from bench.gateway_latency import added_per_round, percentile, timed
 from gateway.envoy_config import GatewaySettings
 from gateway.keys import KeyStore
+from gateway.rate_limits import RateLimitSettings
 from gateway.run import start_envoy, stop_envoy, wait_until_ready, write_config
 from kitrading.mesh import SERVICES
 
@@ -73,7 +77,9 @@ def upstream() -> Iterator[int]:
 
 
 @contextmanager
-def envoy(folder: Path, name: str, upstream_port: int, store: KeyStore | None) -> Iterator[int]:
+def envoy(
+    folder: Path, name: str, upstream_port: int, store: KeyStore | None, limits: RateLimitSettings
+) -> Iterator[int]:
     ports = {s.name: free_port() for s in SERVICES}
     ports["data"] = upstream_port
     settings = GatewaySettings(
@@ -82,6 +88,7 @@ def envoy(folder: Path, name: str, upstream_port: int, store: KeyStore | None) -
         service_ports=ports,
         reflection_port=None,
         api_keys=store.api_keys() if store is not None else None,
+        rate_limits=limits,
     )
     path = write_config(folder / f"{name}.yaml", settings=settings)
     with (folder / f"{name}.log").open("wb") as log:
@@ -111,15 +118,21 @@ def main() -> None:
         _, write_key = store.create("write")
         store.revoke(store.create("read")[0].id)  # one revoked id, as a real store has
         data = stack.enter_context(upstream())
-        open_port = stack.enter_context(envoy(folder, "open", data, None))
-        keyed_port = stack.enter_context(envoy(folder, "keyed", data, store))
+        off = RateLimitSettings(mode="off")
+        # on, with buckets no run empties (each call still takes a token from two of them)
+        on = RateLimitSettings(mode="on", calls_per_second=1_000_000, burst=1_000_000)
+        ports = {
+            "open": stack.enter_context(envoy(folder, "open", data, None, off)),
+            "keyed": stack.enter_context(envoy(folder, "keyed", data, store, off)),
+            "limited": stack.enter_context(envoy(folder, "limited", data, store, on)),
+        }
         channels = {
             name: stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
-            for name, port in (("open", open_port), ("keyed", keyed_port))
+            for name, port in ports.items()
         }
         http = {
             name: stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10))
-            for name, port in (("open", open_port), ("keyed", keyed_port))
+            for name, port in ports.items()
         }
 
         def grpc_call(name: str, path: str, key: str | None) -> Callable[[], object]:
@@ -143,6 +156,9 @@ def main() -> None:
             "keyed gRPC write": grpc_call("keyed", UPDATE_SYMBOL, write_key),
             "open HTTP JSON read": http_call("open", None),
             "keyed HTTP JSON read": http_call("keyed", read_key),
+            "limited gRPC read": grpc_call("limited", GET_SYMBOL, read_key),
+            "limited gRPC write": grpc_call("limited", UPDATE_SYMBOL, write_key),
+            "limited HTTP JSON read": http_call("limited", read_key),
         }
         for call in paths.values():  # warm up: connections, jwt_authn's cache of verified keys
             timed(call, 50)
@@ -159,11 +175,14 @@ def main() -> None:
     }
     for kind in ("gRPC read", "gRPC write", "HTTP JSON read"):
         summary[f"keys add, {kind} (p50, ms)"] = added_per_round(samples, f"keyed {kind}", f"open {kind}")
+        summary[f"rate limits add, {kind} (p50, ms)"] = added_per_round(
+            samples, f"limited {kind}", f"keyed {kind}"
+        )
     if args.json:
         print(json.dumps(summary, indent=1))
         return
     for name, value in summary.items():
-        print(f"{name:32} {value}")
+        print(f"{name:40} {value}")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
+from gateway import rate_limits
 from gateway import tracing as gateway_tracing
 from gateway.descriptors import RoutedService, RpcMethod
 from gateway.keys import ISSUER, SCOPES, ApiKeys, KeyStore, jwks, scopes_granting
@@ -400,6 +401,15 @@ class GatewaySettings:
     #: Origins other than the gateway's own whose pages may call it (CORS,
     #: `KITRADING_GATEWAY_CORS_ORIGINS`); the dashboard is same-origin and needs none.
     cors_allowed_origins: tuple[str, ...] = ()
+    #: Per-client rate limits (`gateway.rate_limits`): on beyond loopback or with API keys by default.
+    rate_limits: rate_limits.RateLimitSettings = field(default_factory=rate_limits.RateLimitSettings)
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether the gateway applies `rate_limits` (their mode, the listener, API keys)."""
+        return self.rate_limits.active(
+            exposed=not _is_loopback(self.listen_address), keys=self.api_keys is not None
+        )
 
     def __post_init__(self) -> None:
         check_exposure(self.listen_address, self.allow_unauthenticated, self.api_keys is not None)
@@ -421,7 +431,8 @@ class GatewaySettings:
         API keys from the key store (`gateway.keys.KeyStore.from_env`: `KITRADING_GATEWAY_KEYS_FILE`,
         `KITRADING_GATEWAY_SIGNING_KEY_FILE`, default `$KITRADING_HOME/secrets/`). TLS from
         `KITRADING_GATEWAY_TLS_CERT_FILE` + `KITRADING_GATEWAY_TLS_KEY_FILE`; CORS origins from
-        `KITRADING_GATEWAY_CORS_ORIGINS` (comma-separated).
+        `KITRADING_GATEWAY_CORS_ORIGINS` (comma-separated). Rate limits from
+        `KITRADING_GATEWAY_RATE_LIMITS` and the others of `gateway.rate_limits`.
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {"port": gateway_port(source)}
@@ -437,6 +448,7 @@ class GatewaySettings:
             values["service_host"] = source["KITRADING_SERVICE_HOST"]
         values["api_keys"] = KeyStore.from_env(source).api_keys()
         values["tracing"] = TracingSettings.from_env(source)
+        values["rate_limits"] = rate_limits.RateLimitSettings.from_env(source)
         for name, key in ((TLS_CERT_FILE, "tls_cert_file"), (TLS_KEY_FILE, "tls_key_file")):
             if source.get(name, "").strip():
                 values[key] = os.path.abspath(os.path.expanduser(source[name].strip()))
@@ -988,6 +1000,12 @@ def http_filters(
         *authn,
         transcoder_filter(descriptor, service_names, settings),
         *rbac,
+        # after RBAC: a key's bucket only for a verified key; after the transcoder: by gRPC path
+        *(
+            rate_limits.rate_limit_filters(settings.rate_limits, keys=settings.api_keys is not None)
+            if settings.rate_limited
+            else []
+        ),
         HttpFilter(
             name=GRPC_STATS,
             typed_config=_any(GrpcStatsConfig(stats_for_all_methods=True, enable_upstream_stats=True)),
@@ -1200,6 +1218,67 @@ def auth_mappers(
     return mappers
 
 
+def rate_limit_mappers(settings: GatewaySettings, http_client: AccessLogFilter) -> list[ResponseMapper]:
+    """The rate limit filters' 429 (gRPC: RESOURCE_EXHAUSTED) naming the limit that was hit, for HTTP
+    clients as google.rpc.Status JSON (ErrorInfo RATE_LIMITED with the limit, RetryInfo), for gRPC ones
+    as grpc-message.
+    Empty while the gateway does not limit."""
+    if not settings.rate_limited:
+        return []
+    limits = settings.rate_limits
+    who = "API key %REQ(X-KITRADING-KEY-ID)%" if settings.api_keys is not None else "client address"
+    # Envoy's own 429 is the rate limit filters' (the RL flag is set only after the reply is mapped)
+    limited = _status_is(429)
+    expensive = _header_in(":path", rate_limits.expensive_paths(limits.expensive_methods))
+    cases: list[tuple[list[AccessLogFilter], str, dict[str, str], int]] = [
+        (
+            [limited, expensive],
+            f"rate limited: %REQ(:PATH)% starts work (training, sync, analysis, ...), at most "
+            f"{limits.expensive_per_minute} such calls a minute per {who} ({limits.expensive_burst} at "
+            f"once); retry after {limits.expensive_retry_after_s} s",
+            {
+                "limit": "expensive",
+                "perMinute": str(limits.expensive_per_minute),
+                "burst": str(limits.expensive_burst),
+                "retryAfterSeconds": str(limits.expensive_retry_after_s),
+            },
+            limits.expensive_retry_after_s,
+        ),
+        (
+            [limited],
+            f"rate limited: at most {limits.calls_per_second} calls a second per {who} "
+            f"({limits.burst} at once); retry after {limits.calls_retry_after_s} s",
+            {
+                "limit": "calls",
+                "perSecond": str(limits.calls_per_second),
+                "burst": str(limits.burst),
+                "retryAfterSeconds": str(limits.calls_retry_after_s),
+            },
+            limits.calls_retry_after_s,
+        ),
+    ]
+    mappers = []
+    for filters, message, metadata, retry_after_s in cases:
+        body = _error_body(8, message, "RATE_LIMITED", metadata)
+        # as the services' RESOURCE_EXHAUSTED with a retry delay (`services.runtime.status`)
+        body["details"].append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after_s}s"}
+        )
+        for clients in ("http", "grpc"):
+            matched = [*filters, http_client] if clients == "http" else filters
+            mappers.append(
+                ResponseMapper(
+                    filter=AccessLogFilter(and_filter=AndFilter(filters=matched))
+                    if len(matched) > 1
+                    else matched[0],
+                    body_format_override=_json_body(body)
+                    if clients == "http"
+                    else SubstitutionFormatString(text_format_source=DataSource(inline_string=message)),
+                )
+            )
+    return mappers
+
+
 def local_reply_config(
     registry: Sequence[ServiceInfo],
     services: Sequence[RoutedService] = (),
@@ -1255,6 +1334,7 @@ def local_reply_config(
     http_client = AccessLogFilter(or_filter=OrFilter(filters=[not_grpc, transcoded]))
     if settings is not None:
         mappers += auth_mappers(services, settings, http_client)
+        mappers += rate_limit_mappers(settings, http_client)
     mappers += method_mappers(services, http_client)
     for http_status, (code, reason) in [*LOCAL_ERRORS.items(), (400, (2, "GATEWAY_ERROR"))]:
         op = ComparisonFilterOp.EQ if http_status in LOCAL_ERRORS else ComparisonFilterOp.GE

@@ -2,8 +2,8 @@
 
 Message classes come from the set's own pool (no generated code), so the fake always matches the
 contracts the gateway transcodes. It serves ListSymbols (INVALID_ARGUMENT with BadRequest details for
-a bad `prefix`), UpdateSymbol and UpdateStrategy (echo the resource they got) and WatchEvents
-(three events, `EVENT_GAP_S` apart), plus gRPC health.
+a bad `prefix`), UpdateSymbol and UpdateStrategy (echo the resource they got), StartSync (an empty
+answer) and WatchEvents (three events, `EVENT_GAP_S` apart), plus gRPC health.
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ class FakeData:
         response: Message = self.m.UpdateStrategyResponse(strategy=request.strategy)
         return response
 
+    async def start_sync(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
+        response: Message = self.m.StartSyncResponse()
+        return response
+
     async def watch_events(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
         for i in range(3):
             if i:
@@ -136,6 +140,11 @@ def data_handler(contracts: Contracts) -> grpc.GenericRpcHandler:
                 fake.update_strategy,
                 request_deserializer=m.UpdateStrategyRequest.FromString,
                 response_serializer=m.UpdateStrategyResponse.SerializeToString,
+            ),
+            "StartSync": grpc.unary_unary_rpc_method_handler(
+                fake.start_sync,
+                request_deserializer=m.StartSyncRequest.FromString,
+                response_serializer=m.StartSyncResponse.SerializeToString,
             ),
             "WatchEvents": grpc.unary_stream_rpc_method_handler(
                 fake.watch_events,
