@@ -89,10 +89,13 @@ def build_children(
             bind = env.get("KITRADING_GATEWAY_BIND", "")
             host = bind if bind and bind not in ("0.0.0.0", "::") else "127.0.0.1"
             host = f"[{host}]" if ":" in host else host
-            if gateway:
-                child.env.setdefault(
-                    "WATCHDOG_GATEWAY_HEALTH_URL", f"http://{host}:{mesh.gateway_port(env)}/gateway/health"
+            if gateway:  # with TLS, Envoy's admin /ready (the watchdog need not trust the pair)
+                url = (
+                    gateway_ready_url(env)
+                    if gateway_tls(env)
+                    else f"http://{host}:{mesh.gateway_port(env)}/gateway/health"
                 )
+                child.env.setdefault("WATCHDOG_GATEWAY_HEALTH_URL", url)
     if gateway:
         from gateway.run import envoy_binary, write_config
 
@@ -183,7 +186,7 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
         keys_watcher = asyncio.create_task(
             watch_keys(supervisor, home / "run" / "envoy.yaml", env, readiness(services, env)("gateway"))
         )
-    print_urls(services, gateway=gateway)
+    print_urls(services, gateway=gateway, env=env)
     await stop.wait()
     print("\nstopping the mesh...", flush=True)
     await control.close()
@@ -220,7 +223,7 @@ def readiness(
 
             return serving
         if name == "gateway":
-            url = f"http://127.0.0.1:{mesh.gateway_port(env)}/gateway/health"
+            url = gateway_ready_url(env)
 
             async def gateway_up() -> bool:
                 try:
@@ -235,15 +238,33 @@ def readiness(
     return for_child
 
 
-def print_urls(services: Sequence[mesh.ServiceInfo], *, gateway: bool) -> None:
-    port = mesh.gateway_port()
+def gateway_tls(env: Mapping[str, str]) -> bool:
+    """Whether the gateway serves TLS (`KITRADING_GATEWAY_TLS_CERT_FILE`, as `kitrading up --tls` sets)."""
+    return bool(env.get("KITRADING_GATEWAY_TLS_CERT_FILE", "").strip())
+
+
+def gateway_ready_url(env: Mapping[str, str]) -> str:
+    """Where the launcher sees the gateway serve again after a restart: `/gateway/health` on its port,
+    or, with TLS there (a self-signed pair this process need not trust), Envoy's admin `/ready`
+    on loopback."""
+    if gateway_tls(env):
+        return f"http://127.0.0.1:{env.get('KITRADING_GATEWAY_ADMIN_PORT') or 9901}/ready"
+    return f"http://127.0.0.1:{mesh.gateway_port(env)}/gateway/health"
+
+
+def print_urls(
+    services: Sequence[mesh.ServiceInfo], *, gateway: bool, env: Mapping[str, str] | None = None
+) -> None:
+    source = os.environ if env is None else env
+    port = mesh.gateway_port(source)
+    base = f"{'https' if gateway_tls(source) else 'http'}://localhost:{port}"
     lines = ["KI Trading Mesh is starting. Logs: $KITRADING_HOME/logs/<service>.log", ""]
     if gateway:
-        lines.append(f"  gateway    http://localhost:{port}/   (HTTP/JSON, gRPC, grpc-web)")
+        lines.append(f"  gateway    {base}/   (HTTP/JSON, gRPC, grpc-web)")
     for s in services:
         lines.append(
-            f"  {s.name:<10} grpc localhost:{s.port()}   health /{s.prefix}/health   docs "
-            f"http://localhost:{port}/{s.prefix}/docs   metrics :{s.metrics_port()}/metrics"
+            f"  {s.name:<10} grpc localhost:{s.port(source)}   health /{s.prefix}/health   docs "
+            f"{base}/{s.prefix}/docs   metrics :{s.metrics_port(source)}/metrics"
         )
     lines += ["", "  kitrading status      # health of every service", "  Ctrl-C stops everything", ""]
     print("\n".join(lines), flush=True)

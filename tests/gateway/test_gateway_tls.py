@@ -243,6 +243,31 @@ def test_up_refuses_half_a_tls_setting_naming_it(
     assert f"kitrading up: {TLS_KEY_FILE} is set but {TLS_CERT_FILE} is not" in capsys.readouterr().err
 
 
+def test_the_launcher_prints_https_and_checks_a_tls_gateway_on_its_admin_ready(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Set by `up --tls` or by hand, TLS changes every URL the launcher prints, the watchdog's probe
+    and the check after a gateway restart (a key revoked) to ones that work against the pair."""
+    from kitrading.mesh import service
+    from services.launcher.mesh import build_children, gateway_ready_url, print_urls
+
+    data = [service("data"), service("watchdog")]
+    plain = {"KITRADING_GATEWAY_PORT": "3443", "KITRADING_GATEWAY_ADMIN_PORT": "9911"}
+    tls = {**plain, TLS_CERT_FILE: str(pair[0]), TLS_KEY_FILE: str(pair[1])}
+    print_urls(data, gateway=True, env=tls)
+    out = capsys.readouterr().out
+    assert "gateway    https://localhost:3443/" in out and "docs https://localhost:3443/data/docs" in out
+    assert "http://" not in out
+    print_urls(data, gateway=True, env=plain)
+    assert "gateway    http://localhost:3443/" in capsys.readouterr().out
+    assert gateway_ready_url(tls) == "http://127.0.0.1:9911/ready"
+    assert gateway_ready_url(plain) == "http://127.0.0.1:3443/gateway/health"
+    children = {c.name: c for c in build_children(data, tmp_path, dict(tls), gateway=True)}
+    assert children["watchdog"].env["WATCHDOG_GATEWAY_HEALTH_URL"] == "http://127.0.0.1:9911/ready"
+    children = {c.name: c for c in build_children(data, tmp_path, dict(plain), gateway=True)}
+    assert children["watchdog"].env["WATCHDOG_GATEWAY_HEALTH_URL"] == "http://127.0.0.1:3443/gateway/health"
+
+
 # ---- a real Envoy serving TLS ----
 
 
