@@ -1,7 +1,8 @@
 """A real HTTP/1.1 server on 127.0.0.1 speaking the EasyInsight candles format (docs/data.md).
 
 It serves whatever candles the test puts in `series`, can fail the next N requests with a status
-(`fail_next`), and records every request's query parameters.
+(`fail_next`), can take `delay_s` over each answer (a slow source, to stop a sync mid-way), and
+records every request's query parameters.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class FakeEasyInsight:
     fail_status: int = 503
     requests: list[dict[str, str]] = field(default_factory=list)
     served: int = 0  # candles returned in 200 responses
+    delay_s: float = 0.0
     _server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -47,6 +49,8 @@ class FakeEasyInsight:
                 pass  # headers: nothing we need
             _, target, _ = request_line.split(" ", 2)
             status, body = self._respond(target)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             payload = json.dumps(body).encode()
             writer.write(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
