@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from kitrading import mesh
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import RunningMesh, whole_mesh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -99,12 +99,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def up(chromium: str) -> Iterator[RunningMesh]:
-    home = Path(tempfile.mkdtemp(prefix="kitrading-dashboard-"))
-    running = start_mesh(home, [s.name for s in mesh.SERVICES if s.implemented], EXTRA_ENV)
-    try:
-        for s in mesh.SERVICES:
-            if s.implemented:
-                running.wait_healthy(s.prefix, timeout_s=300)
+    with whole_mesh("dashboard", EXTRA_ENV, samples=False) as running:
         with httpx.Client(base_url=running.gateway, timeout=10.0) as client:
             # the first-start trainings (regime, pattern) done, the watchdog seeing everything
             _wait(lambda: client.get("/api/v1/regime/status").json().get("ready") is True, 240, "regime")
@@ -124,11 +119,6 @@ def up(chromium: str) -> Iterator[RunningMesh]:
             # trainings the start may have triggered (Data's sample import is a market event) done
             _wait(idle, 300, "forecast idle")
         yield running
-    finally:
-        code = running.stop()
-        print((home / "up.log").read_text(errors="replace")[-2000:])
-        shutil.rmtree(home, ignore_errors=True)
-    assert code == 0, f"kitrading up exited with {code}"
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from services.data.samples import SAMPLES, load_candles
 from services.data.service import DataDomain
 from services.data.settings import DataSettings
 from services.runtime.database_settings import DatabaseSettings
+from tests.data.fake_easyinsight import FakeEasyInsight
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -52,6 +53,15 @@ async def domain_factory(database_url: str) -> AsyncIterator[DomainFactory]:
 @pytest.fixture
 async def domain(domain_factory: DomainFactory) -> DataDomain:
     return await domain_factory()
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[tuple[FakeEasyInsight, str]]:
+    """A local server speaking the users' market-data API (`tests/data/fake_easyinsight.py`), its URL."""
+    fake = FakeEasyInsight()
+    url = await fake.start()
+    yield fake, url
+    await fake.close()
 
 
 @pytest.fixture(scope="session")

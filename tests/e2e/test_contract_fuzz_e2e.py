@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from kitrading import mesh as mesh_services
-from tests.e2e.mesh import RunningMesh, start_mesh
-from tests.e2e.test_tracing_e2e import TINY
+from tests.e2e.mesh import TINY, RunningMesh, whole_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -34,18 +33,9 @@ EXCLUDED_PATHS = r"\{[a-z_]+\.[a-z_]+\}|train|analyze|training/events"
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    home = Path(tmp_path_factory.mktemp("fuzz-mesh"))
-    running = start_mesh(home, [s.name for s in SERVICES], dict(TINY))
-    try:
-        for service in SERVICES:
-            running.wait_healthy(service.prefix, timeout_s=300)
-        running.wait_for_samples()
+def mesh() -> Iterator[RunningMesh]:
+    with whole_mesh("fuzz", dict(TINY)) as running:
         yield running
-    finally:
-        code = running.stop()
-        print((home / "up.log").read_text(errors="replace")[-2000:])
-        assert code == 0, f"kitrading up exited with {code}"
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=[s.name for s in SERVICES])

@@ -14,14 +14,11 @@ collector this module runs (a test double of Jaeger / the OpenTelemetry Collecto
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,33 +27,11 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from kitrading import mesh
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import TINY, RunningMesh, whole_mesh
 
 pytestmark = pytest.mark.e2e
 
 STREAM_TIMEOUT = httpx.Timeout(180.0, connect=5.0)
-TINY = {
-    "NHITS_MAX_STEPS": "20",
-    "NHITS_INPUT_SIZE": "48",
-    "NHITS_MLP_UNITS": "16",
-    "NHITS_VAL_CHECK_STEPS": "10",
-    "NHITS_USE_GPU": "false",
-    "KITRADING_FORECAST_MODEL_SCOPE": "symbol",
-    "KITRADING_FORECAST_EVAL_WINDOWS": "2",
-    "KITRADING_FORECAST_SCHEDULE": "false",
-    "KITRADING_REGIME_RESTARTS": "1",
-    "KITRADING_REGIME_BOOSTING_ROUNDS": "30",
-    "KITRADING_REGIME_SCHEDULE": "false",
-    "KITRADING_PATTERN_WINDOW": "32",
-    "KITRADING_PATTERN_CHANNELS": "8",
-    "KITRADING_PATTERN_LEVELS": "3",
-    "KITRADING_PATTERN_MAX_STEPS": "10",
-    "KITRADING_PATTERN_BATCH_SIZE": "32",
-    "KITRADING_PATTERN_TRAIN_BARS": "1000",
-    "KITRADING_PATTERN_USE_GPU": "false",
-    "OTEL_BSP_SCHEDULE_DELAY": "300",  # export within a fraction of a second
-}
 
 
 @dataclass(frozen=True)
@@ -147,25 +122,19 @@ def collector() -> Iterator[tuple[Collector, int]]:
 @pytest.fixture(scope="module")
 def up(collector: tuple[Collector, int]) -> Iterator[RunningMesh]:
     _, port = collector
-    home = Path(tempfile.mkdtemp(prefix="kitrading-tracing-"))
-    env = {**TINY, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
-    running = start_mesh(home, [s.name for s in mesh.SERVICES if s.implemented], env)
-    try:
-        for s in mesh.SERVICES:
-            if s.implemented:
-                running.wait_healthy(s.prefix, timeout_s=300)
-        running.wait_for_samples()
+    # OTEL_BSP_SCHEDULE_DELAY: the services export within a fraction of a second
+    env = {
+        **TINY,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "300",
+    }
+    with whole_mesh("tracing", env) as running:
         with httpx.Client(base_url=running.gateway, timeout=10.0) as client:
             # the knowledge base holds the mesh's docs (a query then asks the embedder), and the
             # regime's first-start training is done (a training request then runs at once)
             _wait(lambda: client.get("/api/v1/rag/status").json().get("documents", 0) >= 5, 240, "rag docs")
             _wait(lambda: client.get("/api/v1/regime/status").json().get("ready") is True, 300, "regime")
         yield running
-    finally:
-        code = running.stop()
-        print((home / "up.log").read_text(errors="replace")[-2000:])
-        shutil.rmtree(home, ignore_errors=True)
-    assert code == 0, f"kitrading up exited with {code}"
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> None:
