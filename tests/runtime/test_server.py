@@ -339,3 +339,101 @@ async def test_undecodable_bytes_are_invalid_argument_without_internal_names(
     bad = next(d for d in details(error) if isinstance(d, error_details_pb2.BadRequest))
     assert bad.field_violations[0].field == "request"
     assert (await last_record(app, "GetSymbol", before)).code == "INVALID_ARGUMENT"
+
+
+# ---- hostile gRPC clients: a clear status each, the service's slots freed afterwards ----
+
+
+async def _slots_free(server: RunningServer) -> None:
+    interceptor = server.interceptor
+    assert interceptor is not None
+    for _ in range(100):
+        if interceptor.unary_in_flight == 0 and interceptor.streams_in_flight == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(
+        f"slots held: {interceptor.unary_in_flight} unary, {interceptor.streams_in_flight} streams"
+    )
+
+
+async def test_a_message_over_the_size_limit_is_refused_and_the_server_serves_on() -> None:
+    app = App()
+    server = await create_server(app, settings(max_message_bytes=64 * 1024))
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc.DataServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetSymbol(rr.GetSymbolRequest(symbol="E" * 100_000), timeout=5)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+            assert "larger than max" in (info.value.details() or "")
+            assert (await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)).symbol.symbol
+        await _slots_free(server)
+    finally:
+        await server.stop(0)
+
+
+async def test_a_deadline_already_expired_is_deadline_exceeded(running: tuple[RunningServer, App]) -> None:
+    server, _ = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=0.000001)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.aio.AioRpcError) as slow:  # expires while the handler waits
+            await stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW"), timeout=0.2)
+        assert slow.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await _slots_free(server)
+        assert (await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)).symbol.symbol
+
+
+async def test_clients_cancelling_mid_call_and_mid_stream_free_their_slots(
+    running: tuple[RunningServer, App],
+) -> None:
+    server, _ = running  # 2 unary slots
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        for _ in range(5):  # more cancelled calls than slots: each must give its slot back
+            calls = [stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW")) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            for call in calls:
+                call.cancel()
+            await _slots_free(server)
+        streams = [stub.WatchEvents(rr.WatchEventsRequest(from_beginning=True)) for _ in range(20)]
+        for stream in streams:
+            assert (await stream.read()).event.event_id == 1
+        for stream in streams:
+            stream.cancel()
+        await _slots_free(server)
+        assert (await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)).symbol.symbol
+
+
+async def test_hundreds_of_concurrent_calls_get_a_status_each_and_free_every_slot() -> None:
+    app = App()
+    server = await create_server(app, settings(max_concurrent_unary=64))
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc.DataServiceStub(channel)
+            slow = [
+                asyncio.ensure_future(stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW"), timeout=30))
+                for _ in range(64)
+            ]
+            await asyncio.sleep(0.3)
+            over = await asyncio.gather(
+                *(stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=10) for _ in range(400)),
+                return_exceptions=True,
+            )
+            codes = {e.code() for e in over if isinstance(e, grpc.aio.AioRpcError)}
+            assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+            assert all(isinstance(e, grpc.aio.AioRpcError) for e in over)  # all 64 slots were held
+            app.servicer.release.set()
+            done = await asyncio.gather(*slow, return_exceptions=True)
+            assert {e.code() for e in done if isinstance(e, grpc.aio.AioRpcError)} == {
+                grpc.StatusCode.NOT_FOUND
+            }
+            await _slots_free(server)
+            served = await asyncio.gather(
+                *(stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=10) for _ in range(300))
+            )
+            assert len(served) == 300
+    finally:
+        await server.stop(0)
