@@ -275,6 +275,18 @@ class Trained:
     final_loss: float
 
 
+def _one_cycle(optimiser: Any, max_lr: float, total_steps: int) -> Any:
+    """OneCycleLR with a 10 % warm-up, at least 1.5 steps long: OneCycleLR divides by the warm-up's
+    length in steps minus one, so 10 % of a 10-step run crashed it; a 1-step run keeps a constant rate."""
+    import torch
+
+    if total_steps < 2:
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=max_lr, total_steps=total_steps, pct_start=max(0.1, 1.5 / total_steps)
+    )
+
+
 def fit(
     series: Sequence[Series],
     config: TCNConfig,
@@ -303,9 +315,7 @@ def fit(
     model = build_model(config).to(device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, dtype=torch.float32, device=device))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=config.max_steps, pct_start=0.1
-    )
+    schedule = _one_cycle(optimiser, config.learning_rate, config.max_steps)
     xt = torch.from_numpy(x_train)
     yt = torch.from_numpy(y_train.astype(np.float32))
     every = max(1, config.max_steps // max(1, validations))

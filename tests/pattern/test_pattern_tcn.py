@@ -167,6 +167,15 @@ def test_a_tiny_training_reports_every_type_on_the_test_period(eurusd: pd.DataFr
     assert seconds < 30
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 11, 20])
+def test_every_allowed_step_count_trains(eurusd: pd.DataFrame, steps: int) -> None:
+    """KITRADING_PATTERN_MAX_STEPS accepts 1..100000; 10 (10 % warm-up = 1 step) crashed OneCycleLR
+    with ZeroDivisionError in the worker, and the service never published a model."""
+    series = [SeriesData("EURUSD", "H1", eurusd.tail(1500))]
+    trained, _, _, _ = train_and_evaluate(series, replace(TINY, max_steps=steps))
+    assert trained is not None
+
+
 async def test_data_events_retarget_the_one_model() -> None:
     async def stream(after: int) -> AsyncIterator[DataEvent]:
         yield DataEvent(after + 1, "CANDLES_INGESTED", "EURUSD", "H1")
