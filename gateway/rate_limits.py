@@ -27,7 +27,7 @@ import datetime
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import betterproto2
 from envoy_data_plane.envoy.config.core.v3 import (
@@ -54,7 +54,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType, TokenBucket
 from envoy_data_plane.google.protobuf import Any as AnyProto
 
-from services.runtime.config import ConfigError
+from services.runtime.config import ChoiceVar, IntVar, Var, check_fields, read_fields
 
 #: The calls that start work rather than read a result (`package.Service/Method`): the second,
 #: stricter bucket. A test checks that each names an existing RPC.
@@ -82,23 +82,23 @@ EXPENSIVE_PER_MINUTE = "KITRADING_GATEWAY_EXPENSIVE_PER_MINUTE"
 EXPENSIVE_BURST = "KITRADING_GATEWAY_EXPENSIVE_BURST"
 CLIENTS = "KITRADING_GATEWAY_RATE_LIMIT_CLIENTS"
 
+#: Attribute -> its variable and range (the shared settings machinery: errors name the variable).
+FIELDS: dict[str, Var] = {
+    "mode": ChoiceVar(MODE, MODES),
+    "calls_per_second": IntVar(CALLS_PER_SECOND, 1, 1_000_000),
+    "burst": IntVar(BURST, 1, 1_000_000),
+    # Envoy refills a bucket at most every 50 ms
+    "expensive_per_minute": IntVar(EXPENSIVE_PER_MINUTE, 1, 1200),
+    "expensive_burst": IntVar(EXPENSIVE_BURST, 1, 1_000_000),
+    "clients": IntVar(CLIENTS, 1, 1_000_000),
+}
+
 #: Names of the two filters in the chain (their stats: `http_local_rate_limit.<stat prefix>...`).
 CALLS_FILTER = "kitrading.rate_limit.calls"
 EXPENSIVE_FILTER = "kitrading.rate_limit.expensive"
 LOCAL_RATE_LIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 #: Descriptor keys: the client (one of the two), and the expensive-call marker.
 KEY_DESCRIPTOR, ADDRESS_DESCRIPTOR, EXPENSIVE_DESCRIPTOR = "key_id", "remote_address", "expensive"
-
-
-def _positive_int(name: str, text: str, *, maximum: int | None = None) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ConfigError(f"{name}={text!r}: expected a whole number") from None
-    if value < 1 or (maximum is not None and value > maximum):
-        bound = f"between 1 and {maximum}" if maximum is not None else "at least 1"
-        raise ConfigError(f"{name}={text!r}: expected a whole number {bound}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,36 +117,14 @@ class RateLimitSettings:
     expensive_methods: frozenset[str] = field(default=EXPENSIVE_METHODS)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"{MODE}={self.mode!r}: expected one of {', '.join(MODES)}")
-        for name, value in (
-            (CALLS_PER_SECOND, self.calls_per_second),
-            (BURST, self.burst),
-            (EXPENSIVE_PER_MINUTE, self.expensive_per_minute),
-            (EXPENSIVE_BURST, self.expensive_burst),
-            (CLIENTS, self.clients),
-        ):
-            if value < 1:
-                raise ConfigError(f"{name}={value}: expected a whole number at least 1")
-        if self.expensive_per_minute > 1200:  # Envoy refills at most every 50 ms
-            raise ConfigError(f"{EXPENSIVE_PER_MINUTE}={self.expensive_per_minute}: at most 1200")
+        check_fields(self, FIELDS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RateLimitSettings:
+        """The variables of `FIELDS`; unset or empty ones keep the defaults."""
         source = os.environ if env is None else env
-        values: dict[str, object] = {}
-        if source.get(MODE, "").strip():
-            values["mode"] = source[MODE].strip().lower()
-        for name, key, maximum in (
-            (CALLS_PER_SECOND, "calls_per_second", None),
-            (BURST, "burst", None),
-            (EXPENSIVE_PER_MINUTE, "expensive_per_minute", 1200),
-            (EXPENSIVE_BURST, "expensive_burst", None),
-            (CLIENTS, "clients", None),
-        ):
-            if source.get(name, "").strip():
-                values[key] = _positive_int(name, source[name], maximum=maximum)
-        return cls(**values)  # type: ignore[arg-type]
+        defaults = cls()
+        return replace(defaults, **read_fields(defaults, FIELDS, source))
 
     def active(self, *, exposed: bool, keys: bool) -> bool:
         """Whether the gateway limits: `on`, or `auto` and reachable by others (`exposed`) or keyed."""

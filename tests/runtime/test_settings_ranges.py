@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway import rate_limits
 from kitrading import mesh
 from services.data import settings as data_settings
 from services.embedder import settings as embedder_settings
@@ -101,6 +102,7 @@ LOADERS: dict[str, Loader] = {
     "llm": Loader(llm_settings.LlmSettings.from_env, llm_settings.VARIABLES, OLLAMA, also=({},)),
     "grounding": Loader(GroundingSettings.from_env, GROUNDING, {}),
     "regime": Loader(regime_settings.RegimeSettings.from_env, regime_settings.VARIABLES, {}),
+    "rate_limits": Loader(rate_limits.RateLimitSettings.from_env, tuple(rate_limits.FIELDS.values()), {}),
     "embedder": Loader(embedder_settings.EmbedderSettings.from_env, embedder_settings.VARIABLES, {}),
     "pattern": Loader(pattern_settings.PatternSettings.from_env, pattern_settings.VARIABLES, {}),
     # Chunks of 512 tokens and no overlap, so every CHUNK_OVERLAP and CHUNK_TOKENS in range fit.
@@ -280,6 +282,7 @@ NO_VARIABLE: dict[type, dict[str, str]] = {
     pattern_settings.PatternSettings: {},
     embedder_settings.EmbedderSettings: {},
     rag_settings.RagSettings: {"database": "DatabaseSettings"},
+    rate_limits.RateLimitSettings: {"expensive_methods": "EXPENSIVE_METHODS, in code"},
 }
 FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     RuntimeSettings: RuntimeSettings.variables(SERVICE)._asdict(),
@@ -295,6 +298,7 @@ FIELD_TABLES: dict[type, Mapping[str, Var]] = {
     pattern_settings.PatternSettings: pattern_settings.FIELDS,
     embedder_settings.EmbedderSettings: embedder_settings.FIELDS,
     rag_settings.RagSettings: rag_settings.FIELDS,
+    rate_limits.RateLimitSettings: rate_limits.FIELDS,
 }
 
 
@@ -390,6 +394,7 @@ DOCUMENTED: tuple[Var, ...] = (
     *pattern_settings.VARIABLES,
     *embedder_settings.VARIABLES,
     *rag_settings.VARIABLES,
+    *rate_limits.FIELDS.values(),
 )
 
 
