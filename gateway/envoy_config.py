@@ -1279,6 +1279,11 @@ def rate_limit_mappers(settings: GatewaySettings, http_client: AccessLogFilter) 
     return mappers
 
 
+#: A path Envoy's normalisation refuses (400, empty body): an encoded NUL, or a `%` not followed by two
+#: hex digits (RE2: no look-ahead, so the three ways a `%` can go wrong are spelt out).
+BAD_PATH_REGEX = r"^[^?]*%(00|[^0-9A-Fa-f]|[0-9A-Fa-f][^0-9A-Fa-f]|[0-9A-Fa-f]?$).*$"
+
+
 def local_reply_config(
     registry: Sequence[ServiceInfo],
     services: Sequence[RoutedService] = (),
@@ -1336,6 +1341,23 @@ def local_reply_config(
         mappers += auth_mappers(services, settings, http_client)
         mappers += rate_limit_mappers(settings, http_client)
     mappers += method_mappers(services, http_client)
+    # Envoy's own path check (normalize_path) refuses these with an empty body: say what is wrong.
+    # (No percent sign in the message: Envoy would read it as the start of a format command.)
+    bad_path = AccessLogFilter(header_filter=HeaderFilter(header=_path_regex_matcher(BAD_PATH_REGEX)))
+    mappers.append(
+        ResponseMapper(
+            filter=AccessLogFilter(and_filter=AndFilter(filters=[_status_is(400), bad_path])),
+            body_format_override=_json_body(
+                _error_body(
+                    3,
+                    "the path is not a valid URL path: it holds an encoded NUL byte or a malformed "
+                    "percent-escape, which no name may contain",
+                    "INVALID_PATH",
+                    {"envoy": "%RESPONSE_CODE_DETAILS%"},
+                )
+            ),
+        )
+    )
     for http_status, (code, reason) in [*LOCAL_ERRORS.items(), (400, (2, "GATEWAY_ERROR"))]:
         op = ComparisonFilterOp.EQ if http_status in LOCAL_ERRORS else ComparisonFilterOp.GE
         mappers.append(

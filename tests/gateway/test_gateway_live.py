@@ -452,6 +452,20 @@ async def test_a_header_name_grpc_cannot_carry_is_400_naming_it(gateway: Gateway
         assert fine.status_code == 200, fine.text
 
 
+async def test_a_path_envoy_cannot_normalise_is_400_saying_why(gateway: Gateway) -> None:
+    """An encoded NUL (`%00`) in the path fails Envoy's path normalisation: it answered 400 with an
+    empty message (found by the hostile-HTTP e2e); now the message says what is wrong."""
+    async with gateway.client() as client:
+        for path in ("/api/v1/symbols/%00", "/api/v1/symbols/EUR%00USD/candles"):
+            response = await client.get(path)
+            assert response.status_code == 400, (path, response.text)
+            error = response.json()
+            assert error["code"] == 3 and "encoded NUL byte" in error["message"], error
+            assert error["details"][0]["reason"] == "INVALID_PATH"
+        fine = await client.get("/api/v1/symbols/EURUSD", params={"q": "%00"})  # a query is not the path
+        assert fine.status_code != 400 or "encoded NUL" not in fine.text
+
+
 async def test_a_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
     async with gateway.client() as client:
         response = await client.put("/api/v1/symbols", json={})
