@@ -13,7 +13,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 BREAKING_AGAINST ?= .git\#ref=HEAD~1
 
-.PHONY: deps up test test-fast timescaledb chromium promtool generate check-generated lint format breaking bench clean-venv sdk
+.PHONY: deps up test test-fast timescaledb chromium promtool shellcheck generate check-generated lint format breaking bench clean-venv sdk
 
 $(STAMP): pyproject.toml deploy/llama_cpp.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,16 @@ deps: $(STAMP)
 up: deps
 	$(VENV)/bin/kitrading up
 
-test: deps timescaledb chromium promtool
+test: deps timescaledb chromium promtool shellcheck
 	$(PY) -m pytest
 
 # Debian's chromium for the dashboard's browser tests, apt-get installed where missing (docs/dashboard.md).
 chromium:
 	@bash deploy/chromium.sh
+
+# Debian's shellcheck for the deploy scripts' lint test (tests/deploy/test_backup.py), the same way.
+shellcheck:
+	@bash deploy/apt_install.sh shellcheck shellcheck "the deploy scripts' shellcheck test"
 
 # promtool from Debian's prometheus package, fetched once where missing, for the observability tests
 # (deploy/observability: config, alert rules, dashboard queries; docs/observability.md).

@@ -395,7 +395,14 @@ def test_compose_round_trip_with_fake_docker(tmp_path: Path) -> None:
 
 
 def test_scripts_are_strict_and_shellcheck_clean() -> None:
-    scripts = [BACKUP, RESTORE, DEPLOY / "backup_lib.sh", DEPLOY / "timescaledb.sh"]
+    scripts = [
+        BACKUP,
+        RESTORE,
+        DEPLOY / "backup_lib.sh",
+        DEPLOY / "timescaledb.sh",
+        DEPLOY / "apt_install.sh",
+        DEPLOY / "chromium.sh",
+    ]
     for script in (BACKUP, RESTORE, DEPLOY / "timescaledb.sh"):
         assert "set -euo pipefail" in script.read_text()
         assert os.access(script, os.X_OK), f"{script.name} is executable"
