@@ -136,6 +136,20 @@ class MessageFormatter:
         ]
         return redact(message), redact("\n".join(lines))
 
+    def restarted(self, name: str, restarts: int, last_exit: int | None, at: datetime) -> tuple[str, str]:
+        exited = (
+            f"exit code {last_exit}"
+            if last_exit is not None and last_exit >= 0
+            else (f"killed by signal {-last_exit}" if last_exit is not None else "exited")
+        )
+        message = f"{name} crashed ({exited}) and was restarted (crash restart {restarts})"
+        lines = [
+            f"{_ORANGE} {self._b(name)} crashed and was restarted",
+            f"It {self._e(exited)}; its supervisor started it again (crash restart {restarts}).",
+            f"Seen: {_time(at)}",
+        ]
+        return redact(message), redact("\n".join(lines))
+
     def test(self, note: str, at: datetime) -> tuple[str, str]:
         message = f"test alert: {note}" if note else "test alert"
         lines = [f"\N{TEST TUBE} {self._b('Test alert')} from the {self._e(self.source)}"]
@@ -240,6 +254,26 @@ class AlertManager:
                 record,
                 delivery=DeliveryStatus.SUPPRESSED_COOLDOWN,
                 delivery_error="the outage's alert was suppressed by the cooldown",
+            )
+        self._dispatch(record)
+
+    def restarted(
+        self, name: str, restarts: int, last_exit: int | None, state: TargetState | None = None
+    ) -> None:
+        """A crash restart its supervisor reported (never blocks): a RESTARTED alert, one per target
+        per cooldown, whatever the checks saw meanwhile."""
+        message, text = self.formatter.restarted(name, restarts, last_exit, self._clock())
+        record = self._record(state, AlertKind.RESTARTED, message=message, text=text, error=None)
+        record = replace(record, target=name)
+        cooldown_left = self._cooldown_left(name, AlertKind.RESTARTED)
+        if cooldown_left is None:
+            self._last_sent[(name, AlertKind.RESTARTED)] = self._monotonic()
+        else:
+            record = replace(
+                record,
+                delivery=DeliveryStatus.SUPPRESSED_COOLDOWN,
+                delivery_error=f"cooldown: {name} alerted a restart less than "
+                f"{self.settings.alert_cooldown_minutes:g} min ago ({format_duration(cooldown_left)} left)",
             )
         self._dispatch(record)
 

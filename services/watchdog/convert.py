@@ -52,6 +52,7 @@ ALERT_KIND: dict[AlertKind, pb.AlertKind.ValueType] = {
     AlertKind.RECOVERED: pb.ALERT_KIND_RECOVERED,
     AlertKind.TEST: pb.ALERT_KIND_TEST,
     AlertKind.DEGRADED: pb.ALERT_KIND_DEGRADED,
+    AlertKind.RESTARTED: pb.ALERT_KIND_RESTARTED,
 }
 ALERT_KIND_IN: dict[int, AlertKind] = {int(v): k for k, v in ALERT_KIND.items()}
 SEVERITY: dict[AlertSeverity, pb.AlertSeverity.ValueType] = {

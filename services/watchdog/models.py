@@ -113,6 +113,8 @@ class AlertKind(StrEnum):
     RECOVERED = "RECOVERED"
     #: Sent on request to check delivery.
     TEST = "TEST"
+    #: A service exited unasked and its supervisor restarted it (`kitrading up`'s state file).
+    RESTARTED = "RESTARTED"
 
     @property
     def severity(self) -> AlertSeverity:
@@ -130,6 +132,7 @@ _SEVERITY = {
     AlertKind.DEGRADED: AlertSeverity.WARNING,
     AlertKind.RECOVERED: AlertSeverity.INFO,
     AlertKind.TEST: AlertSeverity.INFO,
+    AlertKind.RESTARTED: AlertSeverity.WARNING,
 }
 
 

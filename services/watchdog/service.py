@@ -15,6 +15,9 @@ Plain Python: no servicer types here; errors are `services.runtime.errors` domai
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -182,6 +185,7 @@ class WatchdogDomain:
         self.alerts: AlertManager | None = None
         self._telegram: TelegramClient | None = None
         self._started_at: datetime | None = None
+        self._restarts_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -211,10 +215,16 @@ class WatchdogDomain:
         self._events.reopen()
         self._started_at = self._clock()
         self.monitor.start()
+        self._restarts_task = asyncio.create_task(self._watch_restarts(), name="watchdog-restarts")
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop the checks and end status streams, give in-flight alerts `grace_seconds`, close clients."""
         await self.monitor.stop()
+        if self._restarts_task is not None:
+            self._restarts_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restarts_task
+            self._restarts_task = None
         self._events.close()
         if self.alerts is not None:
             await self.alerts.close(grace_seconds)
@@ -222,6 +232,34 @@ class WatchdogDomain:
             await self._telegram.aclose()
             self._telegram = None
         await self.store.close()
+
+    def _crash_restarts(self) -> dict[str, tuple[int, int | None]] | None:
+        """Child -> (crash restarts, last exit code) from the supervisor's state file; None without one."""
+        try:
+            state = json.loads(self.settings.supervisor_state_path.read_text())
+            children = state["children"]
+            return {
+                str(name): (int(child.get("restarts", 0)), child.get("last_exit"))
+                for name, child in children.items()
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    async def _watch_restarts(self) -> None:
+        """Alert each crash restart the supervisor counts (cumulative counts: none is missed between
+        reads, however fast the restart). The first read is the baseline: restarts from before this
+        watchdog started are not alerted again."""
+        seen: dict[str, tuple[int, int | None]] | None = None
+        period = min(5.0, self.settings.check_interval_seconds)
+        while True:
+            counts = await asyncio.to_thread(self._crash_restarts)
+            if counts is not None:
+                if seen is not None and self.alerts is not None:
+                    for name, (restarts, last_exit) in sorted(counts.items()):
+                        if restarts > seen.get(name, (restarts, None))[0]:
+                            self.alerts.restarted(name, restarts, last_exit, self.monitor.get(name))
+                seen = counts
+            await asyncio.sleep(period)
 
     async def __aenter__(self) -> WatchdogDomain:
         await self.start()

@@ -113,6 +113,9 @@ class WatchdogSettings:
     disk_min_free_bytes: int = 1024**3
     # GPU memory: NOT_SERVING when less than this share is free (only where pynvml finds a GPU).
     gpu_min_free_percent: float = 5.0
+    # The supervisor's state file (`kitrading up`: every child's pid and crash restarts); "" means
+    # `$KITRADING_HOME/run/mesh.json`. Absent (compose, Kubernetes): restarts are not watched there.
+    supervisor_state_file: str = ""
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,14 @@ class WatchdogSettings:
         if self.check_timeout_seconds is not None:
             return self.check_timeout_seconds
         return min(10.0, self.check_interval_seconds)
+
+    @property
+    def supervisor_state_path(self) -> Path:
+        return (
+            Path(self.supervisor_state_file)
+            if self.supervisor_state_file
+            else self.home / "run" / "mesh.json"
+        )
 
     @property
     def alert_cooldown_seconds(self) -> float:
@@ -185,6 +196,7 @@ FIELDS: dict[str, Var] = {
     "home": HOME,
     "disk_min_free_percent": FloatVar("WATCHDOG_DISK_MIN_FREE_PERCENT", 0.0, 100.0),
     "gpu_min_free_percent": FloatVar("WATCHDOG_GPU_MIN_FREE_PERCENT", 0.0, 100.0),
+    "supervisor_state_file": TextVar("WATCHDOG_SUPERVISOR_STATE_FILE", "a file path"),
 }
 DISK_MIN_FREE_MB = IntVar("WATCHDOG_DISK_MIN_FREE_MB", 0, 1 << 30)  # -> disk_min_free_bytes
 #: Every variable the watchdog settings read.

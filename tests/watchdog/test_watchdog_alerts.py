@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -352,3 +353,57 @@ def test_registry_targets_follow_the_mesh_registry() -> None:
     assert by_name["data"] == ("data", "127.0.0.1:4001", "kitrading.data.v1.DataService")
     assert by_name["forecast"].address == "forecast:3002"
     assert registry_targets(SERVICES, host="10.0.0.5")[0].address.startswith("10.0.0.5:")
+
+
+def _supervisor_state(home: Path, restarts: dict[str, tuple[int, int, int | None]]) -> None:
+    """`kitrading up`'s state file: child -> (crash restarts, planned restarts, last exit)."""
+    run = home / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    children = {
+        name: {"pid": 1000 + i, "restarts": crashes, "planned_restarts": planned, "last_exit": last_exit}
+        for i, (name, (crashes, planned, last_exit)) in enumerate(restarts.items())
+    }
+    (run / "mesh.tmp").write_text(json.dumps({"supervisor_pid": 1, "children": children}))
+    (run / "mesh.tmp").replace(run / "mesh.json")
+
+
+async def test_a_crash_restart_faster_than_a_check_is_alerted(make_domain, tmp_path: Path) -> None:
+    """The supervisor restarts a killed service in ~0.3 s, so the checks may never see it down: the
+    watchdog reads the supervisor's crash counts and alerts each restart (once per cooldown), not the
+    ones from before it started, and not a restart that was asked for (`kitrading restart`)."""
+    server = HealthServer()
+    await server.start()
+    try:
+        _supervisor_state(tmp_path, {"svc": (2, 0, None), "gateway": (0, 0, None)})  # before the start
+        domain = await make_domain(server, cooldown_minutes=15.0)
+        await serving(domain)
+        await asyncio.sleep(INTERVAL * 2)  # the baseline read
+        _supervisor_state(tmp_path, {"svc": (3, 0, -9), "gateway": (0, 1, 0)})  # a kill -9; a planned one
+        found = await wait_alerts(domain, 1)
+        assert [(a.kind, a.target) for a in found] == [(AlertKind.RESTARTED, "svc")]
+        assert "svc crashed (killed by signal 9) and was restarted (crash restart 3)" in found[0].message
+        assert found[0].delivery is DeliveryStatus.TELEGRAM_DISABLED
+        assert domain.monitor.get("svc").status is HealthStatus.SERVING  # type: ignore[union-attr]
+        _supervisor_state(tmp_path, {"svc": (4, 0, 1), "gateway": (0, 1, 0)})  # again, within the cooldown
+        found = await wait_alerts(domain, 2)
+        assert found[0].kind is AlertKind.RESTARTED and "exit code 1" in found[0].message
+        assert found[0].delivery is DeliveryStatus.SUPPRESSED_COOLDOWN  # recorded, not sent again
+        await asyncio.sleep(INTERVAL * 2)
+        assert len(await alerts(domain)) == 2
+    finally:
+        await server.stop()
+
+
+async def test_without_a_supervisor_state_file_nothing_is_watched(make_domain, tmp_path: Path) -> None:
+    server = HealthServer()
+    await server.start()
+    try:
+        domain = await make_domain(server)
+        await serving(domain)
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "mesh.json").write_text("not json")  # unreadable: ignored, no crash
+        await asyncio.sleep(INTERVAL * 3)
+        assert await alerts(domain) == []
+        assert domain._restarts_task is not None and not domain._restarts_task.done()
+    finally:
+        await server.stop()

@@ -97,6 +97,10 @@ class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.V
     """Sent on request to check delivery."""
     ALERT_KIND_DEGRADED: _AlertKind.ValueType  # 4
     """A threshold was crossed while the target still serves (disk nearly full, slow answers)."""
+    ALERT_KIND_RESTARTED: _AlertKind.ValueType  # 5
+    """A service exited unasked and its supervisor started it again (often faster than a check could
+    see it down).
+    """
 
 class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
     """AlertKind is what an alert reports."""
@@ -110,6 +114,10 @@ ALERT_KIND_TEST: AlertKind.ValueType  # 3
 """Sent on request to check delivery."""
 ALERT_KIND_DEGRADED: AlertKind.ValueType  # 4
 """A threshold was crossed while the target still serves (disk nearly full, slow answers)."""
+ALERT_KIND_RESTARTED: AlertKind.ValueType  # 5
+"""A service exited unasked and its supervisor started it again (often faster than a check could
+see it down).
+"""
 Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
 
 class _AlertSeverity:
