@@ -383,7 +383,7 @@ async def test_a_crash_restart_faster_than_a_check_is_alerted(make_domain, tmp_p
         assert [(a.kind, a.target) for a in found] == [(AlertKind.RESTARTED, "svc")]
         assert "svc crashed (killed by signal 9) and was restarted (crash restart 3)" in found[0].message
         assert found[0].delivery is DeliveryStatus.TELEGRAM_DISABLED
-        assert domain.monitor.get("svc").status is HealthStatus.SERVING  # type: ignore[union-attr]
+        assert domain.monitor.get("svc").status is HealthStatus.SERVING
         _supervisor_state(tmp_path, {"svc": (4, 0, 1), "gateway": (0, 1, 0)})  # again, within the cooldown
         found = await wait_alerts(domain, 2)
         assert found[0].kind is AlertKind.RESTARTED and "exit code 1" in found[0].message
