@@ -226,21 +226,15 @@ class AlertManager:
         if state.name not in self._seen_serving and self._monotonic() < self._grace_until:
             return
         kind = alert_kind_for(state)
-        cooldown_left = self._cooldown_left(state.name, kind)
-        if cooldown_left is None:
-            self._last_sent[(state.name, kind)] = self._monotonic()
-        self._outages[state.name] = _Outage(
-            kind=kind, status=state.status, notified=cooldown_left is None, started=state.last_change_time
-        )
         message, text = self.formatter.outage(kind, state)
         record = self._record(state, kind, message=message, text=text, error=state.last_error)
-        if cooldown_left is not None:
-            record = replace(
-                record,
-                delivery=DeliveryStatus.SUPPRESSED_COOLDOWN,
-                delivery_error=f"cooldown: {state.name} alerted less than "
-                f"{self.settings.alert_cooldown_minutes:g} min ago ({format_duration(cooldown_left)} left)",
-            )
+        record = self._cooled(record, state.name, kind, "")
+        self._outages[state.name] = _Outage(
+            kind=kind,
+            status=state.status,
+            notified=record.delivery is not DeliveryStatus.SUPPRESSED_COOLDOWN,
+            started=state.last_change_time,
+        )
         self._dispatch(record)
 
     def _on_fine(self, state: TargetState) -> None:
@@ -264,18 +258,20 @@ class AlertManager:
         per cooldown, whatever the checks saw meanwhile."""
         message, text = self.formatter.restarted(name, restarts, last_exit, self._clock())
         record = self._record(state, AlertKind.RESTARTED, message=message, text=text, error=None)
-        record = replace(record, target=name)
-        cooldown_left = self._cooldown_left(name, AlertKind.RESTARTED)
+        self._dispatch(self._cooled(replace(record, target=name), name, AlertKind.RESTARTED, "a restart "))
+
+    def _cooled(self, record: AlertRecord, target: str, kind: AlertKind, what: str) -> AlertRecord:
+        """`record` to send, noting (target, kind) as sent now; within its cooldown, marked suppressed."""
+        cooldown_left = self._cooldown_left(target, kind)
         if cooldown_left is None:
-            self._last_sent[(name, AlertKind.RESTARTED)] = self._monotonic()
-        else:
-            record = replace(
-                record,
-                delivery=DeliveryStatus.SUPPRESSED_COOLDOWN,
-                delivery_error=f"cooldown: {name} alerted a restart less than "
-                f"{self.settings.alert_cooldown_minutes:g} min ago ({format_duration(cooldown_left)} left)",
-            )
-        self._dispatch(record)
+            self._last_sent[(target, kind)] = self._monotonic()
+            return record
+        return replace(
+            record,
+            delivery=DeliveryStatus.SUPPRESSED_COOLDOWN,
+            delivery_error=f"cooldown: {target} alerted {what}less than "
+            f"{self.settings.alert_cooldown_minutes:g} min ago ({format_duration(cooldown_left)} left)",
+        )
 
     def _cooldown_left(self, target: str, kind: AlertKind) -> timedelta | None:
         last = self._last_sent.get((target, kind))

@@ -28,7 +28,7 @@ import pytest
 
 import kitrading
 from kitrading import mesh as registry
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import RunningMesh, running_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
@@ -116,16 +116,10 @@ def test_the_wheel_holds_the_sdk_and_the_contracts_only(wheel: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def started_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+def started_mesh() -> Iterator[RunningMesh]:
     """The mesh, started first so that it comes up while the venv is being made (not yet healthy)."""
-    home = Path(tmp_path_factory.mktemp("sdk-mesh"))
-    running = start_mesh(home, ["data", "regime"], MESH_ENV)
-    try:
+    with running_mesh("sdk", ["data", "regime"], MESH_ENV) as running:
         yield running
-    finally:
-        code = running.stop()
-        print((home / "up.log").read_text(errors="replace")[-2000:])
-        assert code == 0, f"kitrading up exited with {code}"
 
 
 @pytest.fixture(scope="module")

@@ -180,23 +180,30 @@ def start_mesh(home: Path, only: list[str], extra_env: dict[str, str] | None = N
 
 
 @contextmanager
-def whole_mesh(
-    prefix: str, env: dict[str, str] | None = None, *, samples: bool = True
-) -> Iterator[RunningMesh]:
-    """Every implemented service and the gateway in a fresh `$KITRADING_HOME` (deleted after), each
-    `/<prefix>/health` 200 (and Data serving the bundled samples with `samples`); on the way out the
-    launcher is stopped, the tail of its output printed, and a non-zero exit fails the module."""
+def running_mesh(prefix: str, only: list[str], env: dict[str, str] | None = None) -> Iterator[RunningMesh]:
+    """`kitrading up --only ONLY` in a fresh `$KITRADING_HOME` (deleted after), not waited for; on the
+    way out the launcher is stopped, the tail of its output printed, and a non-zero exit fails."""
     home = Path(tempfile.mkdtemp(prefix=f"kitrading-{prefix}-"))
-    running = start_mesh(home, [s.name for s in mesh.SERVICES if s.implemented], env)
+    running = start_mesh(home, only, env)
     try:
-        for s in mesh.SERVICES:
-            if s.implemented:
-                running.wait_healthy(s.prefix, timeout_s=300)
-        if samples:
-            running.wait_for_samples()
         yield running
     finally:
         code = running.stop()
         print((home / "up.log").read_text(errors="replace")[-2000:])
         shutil.rmtree(home, ignore_errors=True)
     assert code == 0, f"kitrading up exited with {code}"
+
+
+@contextmanager
+def whole_mesh(
+    prefix: str, env: dict[str, str] | None = None, *, samples: bool = True
+) -> Iterator[RunningMesh]:
+    """Every implemented service and the gateway (`running_mesh`), each `/<prefix>/health` 200 (and
+    Data serving the bundled samples with `samples`)."""
+    with running_mesh(prefix, [s.name for s in mesh.SERVICES if s.implemented], env) as running:
+        for s in mesh.SERVICES:
+            if s.implemented:
+                running.wait_healthy(s.prefix, timeout_s=300)
+        if samples:
+            running.wait_for_samples()
+        yield running

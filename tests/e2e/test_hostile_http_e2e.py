@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import RunningMesh, running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -53,17 +53,11 @@ NAMES = [
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    home = tmp_path_factory.mktemp("hostile-mesh")
-    running = start_mesh(home, ["data"], {"KITRADING_DATA_IMPORT_SAMPLES": "true"})
-    try:
+def up() -> Iterator[RunningMesh]:
+    with running_mesh("hostile", ["data"], {"KITRADING_DATA_IMPORT_SAMPLES": "true"}) as running:
         running.wait_healthy("data", timeout_s=180)
         running.wait_for_samples()
         yield running
-    finally:
-        code = running.stop()
-        print((home / "up.log").read_text(errors="replace")[-2000:])
-    assert code == 0, f"kitrading up exited with {code}"
 
 
 @pytest.fixture(scope="module")
