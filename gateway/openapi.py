@@ -57,6 +57,9 @@ _SCALARS: dict[int, Schema] = {
     _T.TYPE_BYTES: {"type": "string", "format": "byte"},
 }
 
+#: proto3 JSON writes a non-finite double or float as one of these strings.
+NON_FINITE: Schema = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+
 _WRAPPERS = {
     "DoubleValue": _T.TYPE_DOUBLE,
     "FloatValue": _T.TYPE_FLOAT,
@@ -145,6 +148,17 @@ class _Builder:
         self.proto_names = preserve_proto_field_names
         self.schemas: dict[str, Schema] = {STATUS_SCHEMA: _STATUS}
         self._pending: list[Descriptor | EnumDescriptor] = []
+        #: Messages a request can carry (its type and every message reachable from its fields): their
+        #: doubles stay plain numbers; a message only answers carry may hold NaN ("no samples").
+        self.in_requests: set[str] = set()
+
+    def note_request(self, message: Descriptor) -> None:
+        if message.full_name in self.in_requests:
+            return
+        self.in_requests.add(message.full_name)
+        for field in message.fields:
+            if field.message_type is not None:
+                self.note_request(field.message_type)
 
     # ---- names ----
 
@@ -232,6 +246,13 @@ class _Builder:
         rules = self.contracts.field_rules(field)
         if rules is not None:
             required = _apply_rules(schema, rules)
+        if field.type in (_T.TYPE_DOUBLE, _T.TYPE_FLOAT) and parent.full_name not in self.in_requests:
+            if schema.get("type") == "array":
+                schema["items"] = {"oneOf": [schema["items"], NON_FINITE]}
+            elif schema.get("type") == "object":
+                schema["additionalProperties"] = {"oneOf": [schema["additionalProperties"], NON_FINITE]}
+            else:
+                schema = {"oneOf": [schema, NON_FINITE]}
         if notes:
             text = "\n\n".join(notes)
             if "$ref" in schema:
@@ -552,6 +573,9 @@ def build_openapi(
     """The OpenAPI document of one mesh service (every protobuf service of its package)."""
     builder = _Builder(contracts, preserve_proto_field_names=preserve_proto_field_names)
     routed = [s for s in contracts.routed_services([service])]
+    for svc in contracts.routed_services():  # every service's: the component schemas are shared
+        for method in svc.methods:
+            builder.note_request(contracts.message(method.input_type))
     paths: dict[str, dict[str, Schema]] = {}
     tags: list[Schema] = []
     for svc in routed:
@@ -568,7 +592,8 @@ def build_openapi(
             "JSON over HTTP through the gateway's gRPC-JSON transcoder; the same RPCs are served as native "
             "gRPC and grpc-web on the same port (see `x-grpc-method`).",
             "Field names are proto3 JSON lowerCamelCase (requests also accept the proto names); 64-bit "
-            "integers are strings; enums are value names; fields at their default value are still written.",
+            "integers are strings; enums are value names; fields at their default value are still written; "
+            'a double of an answer that has no value (no samples) is written as "NaN".',
         ]
     )
     return {
