@@ -96,7 +96,6 @@ FIELDS: dict[str, Var] = {
 #: Names of the two filters in the chain (their stats: `http_local_rate_limit.<stat prefix>...`).
 CALLS_FILTER = "kitrading.rate_limit.calls"
 EXPENSIVE_FILTER = "kitrading.rate_limit.expensive"
-LOCAL_RATE_LIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 #: Descriptor keys: the client (one of the two), and the expensive-call marker.
 KEY_DESCRIPTOR, ADDRESS_DESCRIPTOR, EXPENSIVE_DESCRIPTOR = "key_id", "remote_address", "expensive"
 
