@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
+import numpy as np
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
@@ -72,6 +73,42 @@ def candle_out(c: models.Candle) -> market_pb2.Candle:
     return market_pb2.Candle(
         time=timestamp(c.time), open=c.open, high=c.high, low=c.low, close=c.close, volume=c.volume
     )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: (field tag, attribute, little-endian dtype) of each `CandleColumns` array: every one is
+#: fixed-width (sfixed64, double), so its packed encoding is the array's own bytes.
+_COLUMN_FIELDS = tuple(
+    (
+        _varint(field.number << 3 | 2),  # wire type 2: length-delimited (packed)
+        field.name,
+        "<i8" if field.type == field.TYPE_SFIXED64 else "<f8",
+    )
+    for field in market_pb2.CandleColumns.DESCRIPTOR.fields
+)
+assert all(f.type in (f.TYPE_SFIXED64, f.TYPE_DOUBLE) for f in market_pb2.CandleColumns.DESCRIPTOR.fields), (
+    "CandleColumns must keep fixed-width fields (the encoder below copies bytes)"
+)
+
+
+def candle_columns_out(c: models.CandleColumns) -> market_pb2.CandleColumns:
+    """The arrays as packed repeated fields, written as protobuf's wire format straight from numpy's
+    bytes (packed sfixed64 / double is a length prefix and the little-endian values) and parsed
+    once: no Python object per bar (the lists-into-fields way costs ~0.13 ms per 5,000 values)."""
+    parts: list[bytes] = []
+    for tag, name, dtype in _COLUMN_FIELDS:
+        payload = np.ascontiguousarray(getattr(c, name), dtype=dtype).tobytes()
+        if payload:
+            parts += (tag, _varint(len(payload)), payload)
+    return market_pb2.CandleColumns.FromString(b"".join(parts))
 
 
 def candle_in(c: market_pb2.Candle) -> models.Candle:

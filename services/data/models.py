@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from services.runtime.jobs import JobState
 
 T = TypeVar("T")
+
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Timeframe(enum.Enum):
@@ -80,6 +84,40 @@ class Candle:
     low: float
     close: float
     volume: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CandleColumns:
+    """Bars as parallel numpy arrays, entry i of each being bar i, in the order the read asked for;
+    the bulk form (no object per bar). `times_unix_micros` (int64): open times, microseconds since
+    the Unix epoch (UTC); the rest float64."""
+
+    times_unix_micros: np.ndarray
+    opens: np.ndarray
+    highs: np.ndarray
+    lows: np.ndarray
+    closes: np.ndarray
+    volumes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.times_unix_micros)
+
+    def head(self, n: int) -> CandleColumns:
+        """The first `n` bars."""
+        if n >= len(self):
+            return self
+        return CandleColumns(
+            self.times_unix_micros[:n],
+            self.opens[:n],
+            self.highs[:n],
+            self.lows[:n],
+            self.closes[:n],
+            self.volumes[:n],
+        )
+
+    def time_at(self, index: int) -> datetime:
+        """Bar `index`'s open time as an aware UTC datetime (exact to the microsecond)."""
+        return UNIX_EPOCH + timedelta(microseconds=int(self.times_unix_micros[index]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +319,14 @@ class SampleDataset:
     timeframe: Timeframe
     package: str
     candles: int
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnsPage:
+    """One page of candles as columns; `next_page_token` is the same token the row form gives."""
+
+    columns: CandleColumns
+    next_page_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -26,6 +28,7 @@ from services.data.models import (
     SYMBOL_MUTABLE_FIELDS,
     AssetClass,
     Candle,
+    ColumnsPage,
     Event,
     EventPage,
     EventType,
@@ -280,30 +283,34 @@ class DataDomain:
         descending: bool = False,
     ) -> Page[Candle]:
         """Candles with start_time <= time < end_time, oldest first (newest first if `descending`)."""
-        start = None if start_time is None else as_utc(start_time)
-        end = None if end_time is None else as_utc(end_time)
-        if start is not None and end is not None and end <= start:
-            raise InvalidArgument("end_time", "must be after start_time")
-        limit = resolve_page_size(page_size, 1000, 5000)
-        filters = [symbol, timeframe.value, str(start), str(end), descending]
-        key = decode_token(page_token, "candles", filters)
-        after = datetime.fromisoformat(key[0]) if key else None
+        read = _CandleRead.of(symbol, timeframe, start_time, end_time, page_size, page_token, descending)
         async with self.pool.acquire() as conn:
-            await self._require_symbol(conn, symbol)
-            rows = await self._repo.list_candles(
-                conn,
-                symbol,
-                timeframe,
-                start=start,
-                end=end,
-                after=after,
-                descending=descending,
-                limit=limit + 1,
-            )
-        token = (
-            encode_token("candles", filters, [rows[limit - 1].time.isoformat()]) if len(rows) > limit else ""
-        )
-        return Page(tuple(rows[:limit]), token)
+            rows = await self._repo.list_candles(conn, symbol, timeframe, **read.query())
+            if not rows:  # a candle references its symbol, so only an empty page needs the check
+                await self._require_symbol(conn, symbol)
+        token = read.next_token(rows[read.limit - 1].time) if len(rows) > read.limit else ""
+        return Page(tuple(rows[: read.limit]), token)
+
+    async def list_candle_columns(
+        self,
+        symbol: str,
+        timeframe: Timeframe,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        descending: bool = False,
+    ) -> ColumnsPage:
+        """`list_candles` as parallel lists (the bulk form); the page tokens of both forms are the
+        same, so a caller may switch form between pages."""
+        read = _CandleRead.of(symbol, timeframe, start_time, end_time, page_size, page_token, descending)
+        async with self.pool.acquire() as conn:
+            columns = await self._repo.list_candle_columns(conn, symbol, timeframe, **read.query())
+            if not len(columns):
+                await self._require_symbol(conn, symbol)
+        token = read.next_token(columns.time_at(read.limit - 1)) if len(columns) > read.limit else ""
+        return ColumnsPage(columns.head(read.limit), token)
 
     async def get_latest_candle(self, symbol: str, timeframe: Timeframe) -> Candle:
         async with self.pool.acquire() as conn:
@@ -417,3 +424,49 @@ class DataDomain:
     async def import_samples(self) -> list[SampleDataset]:
         """Import the bundled real market data (idempotent); returns the data sets present."""
         return await self.samples.import_all()
+
+
+@dataclass(frozen=True, slots=True)
+class _CandleRead:
+    """A candle read's checked range, page size and position (shared by the row and column forms)."""
+
+    start: datetime | None
+    end: datetime | None
+    after: datetime | None
+    descending: bool
+    limit: int
+    filters: list[Any]
+
+    @classmethod
+    def of(
+        cls,
+        symbol: str,
+        timeframe: Timeframe,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        page_size: int,
+        page_token: str,
+        descending: bool,
+    ) -> _CandleRead:
+        start = None if start_time is None else as_utc(start_time)
+        end = None if end_time is None else as_utc(end_time)
+        if start is not None and end is not None and end <= start:
+            raise InvalidArgument("end_time", "must be after start_time")
+        limit = resolve_page_size(page_size, 1000, 5000)
+        filters: list[Any] = [symbol, timeframe.value, str(start), str(end), descending]
+        key = decode_token(page_token, "candles", filters)
+        after = datetime.fromisoformat(key[0]) if key else None
+        return cls(start, end, after, descending, limit, filters)
+
+    def query(self) -> dict[str, Any]:
+        """The repository's keyword arguments: one row more than the page, to see if another follows."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "after": self.after,
+            "descending": self.descending,
+            "limit": self.limit + 1,
+        }
+
+    def next_token(self, last: datetime) -> str:
+        return encode_token("candles", self.filters, [last.isoformat()])

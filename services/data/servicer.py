@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kitrading.data.v1 import request_response_pb2 as rr
+from kitrading.data.v1 import resources_pb2 as pb
 from kitrading.data.v1 import service_pb2_grpc
 from services.data import convert as cv
 from services.data.models import STRATEGY_MUTABLE_FIELDS, SYMBOL_MUTABLE_FIELDS, Timeframe
@@ -113,15 +114,20 @@ class DataServicer(service_pb2_grpc.DataServiceServicer):
     # -- candles ----------------------------------------------------------------------------------
 
     async def ListCandles(self, request: rr.ListCandlesRequest, context: Context) -> rr.ListCandlesResponse:
-        page = await self.domain.list_candles(
-            request.symbol,
-            _required_timeframe(request.timeframe),
-            start_time=cv.to_datetime(request, "start_time"),
-            end_time=cv.to_datetime(request, "end_time"),
-            page_size=request.page_size,
-            page_token=request.page_token,
-            descending=request.descending,
-        )
+        args = (request.symbol, _required_timeframe(request.timeframe))
+        kwargs: dict[str, Any] = {
+            "start_time": cv.to_datetime(request, "start_time"),
+            "end_time": cv.to_datetime(request, "end_time"),
+            "page_size": request.page_size,
+            "page_token": request.page_token,
+            "descending": request.descending,
+        }
+        if request.view == pb.CANDLE_VIEW_COLUMNS:
+            columns = await self.domain.list_candle_columns(*args, **kwargs)
+            return rr.ListCandlesResponse(
+                columns=cv.candle_columns_out(columns.columns), next_page_token=columns.next_page_token
+            )
+        page = await self.domain.list_candles(*args, **kwargs)
         return rr.ListCandlesResponse(
             candles=[cv.candle_out(c) for c in page.items], next_page_token=page.next_page_token
         )

@@ -3,15 +3,19 @@ market events computed on upsert from the stored history."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.models import Candle, EventType, MarketEvent, Timeframe
+from kitrading.common.v1 import market_pb2
+from services.data import convert as cv
+from services.data.models import Candle, CandleColumns, EventType, MarketEvent, Timeframe
 from services.data.service import DataDomain
+from services.data.storage import columns_from_copy, copy_literal
 from services.runtime.errors import InvalidArgument, NotFound
 from tests.data.conftest import DomainFactory, add_symbol
 
@@ -126,6 +130,103 @@ async def test_range_pages_ascending_and_descending(domain: DataDomain, eurusd: 
         await domain.list_candles("NOPE", H1)
 
 
+def _as_rows(columns: CandleColumns) -> list[Candle]:
+    return [
+        Candle(columns.time_at(i), o, h, lo, c, v)
+        for i, (o, h, lo, c, v) in enumerate(
+            zip(columns.opens, columns.highs, columns.lows, columns.closes, columns.volumes, strict=True)
+        )
+    ]
+
+
+async def test_the_column_form_is_the_row_form_page_for_page(
+    domain: DataDomain, eurusd: list[Candle]
+) -> None:
+    await add_symbol(domain)
+    await domain.upsert_candles("EURUSD", H1, eurusd)
+    start, end = eurusd[100].time, eurusd[1100].time
+    for descending in (False, True):
+        got: list[Candle] = []
+        token = ""
+        for page_number in range(10):  # alternate the forms: one token serves both
+            kwargs = dict(
+                start_time=start, end_time=end, page_size=300, page_token=token, descending=descending
+            )
+            if page_number % 2:
+                rows = await domain.list_candles("EURUSD", H1, **kwargs)  # type: ignore[arg-type]
+                got += rows.items
+                token = rows.next_page_token
+            else:
+                columns = await domain.list_candle_columns("EURUSD", H1, **kwargs)  # type: ignore[arg-type]
+                assert len(columns.columns.opens) == len(columns.columns) <= 300
+                same = await domain.list_candles("EURUSD", H1, **kwargs)  # type: ignore[arg-type]
+                assert _as_rows(columns.columns) == list(same.items)
+                assert columns.next_page_token == same.next_page_token
+                got += _as_rows(columns.columns)
+                token = columns.next_page_token
+            if not token:
+                break
+        expected = eurusd[100:1100]
+        assert got == (list(reversed(expected)) if descending else expected)
+
+    everything = await domain.list_candle_columns("EURUSD", H1, page_size=5000)
+    assert len(everything.columns) == 5000 and everything.next_page_token == ""
+    assert everything.columns.times_unix_micros.tolist() == [
+        round(c.time.timestamp()) * 1_000_000 for c in eurusd[:5000]
+    ]
+    assert _as_rows(everything.columns) == eurusd[:5000]
+    empty = await domain.list_candle_columns("EURUSD", Timeframe.D1)
+    assert len(empty.columns) == 0 and empty.next_page_token == ""
+    with pytest.raises(InvalidArgument):
+        await domain.list_candle_columns("EURUSD", H1, start_time=end, end_time=start)
+    with pytest.raises(NotFound):
+        await domain.list_candle_columns("NOPE", H1)
+
+
+def test_copy_literals_take_only_values_that_cannot_carry_sql() -> None:
+    moment = datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert copy_literal(moment) == "'2024-01-02T03:04:05.000006+00:00'::timestamptz"
+    assert (
+        copy_literal(5001) == "5001" and copy_literal("BRK.B") == "'BRK.B'" and copy_literal("H1") == "'H1'"
+    )
+    for bad in (
+        "EURUSD'; DROP TABLE data.candles; --",
+        "a b",
+        "",
+        "x" * 65,
+        "é",
+        moment.replace(tzinfo=None),
+        True,
+        1.5,
+        None,
+    ):
+        with pytest.raises(ValueError):
+            copy_literal(bad)
+
+
+def test_a_binary_copy_of_another_layout_is_refused_not_misread() -> None:
+    row = struct.pack(">hiq", 6, 8, 0) + b"".join(struct.pack(">id", 8, 1.5) for _ in range(5))
+    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+    good = header + row * 3 + b"\xff\xff"
+    columns = columns_from_copy(good)
+    assert (
+        columns.times_unix_micros.tolist() == [946_684_800_000_000] * 3
+        and columns.closes.tolist() == [1.5] * 3
+    )
+    assert columns_from_copy(header + b"\xff\xff").opens.tolist() == []
+    with_oids = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 1 << 16, 0) + row + b"\xff\xff"
+    numeric = struct.pack(">hiq", 6, 8, 0) + struct.pack(">i", 10) + b"0" * 10 + row[14:-12]
+    for bad in (
+        good[:-2],
+        b"COPY" + good[4:],
+        with_oids,
+        header + row[:-1] + b"\xff\xff",
+        header + numeric + b"\xff\xff",
+    ):
+        with pytest.raises(ValueError, match="COPY"):
+            columns_from_copy(bad)
+
+
 async def test_stats_on_stored_data(domain: DataDomain, eurusd: list[Candle]) -> None:
     await add_symbol(domain)
     with pytest.raises(NotFound):
@@ -172,3 +273,35 @@ async def test_market_event_threshold_is_a_setting(
     (event,) = page.events
     assert isinstance(event.details, MarketEvent)
     assert event.details.time == spike.time and event.details.z_score > 50
+
+
+def test_the_column_encoder_writes_what_protobuf_itself_writes() -> None:
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 5000):
+        columns = CandleColumns(
+            rng.integers(-(2**62), 2**62, n),
+            *(rng.normal(0, 1e6, n) for _ in range(4)),
+            np.zeros(n) if n % 2 else rng.uniform(0, 1e9, n),
+        )
+        ours = cv.candle_columns_out(columns)
+        theirs = market_pb2.CandleColumns(
+            times_unix_micros=columns.times_unix_micros.tolist(),
+            opens=columns.opens.tolist(),
+            highs=columns.highs.tolist(),
+            lows=columns.lows.tolist(),
+            closes=columns.closes.tolist(),
+            volumes=columns.volumes.tolist(),
+        )
+        assert ours == theirs
+        assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
+    special = CandleColumns(
+        np.array([0]),
+        np.array([np.inf]),
+        np.array([-0.0]),
+        np.array([1e-308]),
+        np.array([np.nan]),
+        np.array([5e-324]),
+    )
+    got = cv.candle_columns_out(special)
+    assert list(got.opens) == [np.inf] and str(got.highs[0]) == "-0.0" and got.lows[0] == 1e-308
+    assert np.isnan(got.closes[0]) and got.volumes[0] == 5e-324

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -139,6 +140,32 @@ async def test_candles_range_stats_and_bad_bar(stub: service_pb2_grpc.DataServic
         await stub.ListCandles(reversed_range)
     assert order.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(order.value) == ["end_time"]
+
+
+async def test_candles_as_columns_over_grpc(stub: service_pb2_grpc.DataServiceStub) -> None:
+    await stub.CreateSymbol(rr.CreateSymbolRequest(symbol=pb.Symbol(symbol="EURUSD", active=True)))
+    bars = [candle(h, 1.1 + h / 1000) for h in range(30)]
+    await stub.UpsertCandles(rr.UpsertCandlesRequest(symbol="EURUSD", timeframe=H1, candles=bars))
+    request = rr.ListCandlesRequest(
+        symbol="EURUSD", timeframe=H1, page_size=20, descending=True, view=pb.CANDLE_VIEW_COLUMNS
+    )
+    page = await stub.ListCandles(request)
+    assert not page.candles and page.HasField("columns") and page.next_page_token
+    newest = list(reversed(bars))[:20]
+    assert list(page.columns.times_unix_micros) == [b.time.seconds * 1_000_000 for b in newest]
+    assert np.array(page.columns.closes).tolist() == [b.close for b in newest]
+    for name in ("opens", "highs", "lows", "volumes"):
+        assert list(getattr(page.columns, name)) == [getattr(b, name[:-1]) for b in newest]
+    request.page_token, request.view = page.next_page_token, pb.CANDLE_VIEW_ROWS  # same token, rows
+    rest = await stub.ListCandles(request)
+    assert [c.close for c in rest.candles] == [b.close for b in list(reversed(bars))[20:]]
+    assert not rest.HasField("columns") and not rest.next_page_token
+    default = await stub.ListCandles(rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, page_size=1))
+    assert len(default.candles) == 1 and not default.HasField("columns")  # rows unless asked
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.ListCandles(rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, view=7))  # type: ignore[arg-type]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(bad.value) == ["view"]
 
 
 async def test_events_stream_resumes_and_query_logs(stub: service_pb2_grpc.DataServiceStub) -> None:

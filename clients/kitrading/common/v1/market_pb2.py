@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kitrading/common/v1/market.proto\x12\x13kitrading.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x06\x43\x61ndle\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\x12\x0b\n\x03low\x18\x04 \x01(\x01\x12\r\n\x05\x63lose\x18\x05 \x01(\x01\x12\x0e\n\x06volume\x18\x06 \x01(\x01*\xb8\x01\n\tTimeframe\x12\x19\n\x15TIMEFRAME_UNSPECIFIED\x10\x00\x12\x10\n\x0cTIMEFRAME_M1\x10\x01\x12\x10\n\x0cTIMEFRAME_M5\x10\x02\x12\x11\n\rTIMEFRAME_M15\x10\x03\x12\x11\n\rTIMEFRAME_M30\x10\x04\x12\x10\n\x0cTIMEFRAME_H1\x10\x05\x12\x10\n\x0cTIMEFRAME_H4\x10\x06\x12\x10\n\x0cTIMEFRAME_D1\x10\x07\x12\x10\n\x0cTIMEFRAME_W1\x10\x08*\x9f\x01\n\nAssetClass\x12\x1b\n\x17\x41SSET_CLASS_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41SSET_CLASS_FX\x10\x01\x12\x16\n\x12\x41SSET_CLASS_EQUITY\x10\x02\x12\x15\n\x11\x41SSET_CLASS_INDEX\x10\x03\x12\x16\n\x12\x41SSET_CLASS_CRYPTO\x10\x04\x12\x19\n\x15\x41SSET_CLASS_COMMODITY\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kitrading/common/v1/market.proto\x12\x13kitrading.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x06\x43\x61ndle\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\x12\x0b\n\x03low\x18\x04 \x01(\x01\x12\r\n\x05\x63lose\x18\x05 \x01(\x01\x12\x0e\n\x06volume\x18\x06 \x01(\x01\"w\n\rCandleColumns\x12\x19\n\x11times_unix_micros\x18\x01 \x03(\x10\x12\r\n\x05opens\x18\x02 \x03(\x01\x12\r\n\x05highs\x18\x03 \x03(\x01\x12\x0c\n\x04lows\x18\x04 \x03(\x01\x12\x0e\n\x06\x63loses\x18\x05 \x03(\x01\x12\x0f\n\x07volumes\x18\x06 \x03(\x01*\xb8\x01\n\tTimeframe\x12\x19\n\x15TIMEFRAME_UNSPECIFIED\x10\x00\x12\x10\n\x0cTIMEFRAME_M1\x10\x01\x12\x10\n\x0cTIMEFRAME_M5\x10\x02\x12\x11\n\rTIMEFRAME_M15\x10\x03\x12\x11\n\rTIMEFRAME_M30\x10\x04\x12\x10\n\x0cTIMEFRAME_H1\x10\x05\x12\x10\n\x0cTIMEFRAME_H4\x10\x06\x12\x10\n\x0cTIMEFRAME_D1\x10\x07\x12\x10\n\x0cTIMEFRAME_W1\x10\x08*\x9f\x01\n\nAssetClass\x12\x1b\n\x17\x41SSET_CLASS_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41SSET_CLASS_FX\x10\x01\x12\x16\n\x12\x41SSET_CLASS_EQUITY\x10\x02\x12\x15\n\x11\x41SSET_CLASS_INDEX\x10\x03\x12\x16\n\x12\x41SSET_CLASS_CRYPTO\x10\x04\x12\x19\n\x15\x41SSET_CLASS_COMMODITY\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kitrading.common.v1.market_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIMEFRAME']._serialized_start=215
-  _globals['_TIMEFRAME']._serialized_end=399
-  _globals['_ASSETCLASS']._serialized_start=402
-  _globals['_ASSETCLASS']._serialized_end=561
+  _globals['_TIMEFRAME']._serialized_start=336
+  _globals['_TIMEFRAME']._serialized_end=520
+  _globals['_ASSETCLASS']._serialized_start=523
+  _globals['_ASSETCLASS']._serialized_end=682
   _globals['_CANDLE']._serialized_start=90
   _globals['_CANDLE']._serialized_end=212
+  _globals['_CANDLECOLUMNS']._serialized_start=214
+  _globals['_CANDLECOLUMNS']._serialized_end=333
 # @@protoc_insertion_point(module_scope)

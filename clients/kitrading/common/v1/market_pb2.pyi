@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -108,3 +110,54 @@ class Candle(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Candle: _TypeAlias = Candle  # noqa: Y015
+
+@_typing.final
+class CandleColumns(_message.Message):
+    """CandleColumns is a series of OHLCV bars as parallel arrays, the bulk form for programs: entry i of
+    every array is bar i, all arrays have the same length, in the order the call asked for. Packed
+    arrays decode straight into numpy (`numpy.array(columns.closes)`) with no message per bar.
+    In JSON the times are strings (proto3 JSON writes int64 as strings); JSON clients read the
+    per-bar `Candle` form instead.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMES_UNIX_MICROS_FIELD_NUMBER: _builtins.int
+    OPENS_FIELD_NUMBER: _builtins.int
+    HIGHS_FIELD_NUMBER: _builtins.int
+    LOWS_FIELD_NUMBER: _builtins.int
+    CLOSES_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def times_unix_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each bar's open time, microseconds since 1970-01-01T00:00:00Z. Fixed-width (8 bytes each,
+        like the doubles), so a packed array is copied, not varint-coded, on both ends.
+        """
+
+    @_builtins.property
+    def opens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def highs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def lows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def closes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        times_unix_micros: _abc.Iterable[_builtins.int] | None = ...,
+        opens: _abc.Iterable[_builtins.float] | None = ...,
+        highs: _abc.Iterable[_builtins.float] | None = ...,
+        lows: _abc.Iterable[_builtins.float] | None = ...,
+        closes: _abc.Iterable[_builtins.float] | None = ...,
+        volumes: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes", b"closes", "highs", b"highs", "lows", b"lows", "opens", b"opens", "times_unix_micros", b"times_unix_micros", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandleColumns: _TypeAlias = CandleColumns  # noqa: Y015

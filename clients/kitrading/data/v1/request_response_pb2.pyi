@@ -522,6 +522,7 @@ class ListCandlesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     DESCENDING_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     timeframe: _market_pb2.Timeframe.ValueType
     page_size: _builtins.int
@@ -529,6 +530,8 @@ class ListCandlesRequest(_message.Message):
     page_token: _builtins.str
     descending: _builtins.bool
     """Return the newest candles of the range first."""
+    view: _resources_pb2.CandleView.ValueType
+    """The form of the page: rows (`candles`, the default) or columns (`columns`)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Inclusive; unset: from the first candle."""
@@ -547,10 +550,11 @@ class ListCandlesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         descending: _builtins.bool = ...,
+        view: _resources_pb2.CandleView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["descending", b"descending", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "symbol", b"symbol", "timeframe", b"timeframe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["descending", b"descending", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "symbol", b"symbol", "timeframe", b"timeframe", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -558,24 +562,32 @@ Global___ListCandlesRequest: _TypeAlias = ListCandlesRequest  # noqa: Y015
 
 @_typing.final
 class ListCandlesResponse(_message.Message):
-    """ListCandlesResponse is one page of candles."""
+    """ListCandlesResponse is one page of candles, in the form the request's `view` chose."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CANDLES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def candles(self) -> _containers.RepeatedCompositeFieldContainer[_market_pb2.Candle]: ...
+    def candles(self) -> _containers.RepeatedCompositeFieldContainer[_market_pb2.Candle]:
+        """CANDLE_VIEW_ROWS (the default): one message per bar. Empty for CANDLE_VIEW_COLUMNS."""
+
+    @_builtins.property
+    def columns(self) -> _market_pb2.CandleColumns:
+        """CANDLE_VIEW_COLUMNS: the page as parallel arrays. Unset for CANDLE_VIEW_ROWS."""
+
     def __init__(
         self,
         *,
         candles: _abc.Iterable[_market_pb2.Candle] | None = ...,
         next_page_token: _builtins.str = ...,
+        columns: _market_pb2.CandleColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candles", b"candles", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candles", b"candles", "columns", b"columns", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

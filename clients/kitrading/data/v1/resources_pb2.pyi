@@ -23,6 +23,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CandleView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CandleViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CandleView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CANDLE_VIEW_UNSPECIFIED: _CandleView.ValueType  # 0
+    """The default: CANDLE_VIEW_ROWS."""
+    CANDLE_VIEW_ROWS: _CandleView.ValueType  # 1
+    """One `Candle` message per bar (`candles`)."""
+    CANDLE_VIEW_COLUMNS: _CandleView.ValueType  # 2
+    """Parallel arrays (`columns`), the bulk form for programs: several times faster to send and to
+    decode than one message per bar.
+    """
+
+class CandleView(_CandleView, metaclass=_CandleViewEnumTypeWrapper):
+    """CandleView chooses the form of the candles a read returns."""
+
+CANDLE_VIEW_UNSPECIFIED: CandleView.ValueType  # 0
+"""The default: CANDLE_VIEW_ROWS."""
+CANDLE_VIEW_ROWS: CandleView.ValueType  # 1
+"""One `Candle` message per bar (`candles`)."""
+CANDLE_VIEW_COLUMNS: CandleView.ValueType  # 2
+"""Parallel arrays (`columns`), the bulk form for programs: several times faster to send and to
+decode than one message per bar.
+"""
+Global___CandleView: _TypeAlias = CandleView  # noqa: Y015
+
 class _EventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
