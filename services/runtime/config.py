@@ -395,6 +395,9 @@ class RuntimeSettings:
     max_concurrent_unary: int = 64
     #: Concurrent server streams before RESOURCE_EXHAUSTED.
     max_concurrent_streams: int = 256
+    #: How long a unary call beyond `max_concurrent_unary` waits for a slot (bounded by its
+    #: deadline) before RESOURCE_EXHAUSTED; 0 refuses at once.
+    admission_wait_ms: int = 1000
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -418,6 +421,7 @@ class RuntimeSettings:
             max_concurrent_unary_all=IntVar("KITRADING_MAX_CONCURRENT_RPCS", 1, 100_000),
             max_concurrent_streams=IntVar(f"KITRADING_{upper}_MAX_CONCURRENT_STREAMS", 1, 100_000),
             max_concurrent_streams_all=IntVar("KITRADING_MAX_CONCURRENT_STREAMS", 1, 100_000),
+            admission_wait_ms=IntVar("KITRADING_ADMISSION_WAIT_MS", 0, 60_000),
             max_message_bytes=IntVar("KITRADING_MAX_MESSAGE_BYTES", 1024, 1 << 30),
             grace_seconds=FloatVar("KITRADING_GRACE_SECONDS", 0.0, 600.0),
             log_level=ChoiceVar("KITRADING_LOG_LEVEL", LOG_LEVELS),
@@ -443,6 +447,7 @@ class RuntimeSettings:
             metrics_port=metrics_port if metrics_on else None,
             max_concurrent_unary=v.max_concurrent_unary.read(unary, env),
             max_concurrent_streams=v.max_concurrent_streams.read(streams, env),
+            admission_wait_ms=v.admission_wait_ms.read(d.admission_wait_ms, env),
             max_message_bytes=v.max_message_bytes.read(d.max_message_bytes, env),
             grace_seconds=v.grace_seconds.read(d.grace_seconds, env),
             log_level=v.log_level.read(d.log_level, env),
@@ -463,6 +468,7 @@ class RuntimeVariables(NamedTuple):
     max_concurrent_unary_all: IntVar
     max_concurrent_streams: IntVar
     max_concurrent_streams_all: IntVar
+    admission_wait_ms: IntVar
     max_message_bytes: IntVar
     grace_seconds: FloatVar
     log_level: ChoiceVar

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -289,11 +290,18 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         max_concurrent_streams: int,
         is_started: Callable[[], bool],
         observers: Sequence[Observer] = (),
+        admission_wait_s: float = 0.0,
     ) -> None:
         self.service = service
         self.domain = domain
         self.max_concurrent_unary = max_concurrent_unary
         self.max_concurrent_streams = max_concurrent_streams
+        #: How long a unary call over the limit waits for a slot (bounded by its deadline) before
+        #: RESOURCE_EXHAUSTED: a burst is served in order, overload is still refused quickly.
+        self.admission_wait_s = admission_wait_s
+        #: Unary calls waiting for a slot, first come first served; a finishing call hands its slot
+        #: to the first (the count of calls in flight does not drop, so no newcomer takes it).
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self.is_started = is_started
         self.observers = list(observers)
         self.unary_in_flight = 0
@@ -327,21 +335,60 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
 
     # -- wrappers -------------------------------------------------------------------------------
 
-    def _admit(self, streaming: bool) -> None:
+    async def _admit(self, streaming: bool, context: grpc.aio.ServicerContext) -> None:
+        """Take a slot (counted in flight) or raise: UNAVAILABLE while starting, RESOURCE_EXHAUSTED
+        over the limit (a unary call first waits up to `admission_wait_s` for one)."""
         if not self.is_started():
             raise Unavailable(f"{self.service} is starting; retry shortly", reason="SERVICE_STARTING")
-        if streaming and self.streams_in_flight >= self.max_concurrent_streams:
-            raise ResourceExhausted(
-                f"{self.service} has {self.streams_in_flight} open streams "
-                f"(limit {self.max_concurrent_streams})",
-                reason="CONCURRENCY_LIMIT",
-            )
-        if not streaming and self.unary_in_flight >= self.max_concurrent_unary:
+        if streaming:
+            if self.streams_in_flight >= self.max_concurrent_streams:
+                raise ResourceExhausted(
+                    f"{self.service} has {self.streams_in_flight} open streams "
+                    f"(limit {self.max_concurrent_streams})",
+                    reason="CONCURRENCY_LIMIT",
+                )
+            self.streams_in_flight += 1
+            return
+        if self.unary_in_flight < self.max_concurrent_unary and not self._waiting:
+            self.unary_in_flight += 1
+            return
+        if not await self._wait_for_slot(context):
             raise ResourceExhausted(
                 f"{self.service} is handling {self.unary_in_flight} calls "
-                f"(limit {self.max_concurrent_unary})",
+                f"(limit {self.max_concurrent_unary}, none freed within {self.admission_wait_s:g} s)",
                 reason="CONCURRENCY_LIMIT",
             )
+
+    async def _wait_for_slot(self, context: grpc.aio.ServicerContext) -> bool:
+        """Queue for a slot; True when one was handed over (already counted in flight)."""
+        wait = self.admission_wait_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, remaining)
+        if wait <= 0:
+            return False
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(slot)
+        try:
+            await asyncio.wait((slot,), timeout=wait)
+        except BaseException:  # cancelled while queued: a slot handed over meanwhile passes on
+            if slot.done() and not slot.cancelled():
+                self._release_unary()
+            else:
+                slot.cancel()
+            raise
+        if not slot.done():  # timed out: leave the queue (the releaser skips cancelled entries)
+            slot.cancel()
+            return False
+        return True
+
+    def _release_unary(self) -> None:
+        while self._waiting:
+            slot = self._waiting.popleft()
+            if not slot.done():
+                slot.set_result(None)  # the slot passes on; the count stays
+                return
+        self.unary_in_flight -= 1
 
     def _wrap_unary(self, inner: Any, method: str) -> Callable[[Message, Any], Awaitable[Message]]:
         async def behavior(request: Message, context: grpc.aio.ServicerContext) -> Message:
@@ -378,9 +425,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             else None
         )
         try:
-            self._admit(streaming=streaming)
+            await self._admit(streaming, context)
             admitted = True
-            self._count(streaming, +1)
             in_flight.inc()
             if isinstance(request, Undecodable):
                 bad, request = request, request.empty  # observers see an empty message of the type
@@ -396,17 +442,14 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             raise
         finally:
             if admitted:
-                self._count(streaming, -1)
+                if streaming:
+                    self.streams_in_flight -= 1
+                else:
+                    self._release_unary()
                 in_flight.dec()
             self._finish(method, request, call)  # its log line still names the span's trace
             if span is not None:
                 span.end(call.code, call.message)
-
-    def _count(self, streaming: bool, delta: int) -> None:
-        if streaming:
-            self.streams_in_flight += delta
-        else:
-            self.unary_in_flight += delta
 
     def _classify(
         self, exc: BaseException, context: grpc.aio.ServicerContext, method: str

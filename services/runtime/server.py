@@ -183,6 +183,7 @@ async def create_server(
         domain=f"kitrading.{info.name}",
         max_concurrent_unary=settings.max_concurrent_unary,
         max_concurrent_streams=settings.max_concurrent_streams,
+        admission_wait_s=settings.admission_wait_ms / 1000,
         is_started=lambda: holder["server"].started if "server" in holder else False,
         observers=app.observers,
     )

@@ -79,7 +79,9 @@ def settings(**overrides: object) -> RuntimeSettings:
 @pytest.fixture
 async def running() -> AsyncIterator[tuple[RunningServer, App]]:
     app = App()
-    server = await create_server(app, settings(max_concurrent_unary=2, grace_seconds=1.0))
+    server = await create_server(
+        app, settings(max_concurrent_unary=2, grace_seconds=1.0, admission_wait_ms=200)
+    )
     yield server, app
     await server.stop(0)
 
@@ -210,6 +212,76 @@ async def test_concurrency_limit_answers_resource_exhausted(running: tuple[Runni
                 await call  # SLOW is then not found
         reply = await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)
         assert reply.symbol.symbol == "EURUSD"
+
+
+async def test_calls_over_the_limit_wait_for_a_slot_then_are_served_in_order() -> None:
+    app = App()
+    server = await create_server(app, settings(max_concurrent_unary=2, admission_wait_ms=5000))
+    interceptor = server.interceptor
+    assert interceptor is not None
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc.DataServiceStub(channel)
+            slow = [
+                asyncio.ensure_future(stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW"))) for _ in range(2)
+            ]
+            await asyncio.sleep(0.3)
+            finished: list[int] = []
+
+            async def queued(index: int) -> None:
+                await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=10)
+                finished.append(index)
+
+            waiting = []
+            for index in range(4):
+                waiting.append(asyncio.ensure_future(queued(index)))
+                await asyncio.sleep(0.05)  # a known arrival order
+            gone = asyncio.ensure_future(stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=10))
+            await asyncio.sleep(0.3)
+            assert interceptor.unary_in_flight == 2 and len(interceptor._waiting) == 5
+            gone.cancel()  # a caller that leaves the queue takes nothing with it
+            await asyncio.sleep(0.2)
+            app.servicer.release.set()
+            await asyncio.gather(*waiting)  # none refused: the slots passed on
+            assert finished == [0, 1, 2, 3]
+            for call in slow:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await call  # SLOW is then not found
+            await _slots_free(server)
+            assert not interceptor._waiting
+    finally:
+        await server.stop(0)
+
+
+async def test_the_wait_for_a_slot_is_bounded_by_the_setting_and_the_deadline() -> None:
+    app = App()
+    server = await create_server(app, settings(max_concurrent_unary=1, admission_wait_ms=400))
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = service_pb2_grpc.DataServiceStub(channel)
+            hold = asyncio.ensure_future(stub.GetSymbol(rr.GetSymbolRequest(symbol="SLOW")))
+            await asyncio.sleep(0.3)
+            loop = asyncio.get_running_loop()
+            for timeout, limit_s in ((10.0, 0.4), (0.1, 0.1)):
+                start = loop.time()
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=timeout)
+                waited = loop.time() - start
+                assert limit_s * 0.9 <= waited < limit_s + 0.5, waited
+                assert info.value.code() in (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if timeout == 10.0:
+                    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "none freed within 0.4 s" in (info.value.details() or "")
+            app.servicer.release.set()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await hold
+            await _slots_free(server)
+            assert (await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5)).symbol.symbol
+    finally:
+        await server.stop(0)
 
 
 async def test_stream_and_observers(running: tuple[RunningServer, App]) -> None:
