@@ -8,8 +8,8 @@
 |---|---|
 | `list_symbols()` | `ListSymbols` (every page) |
 | `get_symbol(symbol)` | `GetSymbol` (NOT_FOUND -> None) |
-| `fetch(symbol, timeframe, limit=n)` | `ListCandles` newest first, `n` rows (pages of 5000), reversed |
-| `fetch(symbol, timeframe)` | `ListCandles` oldest first, every page |
+| `fetch(symbol, timeframe, limit=n)` | `ListCandles` columns, newest first, `n` bars (pages of 5000) |
+| `fetch(symbol, timeframe)` | `ListCandles` columns, oldest first, every page |
 | `watch_events(after_id)` | `WatchEvents(after_event_id=after_id)` |
 
 The candle cache (`cache=True`): the newest bars a forecast asked for are kept per series and
@@ -111,6 +111,31 @@ def candles_frame(candles: Sequence[market_pb2.Candle]) -> pd.DataFrame:
     if n > 1 and not bool(np.all(np.diff(ns) > 0)):
         frame = frame.sort_values("time", kind="stable").reset_index(drop=True)
     return frame
+
+
+def columns_frame(pages: Sequence[market_pb2.CandleColumns]) -> pd.DataFrame:
+    """Column pages (`ListCandles` with CANDLE_VIEW_COLUMNS, any order) -> the candle contract frame,
+    oldest first: numpy reads each packed array whole, nothing runs per bar in Python."""
+    if not pages:
+        return candles_frame([])
+
+    def column(name: str, dtype: type) -> np.ndarray:
+        arrays: list[np.ndarray] = [np.array(getattr(page, name), dtype=dtype) for page in pages]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    micros = column("times_unix_micros", np.int64)
+    steps = np.diff(micros)
+    order: Any = slice(None)
+    if not bool(np.all(steps > 0)):  # newest first (a `limit` read): reversed; else sorted
+        order = slice(None, None, -1) if bool(np.all(steps < 0)) else np.argsort(micros, kind="stable")
+    times = micros[order].astype("datetime64[us]").astype("datetime64[ns]")
+    return pd.DataFrame(
+        {
+            "time": pd.DatetimeIndex(times, tz="UTC"),
+            **{name: column(f"{name}s", np.float64)[order] for name in CANDLE_COLUMNS[1:]},
+        },
+        copy=False,
+    )
 
 
 def domain_error(exc: grpc.aio.AioRpcError, what: str) -> DomainError:
@@ -249,10 +274,11 @@ class DataServiceSource:
         wanted = math.inf if limit is None else max(0, limit)
         newest_first = limit is not None
         timeout = self._timeout(self.timeout_s if newest_first else self.fetch_timeout_s)
-        collected: list[market_pb2.Candle] = []
+        pages: list[market_pb2.CandleColumns] = []
+        got = 0
         token = ""
-        while len(collected) < wanted:
-            size = MAX_PAGE if math.isinf(wanted) else int(min(MAX_PAGE, wanted - len(collected)))
+        while got < wanted:
+            size = MAX_PAGE if math.isinf(wanted) else int(min(MAX_PAGE, wanted - got))
             self.calls += 1
             try:
                 page = await self.stub.ListCandles(
@@ -262,16 +288,20 @@ class DataServiceSource:
                         page_size=size,
                         page_token=token,
                         descending=newest_first,
+                        view=data_pb.CANDLE_VIEW_COLUMNS,
                     ),
                     timeout=timeout,
                 )
             except grpc.aio.AioRpcError as exc:
                 raise domain_error(exc, f"ListCandles {symbol} {timeframe}") from None
-            collected.extend(page.candles)
+            count = len(page.columns.times_unix_micros)
+            if count:
+                pages.append(page.columns)
+                got += count
             token = page.next_page_token
-            if not token or not page.candles:
+            if not token or not count:
                 break
-        return candles_frame(collected)
+        return columns_frame(pages)
 
     # ---- the candle cache -----------------------------------------------------------------------
 
