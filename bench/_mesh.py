@@ -52,6 +52,8 @@ class BenchMesh:
     #: Process ids of the gateway's Envoy and the Data service (for CPU accounting).
     envoy_pid: int = 0
     data_pid: int = 0
+    #: The embedded PostgreSQL the Data service uses (for floors measured on the database alone).
+    database_url: str = ""
 
 
 @contextlib.contextmanager
@@ -94,6 +96,7 @@ def data_and_gateway(
                 f"http://127.0.0.1:{gw_port}",
                 envoy_pid=envoy.pid,
                 data_pid=data.pid,
+                database_url=db_url,
             )
         finally:
             if envoy is not None:
