@@ -278,11 +278,10 @@ async def test_market_event_threshold_is_a_setting(
 def test_the_column_encoder_writes_what_protobuf_itself_writes() -> None:
     rng = np.random.default_rng(7)
     for n in (0, 1, 2, 5000):
-        columns = CandleColumns(
-            rng.integers(-(2**62), 2**62, n),
-            *(rng.normal(0, 1e6, n) for _ in range(4)),
-            np.zeros(n) if n % 2 else rng.uniform(0, 1e9, n),
-        )
+        prices = [rng.normal(0, 1e6, n) for _ in range(4)]
+        volumes = np.zeros(n) if n % 2 else rng.uniform(0, 1e9, n)
+        times = rng.integers(-(2**62), 2**62, n)
+        columns = CandleColumns(times, prices[0], prices[1], prices[2], prices[3], volumes)
         ours = cv.candle_columns_out(columns)
         theirs = market_pb2.CandleColumns(
             times_unix_micros=columns.times_unix_micros.tolist(),
