@@ -88,6 +88,8 @@ sdk: deps
 # Each prints ratios measured in one run against its own baseline (docs/benchmarks.md).
 bench: deps
 	$(PY) -m bench.gateway_latency
+	$(PY) -m bench.runtime_profile
+	$(PY) -m bench.candles_bulk
 	$(PY) -m bench.forecast_serving
 	$(PY) -m bench.llm_stream
 
