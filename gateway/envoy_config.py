@@ -168,7 +168,7 @@ from gateway import tracing as gateway_tracing
 from gateway.descriptors import RoutedService, RpcMethod
 from gateway.keys import ISSUER, SCOPES, ApiKeys, KeyStore, jwks, scopes_granting
 from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
-from services.runtime.config import ConfigError
+from services.runtime.config import ConfigError, FloatVar, IntVar, Var, check_fields, read_fields
 from services.runtime.tracing import TracingSettings
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
@@ -333,6 +333,20 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(origins))
 
 
+#: Attribute -> its variable and range: limits against careless or slow clients (the shared
+#: settings machinery: an out-of-range value is refused at start, naming the variable).
+LIMIT_FIELDS: dict[str, Var] = {
+    "max_request_body_bytes": IntVar("KITRADING_GATEWAY_MAX_REQUEST_BODY_BYTES", 1024, 1 << 30),
+    # Envoy accepts 1..8192 KiB of request headers
+    "max_request_headers_kb": IntVar("KITRADING_GATEWAY_MAX_REQUEST_HEADERS_KB", 1, 8192),
+    "request_headers_timeout_s": FloatVar(
+        "KITRADING_GATEWAY_REQUEST_HEADERS_TIMEOUT_S", 0.0, 3600.0, above=True
+    ),
+    "request_idle_timeout_s": FloatVar("KITRADING_GATEWAY_REQUEST_IDLE_TIMEOUT_S", 1.0, 86_400.0),
+    "stream_idle_timeout_s": FloatVar("KITRADING_GATEWAY_STREAM_IDLE_TIMEOUT_S", 1.0, 7 * 86_400.0),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything about the gateway that a deployment or a test may change."""
@@ -360,6 +374,11 @@ class GatewaySettings:
     stream_idle_timeout_s: float = 3600.0
     #: Idle timeout of any other request (no bytes either way).
     request_idle_timeout_s: float = 300.0
+    #: A client must send a request's whole headers within this time of its first byte (slow-loris),
+    #: else the connection is closed (HTTP 408 where a response can still be written).
+    request_headers_timeout_s: float = 10.0
+    #: Request headers larger than this (KiB, all of them together) are refused with 431.
+    max_request_headers_kb: int = 60
     connect_timeout_s: float = 1.0
     health_check_interval_s: float = 1.0
     health_check_timeout_s: float = 1.0
@@ -412,6 +431,7 @@ class GatewaySettings:
         )
 
     def __post_init__(self) -> None:
+        check_fields(self, LIMIT_FIELDS)
         check_exposure(self.listen_address, self.allow_unauthenticated, self.api_keys is not None)
         check_tls(self.tls_cert_file, self.tls_key_file)
         # normalised (lower case, no trailing slash, no duplicates) and checked like the variable
@@ -432,7 +452,8 @@ class GatewaySettings:
         `KITRADING_GATEWAY_SIGNING_KEY_FILE`, default `$KITRADING_HOME/secrets/`). TLS from
         `KITRADING_GATEWAY_TLS_CERT_FILE` + `KITRADING_GATEWAY_TLS_KEY_FILE`; CORS origins from
         `KITRADING_GATEWAY_CORS_ORIGINS` (comma-separated). Rate limits from
-        `KITRADING_GATEWAY_RATE_LIMITS` and the others of `gateway.rate_limits`.
+        `KITRADING_GATEWAY_RATE_LIMITS` and the others of `gateway.rate_limits`. Sizes and timeouts
+        against careless or slow clients from `LIMIT_FIELDS`.
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {"port": gateway_port(source)}
@@ -449,6 +470,7 @@ class GatewaySettings:
         values["api_keys"] = KeyStore.from_env(source).api_keys()
         values["tracing"] = TracingSettings.from_env(source)
         values["rate_limits"] = rate_limits.RateLimitSettings.from_env(source)
+        values.update(read_fields(cls(), LIMIT_FIELDS, source))  # unset: the defaults
         for name, key in ((TLS_CERT_FILE, "tls_cert_file"), (TLS_KEY_FILE, "tls_key_file")):
             if source.get(name, "").strip():
                 values[key] = os.path.abspath(os.path.expanduser(source[name].strip()))
@@ -1440,7 +1462,8 @@ def connection_manager(
         normalize_path=True,
         merge_slashes=True,
         stream_idle_timeout=_seconds(settings.request_idle_timeout_s),
-        request_headers_timeout=_seconds(10),
+        request_headers_timeout=_seconds(settings.request_headers_timeout_s),
+        max_request_headers_kb=settings.max_request_headers_kb,
         common_http_protocol_options=CoreHttpProtocolOptions(idle_timeout=_seconds(3600)),
         http2_protocol_options=Http2ProtocolOptions(
             max_concurrent_streams=1024,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway import rate_limits
+from gateway import envoy_config, rate_limits
 from kitrading import mesh
 from services.data import settings as data_settings
 from services.embedder import settings as embedder_settings
@@ -44,6 +44,7 @@ from services.runtime.config import (
     TextVar,
     Var,
     format_bytes,
+    read_fields,
 )
 from services.watchdog import settings as watchdog_settings
 
@@ -103,6 +104,14 @@ LOADERS: dict[str, Loader] = {
     "grounding": Loader(GroundingSettings.from_env, GROUNDING, {}),
     "regime": Loader(regime_settings.RegimeSettings.from_env, regime_settings.VARIABLES, {}),
     "rate_limits": Loader(rate_limits.RateLimitSettings.from_env, tuple(rate_limits.FIELDS.values()), {}),
+    # The gateway's limits against careless or slow clients (its other variables are not ranges).
+    "gateway_limits": Loader(
+        lambda env: envoy_config.GatewaySettings(
+            **read_fields(envoy_config.GatewaySettings(), envoy_config.LIMIT_FIELDS, env)
+        ),
+        tuple(envoy_config.LIMIT_FIELDS.values()),
+        {},
+    ),
     "embedder": Loader(embedder_settings.EmbedderSettings.from_env, embedder_settings.VARIABLES, {}),
     "pattern": Loader(pattern_settings.PatternSettings.from_env, pattern_settings.VARIABLES, {}),
     # Chunks of 512 tokens and no overlap, so every CHUNK_OVERLAP and CHUNK_TOKENS in range fit.
@@ -395,6 +404,7 @@ DOCUMENTED: tuple[Var, ...] = (
     *embedder_settings.VARIABLES,
     *rag_settings.VARIABLES,
     *rate_limits.FIELDS.values(),
+    *envoy_config.LIMIT_FIELDS.values(),
 )
 
 
