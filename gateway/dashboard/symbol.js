@@ -16,6 +16,15 @@ const ts = (iso) => Math.floor(Date.parse(iso) / 1000);
 function candleData(candles) {
   return candles.map((c) => ({ time: ts(c.time), open: c.open, high: c.high, low: c.low, close: c.close }));
 }
+// The chart's first load reads the column form (about 3x less to transcode and parse than one object
+// per bar, docs/benchmarks.md); rows keep the shape the rest of the page uses.
+function rowsFromColumns(cols) {
+  const times = (cols && cols.timesUnixMicros) || [];
+  return times.map((us, i) => ({
+    time: new Date(Number(us) / 1000).toISOString(),
+    open: cols.opens[i], high: cols.highs[i], low: cols.lows[i], close: cols.closes[i], volume: cols.volumes[i],
+  }));
+}
 function volumeData(candles) {
   return candles.map((c) => ({ time: ts(c.time), value: c.volume || 0, color: c.close >= c.open ? 'rgba(38,166,154,0.45)' : 'rgba(239,83,80,0.45)' }));
 }
@@ -97,8 +106,8 @@ export async function mount(root, { args }) {
   }
 
   async function loadCandles() {
-    const reply = await get(`/api/v1/symbols/${encodeURIComponent(chosen.symbol)}/candles`, { timeframe, pageSize: BAR_LIMIT, descending: true });
-    candles = (reply.candles || []).slice().reverse();
+    const reply = await get(`/api/v1/symbols/${encodeURIComponent(chosen.symbol)}/candles`, { timeframe, pageSize: BAR_LIMIT, descending: true, view: 'CANDLE_VIEW_COLUMNS' });
+    candles = rowsFromColumns(reply.columns).reverse();
     if (candleSeries) {
       candleSeries.setData(candleData(candles));
       volumeSeries.setData(volumeData(candles));

@@ -17,6 +17,7 @@ screenshot there (the README's picture).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -236,6 +237,10 @@ def test_the_chart_is_drawn(page: Page, forecast_model: None, shots: Path) -> No
         return best; }"""
     )
     assert drawn > 5_000, drawn
+    # the bars came as columns (view=CANDLE_VIEW_COLUMNS): counted, with real times
+    status = re.match(r"(\d+) H1 bars of EURUSD, last (\S+)\.", p.inner_text("#symbol-status"))
+    assert status and int(status[1]) >= 1000, p.inner_text("#symbol-status")
+    assert re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:00:00\.000Z", status[2]), status[2]
     assert "NHITS" in p.inner_text("#forecast-box")
     assert "80% band" in p.inner_text("#forecast-box") or "80%" in p.inner_text("#forecast-box")
     assert "segments shaded" in p.inner_text("#regime-box")
