@@ -87,18 +87,22 @@ async def test_callers_that_never_read_their_answers_hold_up_no_one(database_url
             )
             big = rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, page_size=5000)  # ~0.3 MB of rows
             assert len((await stub.ListCandles(big)).SerializeToString()) > 4 * 65_535
+            query = rr.ListQueryLogsRequest(method="ListCandles", page_size=100)
+
+            async def answered() -> int:
+                logs = await stub.ListQueryLogs(query)  # reads its own writes (flushes the batch)
+                return sum(log.rows == 5000 for log in logs.query_logs)
+
             async with contextlib.AsyncExitStack() as stack:
-                for _ in range(2 * LIMIT):  # twice the admission limit, each stuck on flow control
+                # twice the admission limit, each stuck on flow control; one at a time, each answered
+                # before the next comes, so a slot kept by a stuck send would refuse the fifth
+                for stuck in range(1, 2 * LIMIT + 1):
                     await stack.enter_async_context(never_reading_caller(server.target, big))
-                query = rr.ListQueryLogsRequest(method="ListCandles", page_size=100)
-                answered = 0
-                for _ in range(200):  # until every handler ran (the query log is written in batches)
-                    logs = await stub.ListQueryLogs(query)
-                    answered = sum(log.rows == 5000 for log in logs.query_logs)
-                    if answered == 1 + 2 * LIMIT:
-                        break
-                    await asyncio.sleep(0.05)
-                assert answered == 1 + 2 * LIMIT  # each answered; their answers cannot leave
+                    for _ in range(400):
+                        if await answered() == 1 + stuck:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert await answered() == 1 + stuck  # answered; the answer cannot leave
                 assert interceptor.unary_in_flight == 0  # no slot kept by a send that cannot finish
                 small = rr.ListCandlesRequest(symbol="EURUSD", timeframe=H1, page_size=100, descending=True)
                 for _ in range(3):  # every other caller is served, none refused, while they hang on
