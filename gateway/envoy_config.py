@@ -167,7 +167,7 @@ from gateway import rate_limits
 from gateway import tracing as gateway_tracing
 from gateway.descriptors import RoutedService, RpcMethod
 from gateway.keys import ISSUER, SCOPES, ApiKeys, KeyStore, jwks, scopes_granting
-from kitrading.mesh import SERVICES, ServiceInfo, gateway_port
+from kitrading.mesh import INSTANCE_PORT_STEP, SERVICES, ServiceInfo, gateway_port
 from services.runtime.config import ConfigError, FloatVar, IntVar, Var, check_fields, read_fields
 from services.runtime.tracing import TracingSettings
 
@@ -366,6 +366,10 @@ class GatewaySettings:
     service_hosts: Mapping[str, str] = field(default_factory=dict)
     #: Port per service name; default: the registry (`KITRADING_<NAME>_PORT` or its default port).
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    #: Instances per service on `kitrading up` (`KITRADING_<NAME>_REPLICAS`; default 1): instance k
+    #: at the service's port + k * `INSTANCE_PORT_STEP`, all endpoints of its cluster; a service with
+    #: `leader_methods` and several instances also gets a `<name>-leader` cluster (`leader_cluster`).
+    service_replicas: Mapping[str, int] = field(default_factory=dict)
     #: Timeout of unary routes without an override (`METHOD_TIMEOUTS`, `SERVICE_TIMEOUTS`).
     unary_timeout_s: float = 30.0
     method_timeouts: Mapping[str, float] = field(default_factory=lambda: dict(METHOD_TIMEOUTS))
@@ -476,6 +480,12 @@ class GatewaySettings:
                 values[key] = os.path.abspath(os.path.expanduser(source[name].strip()))
         if source.get(CORS_ORIGINS, "").strip():
             values["cors_allowed_origins"] = parse_origins(source[CORS_ORIGINS])
+        try:
+            replicas = {s.name: s.replicas(source) for s in SERVICES}
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if any(count > 1 for count in replicas.values()):
+            values["service_replicas"] = {name: count for name, count in replicas.items() if count > 1}
         hosts = {
             s.name: source[f"KITRADING_{s.name.upper()}_HOST"]
             for s in SERVICES
@@ -491,6 +501,17 @@ class GatewaySettings:
 
     def port_for(self, service: ServiceInfo, env: Mapping[str, str] | None = None) -> int:
         return self.service_ports.get(service.name) or service.port(env)
+
+    def replicas_of(self, service: ServiceInfo) -> int:
+        return self.service_replicas.get(service.name, 1)
+
+    def led(self, service: ServiceInfo) -> bool:
+        """Whether the service's `leader_methods` go to its leader cluster (several instances)."""
+        return bool(service.leader_methods) and self.replicas_of(service) > 1
+
+
+def leader_cluster_name(service: ServiceInfo) -> str:
+    return f"{service.name}-leader"
 
 
 # ---- small typed helpers ----
@@ -592,11 +613,13 @@ def service_routes(services: Sequence[RoutedService], settings: GatewaySettings)
     prefixes: list[Route] = []
     for svc in services:
         default = settings.service_timeouts.get(svc.mesh.name, settings.unary_timeout_s)
+        leader_only = set(svc.mesh.leader_methods) if settings.led(svc.mesh) else set()
         for method in svc.methods:
             timeout = route_timeout(method, svc.mesh, settings)
             streaming = method.server_streaming or method.client_streaming
             retried = settings.read_retries > 0 and is_read(method)
-            if timeout == default and not streaming and not retried:
+            to_leader = method.name in leader_only
+            if timeout == default and not streaming and not retried and not to_leader:
                 continue
             # Without an idle timeout as long as the route's, Envoy's stream idle timeout would cut
             # a quiet stream or a long unary call first.
@@ -605,7 +628,8 @@ def service_routes(services: Sequence[RoutedService], settings: GatewaySettings)
             )
             if timeout == default and not streaming:  # a read only here for its retries: as its prefix
                 idle = default if default > settings.request_idle_timeout_s else None
-            action = _route_action(svc.mesh.name, timeout, idle)
+            target = leader_cluster_name(svc.mesh) if to_leader else svc.mesh.name
+            action = _route_action(target, timeout, idle)
             if retried:
                 action.retry_policy = read_retry_policy(settings)
             exact.append(Route(name=method.full_name, match=RouteMatch(path=method.grpc_path), route=action))
@@ -1483,19 +1507,35 @@ def connection_manager(
     )
 
 
-def cluster(service: ServiceInfo, settings: GatewaySettings, env: Mapping[str, str] | None = None) -> Cluster:
-    """One HTTP/2 cluster per service with active gRPC health checks and no panic routing."""
+def cluster(
+    service: ServiceInfo,
+    settings: GatewaySettings,
+    env: Mapping[str, str] | None = None,
+    *,
+    leader: bool = False,
+) -> Cluster:
+    """One HTTP/2 cluster per service with active gRPC health checks and no panic routing: an
+    endpoint per instance (one, unless `service_replicas` says more), the least loaded first.
+
+    `leader`: the `<name>-leader` cluster of the same instances, whose health check asks for the
+    service's `leader_health_name`, SERVING only on the instance holding the service's lease: its
+    `leader_methods` (training, schedules) reach that one wherever it runs, and a new holder ~1 s
+    after the old one stopped."""
     host, port = settings.host_for(service), settings.port_for(service, env)
     static = _is_ip(host)
+    name = leader_cluster_name(service) if leader else service.name
+    ports = [port + INSTANCE_PORT_STEP * k for k in range(settings.replicas_of(service))]
     result = Cluster(
-        name=service.name,
+        name=name,
         type=ClusterDiscoveryType.STATIC if static else ClusterDiscoveryType.STRICT_DNS,
         connect_timeout=_seconds(settings.connect_timeout_s),
-        lb_policy=ClusterLbPolicy.ROUND_ROBIN,
+        lb_policy=ClusterLbPolicy.LEAST_REQUEST,
         load_assignment=ClusterLoadAssignment(
-            cluster_name=service.name,
+            cluster_name=name,
             endpoints=[
-                LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket(host, port)))])
+                LocalityLbEndpoints(
+                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket(host, p))) for p in ports]
+                )
             ],
         ),
         typed_extension_protocol_options={
@@ -1518,7 +1558,9 @@ def cluster(service: ServiceInfo, settings: GatewaySettings, env: Mapping[str, s
                 no_traffic_healthy_interval=_seconds(settings.health_check_interval_s),
                 unhealthy_threshold=1,
                 healthy_threshold=1,
-                grpc_health_check=HealthCheckGrpcHealthCheck(service_name=service.grpc_service),
+                grpc_health_check=HealthCheckGrpcHealthCheck(
+                    service_name=service.leader_health_name if leader else service.grpc_service
+                ),
             )
         ],
         # 0 %: with no healthy host, answer 503 at once instead of trying the unhealthy ones anyway.
@@ -1636,6 +1678,7 @@ def bootstrap(
         static_resources=BootstrapStaticResources(
             listeners=[listener],
             clusters=[cluster(service, settings, env) for service in registry]
+            + [cluster(service, settings, env, leader=True) for service in registry if settings.led(service)]
             + reflection_clusters(settings)
             + [c for c in [gateway_tracing.collector_cluster(settings.tracing)] if c is not None],
         ),

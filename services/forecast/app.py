@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from kitrading.forecast.v1 import service_pb2_grpc
 from services.forecast.service import ForecastDomain
@@ -17,6 +18,7 @@ from services.forecast.servicer import ForecastServicer
 from services.forecast.settings import ForecastSettings
 from services.runtime.addresses import service_target
 from services.runtime.app import ServiceAppBase, load_settings
+from services.runtime.leases import lease_path
 from services.training.data_client import DataServiceSource
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class ForecastApp(ServiceAppBase):
 
     async def on_start(self) -> None:
         await self.source.start()
-        await self.domain.start(schedule=self.schedule, warmup=True)
+        await self.domain.start(schedule=self.schedule, warmup=True, lead=False)
         loaded = self.domain.forecaster.models.loaded()
         log.info(
             "forecast ready: %d model(s) loaded, data at %s, scheduler %s",
@@ -63,3 +65,9 @@ class ForecastApp(ServiceAppBase):
 
     def active_training_jobs(self) -> int:
         return self.domain.jobs.active_count()
+
+    def lease_path(self) -> Path:
+        return lease_path(self.settings.home, self.name)
+
+    async def on_lead(self) -> None:
+        await self.domain.lead()

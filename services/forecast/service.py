@@ -128,14 +128,20 @@ class ForecastDomain:
                 types=settings.event_types,
             )
 
-    async def start(self, *, schedule: bool = True, warmup: bool = True) -> None:
-        """Start the job runner and (by default) the retrain scheduler; `warmup` loads all models."""
+    async def start(self, *, schedule: bool = True, warmup: bool = True, lead: bool = True) -> None:
+        """Start the job runner and (by default) the retrain scheduler; `warmup` loads all models.
+        `lead=False`: not the once-only work yet (`lead()`, when this instance holds the lease)."""
         await self.jobs.start()
         self.schedule_enabled = schedule
-        if schedule:
-            await self.scheduler.start()
+        if lead:
+            await self.lead()
         if warmup:
             await self.forecaster.warmup()
+
+    async def lead(self) -> None:
+        """The work one instance of the service does (services.runtime.leases): the scheduler."""
+        if self.schedule_enabled:
+            await self.scheduler.start()
 
     async def stop(self) -> None:
         if self.events is not None:

@@ -21,7 +21,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kitrading import mesh
-from services.launcher.control import ControlServer, socket_path
+from services.launcher.control import ControlServer, lease_holder, socket_path
 from services.launcher.supervisor import Child, Supervisor
 from services.runtime.config import IntVar, kitrading_home
 
@@ -75,14 +75,40 @@ async def keep_database_running(pgdata: Path, period_s: float = 2.0) -> None:
             log.warning("embedded PostgreSQL could not be restarted: %s", exc)
 
 
+def instance_name(service: str, index: int) -> str:
+    """Instance `index` (0-based) of a service: `forecast`, `forecast-2`, `forecast-3` ..."""
+    return service if index == 0 else f"{service}-{index + 1}"
+
+
+def instances(
+    services: Sequence[mesh.ServiceInfo], env: Mapping[str, str]
+) -> dict[str, tuple[mesh.ServiceInfo, int]]:
+    """Every instance to run, by name: its service and gRPC port (`KITRADING_<NAME>_REPLICAS`)."""
+    return {
+        instance_name(s.name, k): (s, port)
+        for s in services
+        for k, (port, _) in enumerate(s.instance_ports(env))
+    }
+
+
 def build_children(
     services: Sequence[mesh.ServiceInfo], home: Path, env: dict[str, str], *, gateway: bool
 ) -> list[Child]:
     logs = home / "logs"
-    children = [
-        Child(s.name, [sys.executable, "-m", s.module], child_env(env, home), logs / f"{s.name}.log")
-        for s in services
-    ]
+    children = []
+    for s in services:
+        for k, (port, metrics_port) in enumerate(s.instance_ports(env)):
+            name = instance_name(s.name, k)
+            child_environment = child_env(env, home)
+            child_environment["KITRADING_INSTANCE"] = name
+            if k > 0:  # its own ports; the first keeps the service's (configured or default)
+                child_environment[f"KITRADING_{s.name.upper()}_PORT"] = str(port)
+                child_environment[f"KITRADING_{s.name.upper()}_METRICS_PORT"] = str(metrics_port)
+            children.append(
+                Child(
+                    name, [sys.executable, "-m", s.module], child_environment, logs / f"{name}.log", port=port
+                )
+            )
     for child in children:
         if child.name == "watchdog":  # watch what this launcher runs: its services and its gateway
             child.env.setdefault("WATCHDOG_SERVICES", ",".join(s.name for s in services))
@@ -162,6 +188,12 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     env = dict(os.environ)
     env["KITRADING_HOME"] = str(home)
     services = selected_services(only)
+    from services.runtime.config import ConfigError
+
+    try:
+        instances(services, env)
+    except ValueError as exc:  # a bad KITRADING_<NAME>_REPLICAS: say which before anything runs
+        raise ConfigError(str(exc)) from None
     if gateway:  # a refused gateway setting (an open listener) stops the start before anything runs
         from gateway.envoy_config import GatewaySettings
 
@@ -171,7 +203,9 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
     supervisor = Supervisor(
         build_children(services, home, env, gateway=gateway), state_file=home / "run" / "mesh.json"
     )
-    control = ControlServer(supervisor, readiness(services, env), socket_path(home))
+    control = ControlServer(
+        supervisor, readiness(services, env, gateway=gateway), socket_path(home), lease_holder(home)
+    )
     await control.start()
     supervisor.extra_state["control"] = str(control.path)
     stop = asyncio.Event()
@@ -199,16 +233,18 @@ async def run_mesh(only: Sequence[str] | None = None, *, gateway: bool = True) -
 
 
 def readiness(
-    services: Sequence[mesh.ServiceInfo], env: Mapping[str, str]
+    services: Sequence[mesh.ServiceInfo], env: Mapping[str, str], *, gateway: bool = False
 ) -> Callable[[str], Callable[[], Awaitable[bool]] | None]:
     """For `kitrading restart`: a check that child `name` serves again (its gRPC health on its own
-    port; the gateway's /gateway/health); None for a child without one."""
-    by_name = {s.name: s for s in services}
+    port and, with the gateway running, the gateway's health check of that instance passing, so a
+    roll stops the next instance only once the gateway sends calls to this one again; the gateway's
+    /gateway/health); None for a child without one."""
+    by_name = instances(services, env)
 
     def for_child(name: str) -> Callable[[], Awaitable[bool]] | None:
         if name in by_name:
-            info = by_name[name]
-            target = f"127.0.0.1:{info.port(env)}"
+            info, port = by_name[name]
+            target = f"127.0.0.1:{port}"
 
             async def serving() -> bool:
                 async with grpc.aio.insecure_channel(target) as channel:
@@ -219,7 +255,9 @@ def readiness(
                         )
                     except grpc.aio.AioRpcError:
                         return False
-                    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+                return not gateway or await gateway_routes_to(env, info.name, port)
 
             return serving
         if name == "gateway":
@@ -236,6 +274,21 @@ def readiness(
         return None
 
     return for_child
+
+
+async def gateway_routes_to(env: Mapping[str, str], cluster: str, port: int) -> bool:
+    """Whether the gateway's active health check passes for the endpoint on `port` of `cluster`
+    (Envoy's admin `/clusters`: `<cluster>::<host>:<port>::health_flags::healthy`)."""
+    url = f"http://127.0.0.1:{env.get('KITRADING_GATEWAY_ADMIN_PORT') or 9901}/clusters"
+    try:
+        async with httpx.AsyncClient(timeout=1) as client:
+            text = (await client.get(url)).text
+    except httpx.HTTPError:
+        return False
+    suffix = f":{port}::health_flags::"
+    return any(
+        line.startswith(f"{cluster}::") and line.endswith(f"{suffix}healthy") for line in text.splitlines()
+    )
 
 
 def gateway_tls(env: Mapping[str, str]) -> bool:
@@ -266,5 +319,9 @@ def print_urls(
             f"  {s.name:<10} grpc localhost:{s.port(source)}   health /{s.prefix}/health   docs "
             f"{base}/{s.prefix}/docs   metrics :{s.metrics_port(source)}/metrics"
         )
+        for k, (port, metrics_port) in enumerate(s.instance_ports(source)[1:], start=1):
+            lines.append(
+                f"  {instance_name(s.name, k):<10} grpc localhost:{port}   metrics :{metrics_port}/metrics"
+            )
     lines += ["", "  kitrading status      # health of every service", "  Ctrl-C stops everything", ""]
     print("\n".join(lines), flush=True)

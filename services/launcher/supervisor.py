@@ -54,6 +54,8 @@ class Child:
     backoff: float = 0.2
     last_exit: int | None = None
     history: list[float] = field(default_factory=list)
+    #: Its gRPC port, for the state file (a service instance; None for the gateway and the others).
+    port: int | None = None
     #: Restarts asked for (`Supervisor.restart`), not counted as crashes.
     planned_restarts: int = 0
     planned: bool = False
@@ -136,6 +138,7 @@ class Supervisor:
                     "planned_restarts": child.planned_restarts,
                     "last_exit": child.last_exit,
                     "log": str(child.log_path),
+                    "port": child.port,
                 }
                 for name, child in self.children.items()
             },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from kitrading.pattern.v1 import service_pb2_grpc
 from services.pattern.service import PatternDomain
@@ -17,6 +18,7 @@ from services.pattern.servicer import PatternServicer
 from services.pattern.settings import PatternSettings
 from services.runtime.addresses import service_target
 from services.runtime.app import ServiceAppBase, load_settings
+from services.runtime.leases import lease_path
 from services.training.data_client import DataServiceSource
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class PatternApp(ServiceAppBase):
 
     async def on_start(self) -> None:
         await self.source.start()
-        await self.domain.start(schedule=self.schedule)
+        await self.domain.start(schedule=self.schedule, lead=False)
         current = self.domain.trainer.current()
         log.info(
             "pattern ready: rules engine, TCN %s, data at %s, scheduler %s%s",
@@ -62,3 +64,9 @@ class PatternApp(ServiceAppBase):
 
     def active_training_jobs(self) -> int:
         return self.domain.jobs.active_count()
+
+    def lease_path(self) -> Path:
+        return lease_path(self.settings.home, self.name)
+
+    async def on_lead(self) -> None:
+        await self.domain.lead()

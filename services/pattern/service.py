@@ -145,12 +145,16 @@ class PatternDomain:
         self.first_job: TrainingJob | None = None
         self.bootstrapping = False
         self._bootstrap: asyncio.Task[None] | None = None
+        self._schedule = True
+        self._train_on_start: bool | None = None
         self._loaded: _Loaded | None = None
         self._load_lock = asyncio.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self, *, schedule: bool = True, train_on_start: bool | None = None) -> None:
+    async def start(
+        self, *, schedule: bool = True, train_on_start: bool | None = None, lead: bool = True
+    ) -> None:
         """Start the job runner, the scheduler and the event monitor (as the settings say); with
         `train_on_start` (default: the settings') and no published TCN, queue the first training in
         the background once the Data service lists the symbols."""
@@ -159,11 +163,18 @@ class PatternDomain:
             await self._tcn()
         except DomainError as exc:
             log.warning("pattern TCN not loaded at start: %s", exc)
-        if schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
+        self._schedule, self._train_on_start = schedule, train_on_start
+        if lead:
+            await self.lead()
+
+    async def lead(self) -> None:
+        """The work one instance of the service does (services.runtime.leases): the scheduler, the
+        event monitor and the first training."""
+        if self._schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
         if self.events is not None and self.settings.event_retrain:
             await asyncio.create_task(self.events.start(), context=contextvars.Context())
-        wanted = self.settings.train_on_start if train_on_start is None else train_on_start
+        wanted = self.settings.train_on_start if self._train_on_start is None else self._train_on_start
         if wanted and self.trainer.current() is None:
             self.bootstrapping = True
             self._bootstrap = asyncio.create_task(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from kitrading.regime.v1 import service_pb2_grpc
 from services.regime.service import RegimeDomain
@@ -18,6 +19,7 @@ from services.regime.servicer import RegimeServicer
 from services.regime.settings import RegimeSettings
 from services.runtime.addresses import service_target
 from services.runtime.app import ServiceAppBase, load_settings
+from services.runtime.leases import lease_path
 from services.training.data_client import DataServiceSource
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class RegimeApp(ServiceAppBase):
 
     async def on_start(self) -> None:
         await self.source.start()
-        await self.domain.start(schedule=self.schedule)
+        await self.domain.start(schedule=self.schedule, lead=False)
         trained = len(self.domain.registry.trained_keys())
         first = self.domain.first_job
         log.info(
@@ -62,3 +64,9 @@ class RegimeApp(ServiceAppBase):
 
     def active_training_jobs(self) -> int:
         return self.domain.jobs.active_count()
+
+    def lease_path(self) -> Path:
+        return lease_path(self.settings.home, self.name)
+
+    async def on_lead(self) -> None:
+        await self.domain.lead()

@@ -150,21 +150,32 @@ class RegimeDomain:
         #: True while the first training waits for the Data service to list the symbols.
         self.bootstrapping = False
         self._bootstrap: asyncio.Task[None] | None = None
+        self._schedule = True
+        self._train_on_start: bool | None = None
         self._loaded: dict[str, _Loaded] = {}
 
-    async def start(self, *, schedule: bool = True, train_on_start: bool | None = None) -> None:
+    async def start(
+        self, *, schedule: bool = True, train_on_start: bool | None = None, lead: bool = True
+    ) -> None:
         """Start the job runner, the scheduler (`schedule` and a retrain age set) and the event
         monitor (when an event stream is given and enabled). With `train_on_start` (default: the
         settings'), queue the first training of every active symbol that has no model yet (all of
         them on a first start; the rest of an interrupted first training after a restart)."""
         await self.jobs.start()
         await self._warmup()
-        if schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
+        self._schedule, self._train_on_start = schedule, train_on_start
+        if lead:
+            await self.lead()
+
+    async def lead(self) -> None:
+        """The work one instance of the service does (services.runtime.leases): the scheduler, the
+        event monitor and the first training."""
+        if self._schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
         if self.events is not None and self.settings.event_retrain:
             # The monitor's tasks outlive the caller: a fresh context inherits no deadline.
             await asyncio.create_task(self.events.start(), context=contextvars.Context())
-        if (self.settings.train_on_start if train_on_start is None else train_on_start) and not (
+        if (self.settings.train_on_start if self._train_on_start is None else self._train_on_start) and not (
             await self._queue_missing()
         ):
             self.bootstrapping = True

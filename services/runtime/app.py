@@ -4,6 +4,11 @@ A subclass builds its settings (`load_settings`), domain and servicer in `__init
 `on_start` / `on_stop` / `healthy`; the base registers the servicer, runs the periodic tasks between
 start and stop, and, for a service that trains (it overrides `active_training_jobs`), keeps the
 `kitrading_training_jobs_active` gauge current every second and after every RPC.
+
+A service with work that must run once however many instances serve (training, schedules: it
+overrides `lease_path` and `on_lead`) holds a lease for it (services/runtime/leases.py): the base
+takes it at start when free, else tries every second, and calls `on_lead` once it has it; until then
+`is_leader()` is False and the runtime refuses the registry's `leader_methods` with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +28,7 @@ import grpc
 from services.runtime import metrics
 from services.runtime.config import ConfigError
 from services.runtime.interceptor import Observer, RpcRecord
+from services.runtime.leases import FileLease
 
 log = logging.getLogger("kitrading.runtime")
 
@@ -31,6 +39,8 @@ AddServicer = Callable[[Any, grpc.aio.Server], None]
 
 #: How often the training-jobs gauge is refreshed besides after every RPC.
 GAUGE_PERIOD_S = 1.0
+#: How often an instance without the lease tries to take it.
+LEASE_POLL_S = 1.0
 
 
 def load_settings(
@@ -73,6 +83,7 @@ class ServiceAppBase:
         self._add_servicer = add_servicer
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._lease: FileLease | None = None
 
     # ---- hooks for the subclass ----
 
@@ -98,6 +109,13 @@ class ServiceAppBase:
         """Training jobs queued or running; None (the default): this service does not train."""
         return None
 
+    def lease_path(self) -> Path | None:
+        """The lease file of the once-only work (`leases.lease_path`); None: nothing once-only."""
+        return None
+
+    async def on_lead(self) -> None:
+        """Start the once-only work: this instance holds the lease now (until it stops)."""
+
     # ---- the ServiceApp protocol ----
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -106,6 +124,13 @@ class ServiceAppBase:
     async def start(self) -> None:
         await self.on_start()
         tasks = list(self.periodic())
+        path = self.lease_path()
+        if path is not None:
+            instance = os.environ.get("KITRADING_INSTANCE") or self.name
+            self._lease = FileLease(path, instance=instance)
+            if not await self._try_lead():
+                log.info("%s: the lease is held by %s; serving reads", instance, self._lease.holder())
+                tasks.append(Periodic("lease", LEASE_POLL_S, self._try_lead))
         if self.trains:
             self._update_training_gauge()
             tasks.append(Periodic("training-gauge", GAUGE_PERIOD_S, self._update_training_gauge))
@@ -123,10 +148,20 @@ class ServiceAppBase:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.on_stop()
+        if self._lease is not None:  # after on_stop: the once-only work has stopped
+            self._lease.release()
         self._update_training_gauge()
 
     def is_ready(self) -> bool:
         return self._started and self.healthy()
+
+    def is_leader(self) -> bool:
+        """Whether this instance runs the once-only work (always, for a service without any)."""
+        return self._lease is None or self._lease.held
+
+    def leader(self) -> str | None:
+        """Who holds the lease, for a refusal's message."""
+        return None if self._lease is None else self._lease.holder()
 
     @property
     def observers(self) -> Sequence[Observer]:
@@ -149,6 +184,16 @@ class ServiceAppBase:
 
     def _after_rpc(self, record: RpcRecord) -> None:
         self._update_training_gauge()
+
+    async def _try_lead(self) -> bool:
+        lease = self._lease
+        if lease is None or lease.held:
+            return True
+        if not lease.try_acquire():
+            return False
+        log.info("%s holds the lease %s: it runs the once-only work", lease.instance, lease.path)
+        await self.on_lead()
+        return True
 
     async def _every(self, task: Periodic) -> None:
         if not task.immediately:

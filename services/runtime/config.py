@@ -400,6 +400,10 @@ class RuntimeSettings:
     admission_wait_ms: int = 1000
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 10.0
+    #: On SIGTERM, how long the service says NOT_SERVING while still answering every call before it
+    #: stops taking new ones: the gateway's health check (every 1 s) sees it first and sends calls to
+    #: another instance, so none meets a closed port (a rolling restart fails no call).
+    drain_delay_s: float = 1.5
     log_level: str = "INFO"
     home: Path = field(default_factory=lambda: Path(".kitrading").resolve())
 
@@ -424,6 +428,7 @@ class RuntimeSettings:
             admission_wait_ms=IntVar("KITRADING_ADMISSION_WAIT_MS", 0, 60_000),
             max_message_bytes=IntVar("KITRADING_MAX_MESSAGE_BYTES", 1024, 1 << 30),
             grace_seconds=FloatVar("KITRADING_GRACE_SECONDS", 0.0, 600.0),
+            drain_delay_s=FloatVar("KITRADING_DRAIN_DELAY_SECONDS", 0.0, 60.0),
             log_level=ChoiceVar("KITRADING_LOG_LEVEL", LOG_LEVELS),
             home=HOME,
         )
@@ -450,6 +455,7 @@ class RuntimeSettings:
             admission_wait_ms=v.admission_wait_ms.read(d.admission_wait_ms, env),
             max_message_bytes=v.max_message_bytes.read(d.max_message_bytes, env),
             grace_seconds=v.grace_seconds.read(d.grace_seconds, env),
+            drain_delay_s=v.drain_delay_s.read(d.drain_delay_s, env),
             log_level=v.log_level.read(d.log_level, env),
             home=kitrading_home(env),
         )
@@ -471,6 +477,7 @@ class RuntimeVariables(NamedTuple):
     admission_wait_ms: IntVar
     max_message_bytes: IntVar
     grace_seconds: FloatVar
+    drain_delay_s: FloatVar
     log_level: ChoiceVar
     home: TextVar
 

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -291,6 +291,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         is_started: Callable[[], bool],
         observers: Sequence[Observer] = (),
         admission_wait_s: float = 0.0,
+        leader_only: Iterable[str] = (),
+        is_leader: Callable[[], bool] = lambda: True,
+        leader: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.service = service
         self.domain = domain
@@ -303,6 +306,10 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         #: to the first (the count of calls in flight does not drop, so no newcomer takes it).
         self._waiting: deque[asyncio.Future[None]] = deque()
         self.is_started = is_started
+        #: Full method paths only the lease holder answers (the registry's `leader_methods`).
+        self.leader_only = frozenset(leader_only)
+        self.is_leader = is_leader
+        self.leader = leader
         self.observers = list(observers)
         self.unary_in_flight = 0
         self.streams_in_flight = 0
@@ -425,6 +432,13 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             else None
         )
         try:
+            if method in self.leader_only and not self.is_leader():
+                raise Unavailable(
+                    f"{self.service}: this instance serves reads; training and schedules run on "
+                    f"{self.leader() or 'the instance holding the lease'} (the gateway routes there); "
+                    "retry shortly",
+                    reason="NOT_LEADER",
+                )
             await self._admit(streaming, context)
             admitted = True
             in_flight.inc()

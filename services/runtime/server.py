@@ -71,6 +71,7 @@ class RunningServer:
     started: bool = False
     draining: bool = False
     serving: bool | None = None
+    leading: bool | None = None
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -90,14 +91,29 @@ class RunningServer:
         metrics.SERVICE_HEALTHY.labels(self.settings.service.name).set(1 if serving else 0)
         log.info("health %s", "SERVING" if serving else "NOT_SERVING")
 
+    async def _set_leading(self, leading: bool) -> None:
+        """`<grpc service>/leader`: SERVING on the instance that serves and holds the lease, which
+        the gateway's health check of the service's leader cluster asks for."""
+        if leading == self.leading:
+            return
+        self.leading = leading
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if leading else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(self.settings.service.leader_health_name, status)
+
     async def _watch_health(self) -> None:
+        is_leader = getattr(self.app, "is_leader", lambda: True)
         while True:
             try:
                 ready = self.app.is_ready()
+                leader = bool(is_leader())
             except Exception:
                 log.exception("is_ready failed")
-                ready = False
-            await self._set_serving(self.started and not self.draining and ready)
+                ready = leader = False
+            serving = self.started and not self.draining and ready
+            await self._set_serving(serving)
+            await self._set_leading(serving and leader)
             await asyncio.sleep(HEALTH_CHECK_PERIOD_S)
 
     async def start_app(self) -> None:
@@ -106,10 +122,14 @@ class RunningServer:
         await self._set_serving(self.app.is_ready())
         self._health_task = asyncio.create_task(self._watch_health(), name="health")
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING first (so the gateway stops routing), then finish in-flight calls."""
+    async def stop(self, grace: float | None = None, *, delay_s: float = 0.0) -> None:
+        """Drain: NOT_SERVING first (so the gateway stops routing), still answering every call for
+        `delay_s` (until the gateway's health check has seen it), then finish in-flight calls."""
         self.draining = True
         await self._set_serving(False)
+        await self._set_leading(False)
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         if self.interceptor is not None:
             self.interceptor.draining.set()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
@@ -186,6 +206,9 @@ async def create_server(
         admission_wait_s=settings.admission_wait_ms / 1000,
         is_started=lambda: holder["server"].started if "server" in holder else False,
         observers=app.observers,
+        leader_only=[f"/{info.grpc_service}/{name}" for name in info.leader_methods],
+        is_leader=getattr(app, "is_leader", lambda: True),
+        leader=getattr(app, "leader", lambda: None),
     )
     server = grpc.aio.server(
         interceptors=[interceptor],
@@ -245,8 +268,10 @@ async def serve(app: ServiceApp, settings: RuntimeSettings) -> None:
         await stop.wait()
     else:
         starter.cancel()
-    log.info("draining (grace %.1fs)", settings.grace_seconds)
-    await running.stop()
+    log.info(
+        "draining (NOT_SERVING for %.1fs, then grace %.1fs)", settings.drain_delay_s, settings.grace_seconds
+    )
+    await running.stop(delay_s=settings.drain_delay_s if starter in done else 0.0)
     log.info("stopped")
     tracing.shutdown_tracing()  # export the last spans
 

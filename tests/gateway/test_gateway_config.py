@@ -18,6 +18,7 @@ from gateway.descriptors import Contracts
 from gateway.docs import SWAGGER_UI_FILES, UI_PREFIX, render_service_page
 from gateway.envoy_config import TRANSCODER
 from gateway.openapi import build_openapi, generate, openapi_path
+from gateway.run import validate_config
 from kitrading.mesh import SERVICES, service
 from services.runtime.config import ConfigError
 
@@ -339,3 +340,53 @@ def test_write_config_from_env_and_envoy_command(descriptor_path: Path, tmp_path
     assert command[1:3] == ["-c", str(path)]
     assert command[-2:] == ["--concurrency", "2"]
     assert "--disable-hot-restart" in command
+
+
+def test_replicas_are_endpoints_and_once_only_methods_go_to_the_lease_holder(
+    descriptor_path: Path, contracts: Contracts, tmp_path: Path
+) -> None:
+    env = {"KITRADING_FORECAST_REPLICAS": "2", "KITRADING_EMBEDDER_REPLICAS": "3"}
+    settings = GatewaySettings.from_env(env, port=13000, admin_port=19901)
+    assert dict(settings.service_replicas) == {"forecast": 2, "embedder": 3}
+    built = build_config(settings, descriptor_path=descriptor_path)
+    clusters = {c["name"]: c for c in built["static_resources"]["clusters"]}
+
+    def ports(name: str) -> list[int]:
+        (locality,) = clusters[name]["load_assignment"]["endpoints"]
+        return [e["endpoint"]["address"]["socket_address"]["port_value"] for e in locality["lb_endpoints"]]
+
+    assert ports("forecast") == [3002, 3102] and ports("embedder") == [3005, 3105, 3205]
+    assert ports("data") == [3001]
+    assert all(c["lb_policy"] == "LEAST_REQUEST" for n, c in clusters.items() if n in ("forecast", "data"))
+    # the leader cluster: the same instances, healthy only where the lease is held
+    assert ports("forecast-leader") == [3002, 3102]
+    (check,) = clusters["forecast-leader"]["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": "kitrading.forecast.v1.ForecastService/leader"}
+    assert "embedder-leader" not in clusters, "nothing once-only in the embedder"
+    routes = {r["match"].get("path"): r["route"]["cluster"] for r in _routes(built) if "route" in r}
+    (forecast,) = [r for r in contracts.routed_services() if r.full_name.endswith(".ForecastService")]
+    leader = set(service("forecast").leader_methods)
+    for method in forecast.methods:
+        expected = "forecast-leader" if method.name in leader else "forecast"
+        assert routes.get(method.grpc_path, "forecast") == expected, method.name
+    assert routes["/kitrading.forecast.v1.ForecastService/TrainAll"] == "forecast-leader"
+    assert routes["/kitrading.forecast.v1.ForecastService/WatchTrainingJob"] == "forecast-leader"
+    assert routes["/kitrading.forecast.v1.ForecastService/GetForecast"] == "forecast"
+    path = write_config(tmp_path / "envoy.yaml", built)
+    assert validate_config(path).returncode == 0  # the real Envoy takes it
+
+
+def test_leader_methods_name_real_methods_and_only_replicable_services_have_replicas(
+    contracts: Contracts,
+) -> None:
+    routed = {r.full_name: r for r in contracts.routed_services()}
+    for info in SERVICES:
+        names = {m.name for m in routed[info.grpc_service].methods}
+        assert set(info.leader_methods) <= names, info.name
+        if info.leader_methods:
+            assert info.replicable
+        if not info.replicable:
+            with pytest.raises(ValueError, match=f"{info.name} runs one instance only"):
+                info.replicas({f"KITRADING_{info.name.upper()}_REPLICAS": "2"})
+    with pytest.raises(ConfigError, match=r"KITRADING_FORECAST_REPLICAS must be a whole number in 1\.\.8"):
+        GatewaySettings.from_env({"KITRADING_FORECAST_REPLICAS": "9"})

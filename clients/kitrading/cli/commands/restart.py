@@ -1,5 +1,8 @@
 """`kitrading restart SERVICE`: restart one service of a running `kitrading up`, the others untouched.
 
+A service with several instances (`kitrading up --replicas forecast=2`) is rolled one instance at a
+time, each serving again before the next stops; `kitrading restart forecast-2` restarts one instance.
+
 The launcher drains the service (SIGTERM: health NOT_SERVING first, in-flight calls finish within
 its grace), starts it again with the code now on disk and answers once it serves. It talks to the
 launcher's control socket, whose path the state file `$KITRADING_HOME/run/mesh.json` names.
@@ -85,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(reply)
         return 0
-    print(
-        f"{reply['service']}: restarted (pid {reply['old_pid']} -> {reply['new_pid']}); stopped after "
-        f"{reply['stopped_s']:.2f} s, serving again after {reply['serving_s']:.2f} s"
-    )
+    for done in reply.get("instances") or [reply]:  # a replicated service: each instance in turn
+        print(
+            f"{done['service']}: restarted (pid {done['old_pid']} -> {done['new_pid']}); stopped after "
+            f"{done['stopped_s']:.2f} s, serving again after {done['serving_s']:.2f} s"
+        )
     return 0

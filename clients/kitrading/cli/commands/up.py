@@ -45,6 +45,12 @@ def register(cli: click.Group) -> None:
                 help=f"comma-separated services to start ({', '.join(s.name for s in mesh.SERVICES)})",
                 shell_complete=complete_services,
             ),
+            option(
+                "--replicas",
+                default="",
+                help="instances per service, e.g. forecast=2,embedder=2 (sets KITRADING_<NAME>_REPLICAS; "
+                "replicable: " + ", ".join(s.name for s in mesh.SERVICES if s.replicable) + ")",
+            ),
             flag("--no-gateway", help="do not start the Envoy gateway"),
             flag(
                 "--tls",
@@ -165,7 +171,31 @@ def tls_banner(cert: Path, port: int) -> str:
     )
 
 
+def replicas_env(text: str) -> dict[str, str]:
+    """`forecast=2,embedder=3` -> {"KITRADING_FORECAST_REPLICAS": "2", ...}; ValueError naming the fault."""
+    env: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, count = item.partition("=")
+        if not sep:
+            raise ValueError(f"--replicas {item!r}: expected SERVICE=N, e.g. forecast=2")
+        try:
+            info = mesh.service(name.strip())
+        except KeyError as exc:
+            raise ValueError(f"--replicas: {exc.args[0]}") from None
+        variable = f"KITRADING_{info.name.upper()}_REPLICAS"
+        info.replicas({variable: count.strip()})  # the registry's checks and message
+        env[variable] = count.strip()
+    return env
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        os.environ.update(replicas_env(getattr(args, "replicas", "") or ""))
+    except ValueError as exc:
+        print(f"kitrading up: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     only = [name.strip() for name in args.only.split(",") if name.strip()] or None
     for name in only or ():
         try:
