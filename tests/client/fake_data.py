@@ -65,6 +65,10 @@ class FakeDataService(service_pb2_grpc.DataServiceServicer):
         self.last_metadata: dict[str, str] = {}
         self.last_time_remaining: float | None = None
         self.stream_cancelled = threading.Event()
+        #: The next this many WatchEvents calls break with UNAVAILABLE after their three events
+        #: (a service draining); every WatchEvents request is kept in `watch_requests`.
+        self.break_streams = 0
+        self.watch_requests: list[rr.WatchEventsRequest] = []
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.calls[method] += 1
@@ -136,6 +140,7 @@ class FakeDataService(service_pb2_grpc.DataServiceServicer):
         """Three events after `after_event_id`; symbol FAIL: an error after the first; from_beginning:
         stays open after the three (like the live stream) until the client cancels."""
         await self._enter("WatchEvents", context)
+        self.watch_requests.append(request)
         for i in range(3):
             yield rr.WatchEventsResponse(event=event(request.after_event_id + i + 1))
             if "FAIL" in request.symbols:
@@ -148,6 +153,9 @@ class FakeDataService(service_pb2_grpc.DataServiceServicer):
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION, status.message, trailing_metadata(status)
                 )
+        if self.break_streams > 0:
+            self.break_streams -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "data is shutting down; resubscribe")
         if request.from_beginning:
             try:
                 await asyncio.sleep(60)
@@ -208,3 +216,5 @@ class ServerThread:
         self.servicer.last_metadata = {}
         self.servicer.last_time_remaining = None
         self.servicer.stream_cancelled.clear()
+        self.servicer.break_streams = 0
+        self.servicer.watch_requests = []

@@ -15,6 +15,7 @@ from kitrading.client import (
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
+    _runtime,
     connect_async,
 )
 from kitrading.data.v1 import request_response_pb2 as rr
@@ -92,3 +93,13 @@ async def test_unreachable() -> None:
     async with connect_async("127.0.0.1:1", timeout=2.0, retries=False) as client:
         with pytest.raises(UnavailableError):
             await client.data.list_symbols()
+
+
+async def test_a_broken_subscription_is_resumed(
+    client: AsyncClient, servicer: FakeDataService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_runtime, "RESUME_BACKOFF_S", (0.01, 0.02))
+    servicer.break_streams = 1
+    stream = client.data.watch_events(rr.WatchEventsRequest(after_event_id=4))
+    assert [r.event.event_id async for r in stream] == [5, 6, 7, 8, 9, 10]
+    assert stream.resumes == 1 and [r.after_event_id for r in servicer.watch_requests] == [4, 7]

@@ -15,7 +15,9 @@ from kitrading.client import (
     KitradingError,
     NotFoundError,
     ServerStream,
+    UnavailableError,
     UnimplementedError,
+    _runtime,
     connect,
 )
 from kitrading.data.v1 import request_response_pb2 as rr
@@ -150,3 +152,33 @@ def test_health_falls_back_to_the_gateway_page(monkeypatch: pytest.MonkeyPatch) 
     finally:
         server.stop()
     assert asked == [f"http://{server.target}/data/health", f"http://{server.target}/nhits/health"]
+
+
+def test_a_broken_subscription_is_resumed_after_its_last_event(
+    client: Client, servicer: FakeDataService, data_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_runtime, "RESUME_BACKOFF_S", (0.01, 0.02))
+    servicer.break_streams = 2  # the service drains twice mid-stream (UNAVAILABLE, "resubscribe")
+    stream = client.data.watch_events(rr.WatchEventsRequest(symbols=["EURUSD"], from_beginning=False))
+    assert [r.event.event_id for r in stream] == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # no gap, no duplicate
+    assert stream.resumes == 2
+    assert [r.after_event_id for r in servicer.watch_requests] == [0, 3, 6]
+    assert all(list(r.symbols) == ["EURUSD"] for r in servicer.watch_requests)  # the rest unchanged
+    servicer.break_streams = 1
+    # retries off: the break is raised
+    with connect(data_server.target, retries=False) as plain, pytest.raises(UnavailableError):
+        list(plain.data.watch_events(rr.WatchEventsRequest()))
+    with pytest.raises(UnavailableError):  # a stream with a deadline is not resumed past it either
+        servicer.break_streams = 1
+        list(client.data.watch_events(rr.WatchEventsRequest(), timeout=30))
+
+
+def test_a_subscription_that_stays_broken_gives_up(
+    client: Client, servicer: FakeDataService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_runtime, "RESUME_BACKOFF_S", (0.01, 0.02))
+    monkeypatch.setattr(_runtime, "RESUME_WITHIN_S", 0.3)
+    servicer.fail_next["WatchEvents"] = 1000  # UNAVAILABLE before any event, every time
+    with pytest.raises(UnavailableError):
+        list(client.data.watch_events(rr.WatchEventsRequest()))
+    assert 3 <= servicer.calls["WatchEvents"] < 1000

@@ -197,13 +197,16 @@ class Client(SyncServices):
         metadata: Metadata | None = None,
         tls: bool = False,
         tls_ca: Path | None = None,
+        resume_streams: bool = True,
     ) -> None:
         self.target = target
         self.channel = channel
         #: whether the channel speaks TLS, and the CA file it trusts (None: the system's roots)
         self.tls = tls
         self.tls_ca = tls_ca
-        self._transport = SyncTransport(channel, timeout=timeout, metadata=metadata)
+        self._transport = SyncTransport(
+            channel, timeout=timeout, metadata=metadata, resume_streams=resume_streams
+        )
         super().__init__(self._transport)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
@@ -261,13 +264,16 @@ class AsyncClient(AsyncServices):
         metadata: Metadata | None = None,
         tls: bool = False,
         tls_ca: Path | None = None,
+        resume_streams: bool = True,
     ) -> None:
         self.target = target
         self.channel = channel
         #: whether the channel speaks TLS, and the CA file it trusts (None: the system's roots)
         self.tls = tls
         self.tls_ca = tls_ca
-        self._transport = AsyncTransport(channel, timeout=timeout, metadata=metadata)
+        self._transport = AsyncTransport(
+            channel, timeout=timeout, metadata=metadata, resume_streams=resume_streams
+        )
         super().__init__(self._transport)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:  # noqa: ASYNC109
@@ -321,12 +327,13 @@ def connect(
     `target`: `host:port` of the gateway or of one service (default `$KITRADING_TARGET`, else
     `localhost:3000`). `timeout`: default deadline in seconds of every unary call (streams have none
     unless a call passes one). `retries`: retry idempotent (GET) methods on UNAVAILABLE, up to 4
-    attempts with 0.1-2 s backoff. `metadata`: sent with every call. `credentials`: TLS credentials of
-    your own. `tls_ca`: a gateway serving TLS, trusted through this PEM CA (or self-signed certificate)
-    file (default `$KITRADING_TLS_CA`, else plaintext; `True`: TLS with the system's roots; `False`:
-    plaintext whatever the environment says). `api_key`: the gateway's API key, sent as `x-api-key`
-    metadata (default `$KITRADING_API_KEY`, else the file `$KITRADING_API_KEY_FILE`; none on a
-    gateway without keys).
+    attempts with 0.1-2 s backoff, and resume a `Watch*` subscription that breaks with UNAVAILABLE (a
+    service or gateway restarting; `kitrading.client._runtime`). `metadata`: sent with every call.
+    `credentials`: TLS credentials of your own. `tls_ca`: a gateway serving TLS, trusted through this
+    PEM CA (or self-signed certificate) file (default `$KITRADING_TLS_CA`, else plaintext; `True`: TLS
+    with the system's roots; `False`: plaintext whatever the environment says). `api_key`: the gateway's
+    API key, sent as `x-api-key` metadata (default `$KITRADING_API_KEY`, else the file
+    `$KITRADING_API_KEY_FILE`; none on a gateway without keys).
     """
     resolved = resolve_target(target)
     options = channel_options(retries)
@@ -342,6 +349,7 @@ def connect(
         metadata=with_api_key(metadata, api_key),
         tls=credentials is not None,
         tls_ca=ca,
+        resume_streams=retries,
     )
 
 
@@ -370,4 +378,5 @@ def connect_async(
         metadata=with_api_key(metadata, api_key),
         tls=credentials is not None,
         tls_ca=ca,
+        resume_streams=retries,
     )
