@@ -41,13 +41,13 @@ class GroundingSettings:
     passages: int = 5
 
     def target(self, service: str) -> str:
-        return self.targets.get(service) or service_target(service)
+        return self.targets.get(service) or service_target(service, instances=True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GroundingSettings:
         """Read the settings from `env` (default: os.environ); unset or empty values keep defaults."""
         return cls(
-            targets={name: service_target(name, env) for name in SOURCE_SERVICES.values()},
+            targets={name: service_target(name, env, instances=True) for name in SOURCE_SERVICES.values()},
             timeout_seconds=env_float(
                 "KITRADING_LLM_GROUNDING_TIMEOUT_SECONDS", 3.0, minimum=0.05, maximum=600.0, env=env
             ),

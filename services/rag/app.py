@@ -43,7 +43,7 @@ class RagApp(ServiceAppBase):
         self.client: EmbedderClient | None = None
         if embeddings is None:
             self.client = EmbedderClient(
-                embedder or service_target("embedder", env),
+                embedder or service_target("embedder", env, instances=True),
                 batch=self.settings.embed_batch,
                 timeout_s=self.settings.embed_timeout_s,
             )
@@ -51,7 +51,9 @@ class RagApp(ServiceAppBase):
         self.cards: MeshCards | None = None
         if self.settings.model_cards_s > 0:
             targets = (
-                dict(models) if models is not None else {s: service_target(s, env) for s in CARD_SERVICES}
+                dict(models)
+                if models is not None
+                else {s: service_target(s, env, instances=True) for s in CARD_SERVICES}
             )
             self.cards = MeshCards(targets)
         self.domain = RagDomain(self.settings, embeddings, self.cards)

@@ -4,6 +4,8 @@ Every service-to-service client (training's Data client, the RAG service's embed
 clients, the LLM's grounding sources) opens its channel here, so they share:
 
 - quick reconnects to a service that comes back (gRPC's default backoff grows to 120 s);
+- round-robin balancing over every address of the target (the instances of a replicated service,
+  `services.runtime.addresses.service_target(..., instances=True)`);
 - large messages (64 MiB: candle pages, embedding batches);
 - the SDK's retry policy (`kitrading.client.client.service_config`): idempotent methods (unary RPCs
   bound to HTTP GET, and health checks) are retried on UNAVAILABLE, up to 4 attempts with backoff
@@ -22,12 +24,13 @@ from kitrading.client.client import service_config
 from services.runtime import tracing
 
 #: Options every mesh channel gets, retries or not.
-BASE_OPTIONS: tuple[tuple[str, int], ...] = (
+BASE_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.lb_policy_name", "round_robin"),
 )
 
 

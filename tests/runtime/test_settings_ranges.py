@@ -28,7 +28,7 @@ from services.llm.grounding_settings import GroundingSettings
 from services.pattern import settings as pattern_settings
 from services.rag import settings as rag_settings
 from services.regime import settings as regime_settings
-from services.runtime import database_settings, threads
+from services.runtime import addresses, database_settings, threads
 from services.runtime.config import (
     HOST_PATTERN,
     URL_PATTERN,
@@ -70,6 +70,7 @@ GROUNDING: tuple[Var, ...] = (
     IntVar("KITRADING_LLM_CANDLE_LOOKBACK", 2, 10_000),
     IntVar("KITRADING_LLM_PASSAGES", 1, 50),
     *_ADDRESSES,
+    *(addresses.REPLICAS[name] for name in ("forecast", "regime", "pattern")),
 )
 DATABASE: tuple[Var, ...] = tuple(database_settings.FIELDS.values())
 
