@@ -1524,7 +1524,10 @@ def cluster(
     host, port = settings.host_for(service), settings.port_for(service, env)
     static = _is_ip(host)
     name = leader_cluster_name(service) if leader else service.name
-    ports = [port + INSTANCE_PORT_STEP * k for k in range(settings.replicas_of(service))]
+    # instances on one host (`kitrading up`) have ports of their own; a name (compose, a Kubernetes
+    # headless Service) resolves to one address per instance, all on the same port
+    count = settings.replicas_of(service) if static else 1
+    ports = [port + INSTANCE_PORT_STEP * k for k in range(count)]
     result = Cluster(
         name=name,
         type=ClusterDiscoveryType.STATIC if static else ClusterDiscoveryType.STRICT_DNS,

@@ -11,6 +11,14 @@ Deployment + LoadBalancer Service), availability.yaml (a PodDisruptionBudget per
 HorizontalPodAutoscaler per service that may run several pods); kustomization.yaml ties them
 together (`kubectl apply -k`). tests/deploy/test_k8s.py builds it with kustomize and validates every
 object against the Kubernetes schemas.
+
+`../k8s-scale-out/` is an overlay (beside this folder: kustomize refuses one inside its base) for
+clusters with a ReadWriteMany storage class (NFS, CephFS, EFS, Filestore, Azure Files): the model
+stores of forecast, pattern and regime become ReadWriteMany, those Deployments roll instead of being
+recreated, share a `leases` claim (the lease of their once-only work, services/runtime/leases.py)
+and get autoscalers too; the gateway then routes their training methods to the lease holder
+(`kubectl apply -k deploy/k8s-scale-out`).
+
 The Secret `kitrading-secrets` is referenced, never written: create it from files (docs/operations.md).
 """
 
@@ -153,6 +161,9 @@ CONFIG: dict[str, str] = {
     "ALERT_COOLDOWN_MINUTES": "15",
     "TELEGRAM_CHAT_IDS": "",
     "WATCHDOG_GATEWAY_HEALTH_URL": f"http://gateway:{GATEWAY_PORT}/gateway/health",
+    # A terminating pod leaves the headless Service's DNS answers at once, but Envoy re-resolves
+    # every 5 s: it keeps answering (NOT_SERVING) that long before it closes its port.
+    "KITRADING_DRAIN_DELAY_SECONDS": "5",
 }
 
 
@@ -436,6 +447,89 @@ def availability_documents(registry: Sequence[ServiceInfo]) -> list[dict[str, An
     return docs
 
 
+#: Autoscaled by the scale-out overlay: the services whose once-only work the lease keeps on one pod.
+LEASED_MAX_REPLICAS = {"forecast": 3, "pattern": 3, "regime": 3}
+LEASES = Volume("leases", f"{HOME}/run/leases", "1Gi")
+#: The overlay's folder, relative to this one.
+SCALE_OUT = "../k8s-scale-out"
+
+
+def json_patch(kind: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"target": {"kind": kind, "name": name}, "patch": yaml.safe_dump(ops, sort_keys=False, width=110)}
+
+
+def scale_out_files(registry: Sequence[ServiceInfo]) -> dict[str, list[dict[str, Any]] | dict[str, Any]]:
+    """The overlay: ReadWriteMany model stores, a shared `leases` claim, rolling updates and
+    autoscalers for the leased services, and the replica setting the gateway reads to route their
+    `leader_methods` to the lease holder (`<service>-leader` clusters)."""
+    leased = [s for s in registry if s.name in LEASED_MAX_REPLICAS]
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(LEASES.claim, "storage"),
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": LEASES.size}}},
+    }
+    scalers = [replace_max(s) for s in leased]
+    patches = []
+    for service in leased:
+        for volume in SPECS[service.name].volumes:
+            patches.append(
+                json_patch(
+                    "PersistentVolumeClaim",
+                    volume.claim,
+                    [{"op": "replace", "path": "/spec/accessModes", "value": ["ReadWriteMany"]}],
+                )
+            )
+        rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        pod = "/spec/template/spec"
+        patches.append(
+            json_patch(
+                "Deployment",
+                service.name,
+                [
+                    {"op": "replace", "path": "/spec/strategy", "value": rolling},
+                    {"op": "remove", "path": "/spec/replicas"},
+                    {
+                        "op": "add",
+                        "path": f"{pod}/volumes/-",
+                        "value": {"name": LEASES.claim, "persistentVolumeClaim": {"claimName": LEASES.claim}},
+                    },
+                    {
+                        "op": "add",
+                        "path": f"{pod}/containers/0/volumeMounts/-",
+                        "value": {"name": LEASES.claim, "mountPath": LEASES.mount},
+                    },
+                ],
+            )
+        )
+    replicas = [
+        {
+            "op": "add",
+            "path": f"/data/KITRADING_{s.name.upper()}_REPLICAS",
+            "value": str(LEASED_MAX_REPLICAS[s.name]),
+        }
+        for s in leased
+    ]
+    patches.append(json_patch("ConfigMap", CONFIG_MAP, replicas))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../k8s", "leases.yaml", "autoscalers.yaml"],
+        "patches": patches,
+    }
+    return {
+        f"{SCALE_OUT}/leases.yaml": [claim],
+        f"{SCALE_OUT}/autoscalers.yaml": scalers,
+        f"{SCALE_OUT}/kustomization.yaml": kustomization,
+    }
+
+
+def replace_max(service: ServiceInfo) -> dict[str, Any]:
+    from dataclasses import replace
+
+    return autoscaler(service, replace(SPECS[service.name], max_replicas=LEASED_MAX_REPLICAS[service.name]))
+
+
 def database_documents() -> list[dict[str, Any]]:
     ready = {"exec": {"command": ["sh", "-c", 'pg_isready -q -U "$POSTGRES_USER" -d "$POSTGRES_DB"']}}
     container = {
@@ -535,6 +629,11 @@ def render(registry: Sequence[ServiceInfo] = SERVICES) -> dict[str, str]:
         for name, docs in documents.items()
     }
     files["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization(list(documents)), sort_keys=False)
+    for name, content in scale_out_files(registry).items():
+        if isinstance(content, list):
+            files[name] = HEADER + yaml.safe_dump_all(content, sort_keys=False, width=110)
+        else:
+            files[name] = HEADER + yaml.safe_dump(content, sort_keys=False, width=110)
     return files
 
 
@@ -550,8 +649,9 @@ def main(argv: list[str] | None = None) -> int:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(name)
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            print(path)
+            print(path.resolve())
     if stale:
         print(f"out of date: {', '.join(stale)}; run python deploy/k8s/generate.py", file=sys.stderr)
         return 1

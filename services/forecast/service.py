@@ -131,7 +131,7 @@ class ForecastDomain:
     async def start(self, *, schedule: bool = True, warmup: bool = True, lead: bool = True) -> None:
         """Start the job runner and (by default) the retrain scheduler; `warmup` loads all models.
         `lead=False`: not the once-only work yet (`lead()`, when this instance holds the lease)."""
-        await self.jobs.start()
+        await self.jobs.start(clean=False)
         self.schedule_enabled = schedule
         if lead:
             await self.lead()
@@ -139,7 +139,9 @@ class ForecastDomain:
             await self.forecaster.warmup()
 
     async def lead(self) -> None:
-        """The work one instance of the service does (services.runtime.leases): the scheduler."""
+        """The work one instance of the service does (services.runtime.leases): staging leftovers of
+        killed workers removed (another instance's could be in progress), the scheduler."""
+        await self.jobs.clean_staging()
         if self.schedule_enabled:
             await self.scheduler.start()
 

@@ -158,7 +158,7 @@ class PatternDomain:
         """Start the job runner, the scheduler and the event monitor (as the settings say); with
         `train_on_start` (default: the settings') and no published TCN, queue the first training in
         the background once the Data service lists the symbols."""
-        await self.jobs.start()
+        await self.jobs.start(clean=False)
         try:
             await self._tcn()
         except DomainError as exc:
@@ -168,8 +168,10 @@ class PatternDomain:
             await self.lead()
 
     async def lead(self) -> None:
-        """The work one instance of the service does (services.runtime.leases): the scheduler, the
-        event monitor and the first training."""
+        """The work one instance of the service does (services.runtime.leases): staging leftovers of
+        killed workers removed (another instance's could be in progress), the scheduler, the event
+        monitor and the first training."""
+        await self.jobs.clean_staging()
         if self._schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
         if self.events is not None and self.settings.event_retrain:

@@ -161,15 +161,17 @@ class RegimeDomain:
         monitor (when an event stream is given and enabled). With `train_on_start` (default: the
         settings'), queue the first training of every active symbol that has no model yet (all of
         them on a first start; the rest of an interrupted first training after a restart)."""
-        await self.jobs.start()
+        await self.jobs.start(clean=False)
         await self._warmup()
         self._schedule, self._train_on_start = schedule, train_on_start
         if lead:
             await self.lead()
 
     async def lead(self) -> None:
-        """The work one instance of the service does (services.runtime.leases): the scheduler, the
-        event monitor and the first training."""
+        """The work one instance of the service does (services.runtime.leases): staging leftovers of
+        killed workers removed (another instance's could be in progress), the scheduler, the event
+        monitor and the first training."""
+        await self.jobs.clean_staging()
         if self._schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
             await self.scheduler.start()
         if self.events is not None and self.settings.event_retrain:

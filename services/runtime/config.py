@@ -402,8 +402,10 @@ class RuntimeSettings:
     grace_seconds: float = 10.0
     #: On SIGTERM, how long the service says NOT_SERVING while still answering every call before it
     #: stops taking new ones: the gateway's health check (every 1 s) sees it first and sends calls to
-    #: another instance, so none meets a closed port (a rolling restart fails no call).
-    drain_delay_s: float = 1.5
+    #: another instance, so none meets a closed port (a rolling restart fails no call). Default
+    #: `REPLICATED_DRAIN_DELAY_S` with several instances (`KITRADING_<NAME>_REPLICAS`), else 0:
+    #: alone, nobody else would take its calls meanwhile.
+    drain_delay_s: float = 0.0
     log_level: str = "INFO"
     home: Path = field(default_factory=lambda: Path(".kitrading").resolve())
 
@@ -443,6 +445,8 @@ class RuntimeSettings:
             raise ConfigError(
                 f"{v.metrics_port.name} must be set: its default, {v.port.name} + 6000, is {metrics_port}"
             )
+        replicated = service.replicable and service.replicas(os.environ if env is None else env) > 1
+        drain_delay = REPLICATED_DRAIN_DELAY_S if replicated else d.drain_delay_s
         unary = v.max_concurrent_unary_all.read(d.max_concurrent_unary, env)
         streams = v.max_concurrent_streams_all.read(d.max_concurrent_streams, env)
         return cls(
@@ -455,10 +459,14 @@ class RuntimeSettings:
             admission_wait_ms=v.admission_wait_ms.read(d.admission_wait_ms, env),
             max_message_bytes=v.max_message_bytes.read(d.max_message_bytes, env),
             grace_seconds=v.grace_seconds.read(d.grace_seconds, env),
-            drain_delay_s=v.drain_delay_s.read(d.drain_delay_s, env),
+            drain_delay_s=v.drain_delay_s.read(drain_delay, env),
             log_level=v.log_level.read(d.log_level, env),
             home=kitrading_home(env),
         )
+
+
+#: The drain delay of an instance of a replicated service (`RuntimeSettings.drain_delay_s`).
+REPLICATED_DRAIN_DELAY_S = 1.5
 
 
 class RuntimeVariables(NamedTuple):

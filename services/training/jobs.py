@@ -179,13 +179,19 @@ class JobRunner:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Remove staging leftovers of killed workers and start running queued jobs."""
+    async def start(self, *, clean: bool = True) -> None:
+        """Remove staging leftovers of killed workers (`clean`: an instance that does not hold the
+        service's lease leaves them to the one that does, the only one that trains) and start running
+        queued jobs."""
+        if clean:
+            await self.clean_staging()
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run_forever(), name=f"{self.trainer.model}-jobs")
+
+    async def clean_staging(self) -> None:
         removed = await asyncio.to_thread(self.trainer.registry.clean_staging)
         if removed:
             log.warning("removed %d unfinished model directories left by a killed worker", len(removed))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run_forever(), name=f"{self.trainer.model}-jobs")
 
     async def stop(self) -> None:
         """Cancel unfinished jobs and stop the worker."""

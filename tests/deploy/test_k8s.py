@@ -16,7 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.envoy_config import GatewaySettings
 from kitrading.mesh import GATEWAY_PORT, SERVICES, ServiceInfo
+from kitrading.mesh import service as mesh_service
 from tests.deploy.conftest import DEPLOY
 
 K8S = DEPLOY / "k8s"
@@ -243,3 +245,53 @@ def test_the_schema_validation_catches_what_an_api_server_would_refuse(built: li
     budget["spec"]["maxUnavailable"] = []
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(budget, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+SCALE_OUT = DEPLOY / "k8s-scale-out"
+
+
+@pytest.fixture(scope="module")
+def scaled_out() -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(SCALE_OUT)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_scale_out_overlay_is_valid_against_the_kubernetes_schemas(
+    scaled_out: list[dict[str, Any]], version: str
+) -> None:
+    for doc in scaled_out:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_scale_out_overlay_shares_the_model_stores_and_the_lease(
+    scaled_out: list[dict[str, Any]],
+) -> None:
+    leased = ("forecast", "pattern", "regime")
+    claims = {d["metadata"]["name"]: d["spec"] for d in scaled_out if d["kind"] == "PersistentVolumeClaim"}
+    shared = {"forecast-models", "forecast-state", "pattern-models", "regime-models", "leases"}
+    for name in shared:
+        assert claims[name]["accessModes"] == ["ReadWriteMany"], name
+    assert claims["rag-index"]["accessModes"] == ["ReadWriteOnce"], "rag runs one pod: its own index"
+    scalers = {d["metadata"]["name"] for d in scaled_out if d["kind"] == "HorizontalPodAutoscaler"}
+    assert scalers == {"embedder", "llm", *leased}
+    for name in leased:
+        deployment = find(scaled_out, "Deployment", name)
+        assert deployment["metadata"]["namespace"] == "kitrading"
+        assert "replicas" not in deployment["spec"]
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+        pod = deployment["spec"]["template"]["spec"]
+        assert {"name": "leases", "persistentVolumeClaim": {"claimName": "leases"}} in pod["volumes"]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "leases", "mountPath": "/var/lib/kitrading/run/leases"} in mounts  # lease_path's
+    for name in ("data", "rag", "watchdog"):  # one pod each, as in the base
+        assert find(scaled_out, "Deployment", name)["spec"]["replicas"] == 1
+    # the gateway, reading the ConfigMap, routes the leased services' training to the lease holder
+    config = find(scaled_out, "ConfigMap", "kitrading-config")["data"]
+    settings = GatewaySettings.from_env(config)
+    for name in leased:
+        assert settings.led(mesh_service(name)), name
+    assert not settings.led(mesh_service("embedder"))

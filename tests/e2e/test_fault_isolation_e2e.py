@@ -463,3 +463,32 @@ def test_database_outage(env: Env) -> None:
     assert not failed, f"calls to the other services failed: {failed[:5]}"
     assert result["down_alert_s"] <= 2 * INTERVAL + 1.0
     assert result["db_restarted_after_release_s"] < 10.0
+
+
+def test_planned_restart_of_one_service_the_others_never_notice(env: Env) -> None:
+    """`kitrading restart forecast` (the users' update of one service) while the client calls every
+    service through the gateway: no failed call to any other; forecast's own gap measured."""
+    wait(lambda: calm(env), 60, "calm before the restart", step=0.2)
+    others = {s.name for s in SERVICES} - {"forecast"}
+    before = env.mesh.pid("forecast")
+    began = time.monotonic()
+    result = env.mesh.cli("restart", "forecast", "--home", str(env.mesh.home), via_gateway=False)
+    took = time.monotonic() - began
+    wait(lambda: calm(env), 60, "calm after the restart", step=0.2)
+    assert result.returncode == 0, result.stderr
+    assert env.mesh.pid("forecast") != before
+    during = env.traffic.since(began, time.monotonic(), services=others)
+    own = env.traffic.since(began, time.monotonic(), services={"forecast"})
+    failed = [r for r in during if not r.ok]
+    own_failed = [r for r in own if not r.ok]
+    RESULTS["_planned_restart"] = {
+        "restart_s": took,
+        "other_calls": len(during),
+        "other_failed": len(failed),
+        "own_calls": len(own),
+        "own_failed": len(own_failed),
+        "own_gap_s": (max(r.at for r in own_failed) - min(r.at for r in own_failed)) if own_failed else 0.0,
+    }
+    print(f"\nplanned restart of forecast: {RESULTS['_planned_restart']} ({result.stdout.strip()})")
+    assert not failed, f"calls to the other services failed: {failed[:5]}"
+    assert len({r.service for r in during}) == len(others), "the client called every other service"

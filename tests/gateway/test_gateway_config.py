@@ -374,6 +374,17 @@ def test_replicas_are_endpoints_and_once_only_methods_go_to_the_lease_holder(
     assert routes["/kitrading.forecast.v1.ForecastService/GetForecast"] == "forecast"
     path = write_config(tmp_path / "envoy.yaml", built)
     assert validate_config(path).returncode == 0  # the real Envoy takes it
+    # a host name (Kubernetes' headless Service): its DNS answers are the instances, on one port
+    named = GatewaySettings.from_env(
+        {"KITRADING_FORECAST_REPLICAS": "3", "KITRADING_FORECAST_HOST": "forecast"}, port=13000
+    )
+    clusters = {
+        c["name"]: c
+        for c in build_config(named, descriptor_path=descriptor_path)["static_resources"]["clusters"]
+    }
+    for name in ("forecast", "forecast-leader"):
+        assert clusters[name]["type"] == "STRICT_DNS"
+        assert ports(name) == [3002], name
 
 
 def test_leader_methods_name_real_methods_and_only_replicable_services_have_replicas(

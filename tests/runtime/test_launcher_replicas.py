@@ -18,6 +18,7 @@ from kitrading.cli.commands.up import replicas_env
 from services.launcher.control import handle, instances_of, lease_holder
 from services.launcher.mesh import build_children, instances
 from services.launcher.supervisor import Child, Supervisor
+from services.runtime.config import REPLICATED_DRAIN_DELAY_S, RuntimeSettings
 from services.runtime.leases import FileLease, lease_path
 from tests.runtime.test_app import until
 
@@ -142,3 +143,18 @@ async def test_the_lease_holder_is_rolled_last(tmp_path: Path) -> None:
     finally:
         holder.release()
         await supervisor.stop()
+
+
+def test_only_an_instance_of_a_replicated_service_waits_before_it_drains() -> None:
+    forecast = mesh.service("forecast")
+    assert RuntimeSettings.from_env(forecast, env={}).drain_delay_s == 0.0  # alone: no one to hand to
+    replicated = {"KITRADING_FORECAST_REPLICAS": "2"}
+    assert RuntimeSettings.from_env(forecast, env=replicated).drain_delay_s == REPLICATED_DRAIN_DELAY_S
+    both = {**replicated, "KITRADING_DRAIN_DELAY_SECONDS": "4"}
+    assert RuntimeSettings.from_env(forecast, env=both).drain_delay_s == 4.0
+    assert (
+        RuntimeSettings.from_env(
+            mesh.service("data"), env={"KITRADING_DRAIN_DELAY_SECONDS": "5"}
+        ).drain_delay_s
+        == 5.0
+    )

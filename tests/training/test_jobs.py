@@ -235,3 +235,19 @@ async def test_a_foreground_training_goes_on_when_its_caller_goes_away(tmp_path:
         assert (await runner.wait(job.job_id)).state is JobState.SUCCEEDED
     finally:
         await runner.stop()
+
+
+async def test_only_a_runner_told_to_clean_removes_staging_leftovers(tmp_path: Path) -> None:
+    """An instance without the service's lease starts its runner with `clean=False`: a staging
+    directory (maybe the lease holder's publish in progress) stays until the holder cleans."""
+    trainer = ToyTrainer(tmp_path, ["EURUSD"])
+    leftover = trainer.registry.root / "EURUSD" / ".staging-999999999-abc"  # a pid nobody has
+    leftover.mkdir(parents=True)
+    runner = runner_for(trainer, tmp_path)
+    await runner.start(clean=False)
+    try:
+        assert leftover.exists()
+        await runner.clean_staging()  # the holder's `lead()`
+        assert not leftover.exists()
+    finally:
+        await runner.stop()
