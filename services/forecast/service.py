@@ -29,7 +29,7 @@ from services.forecast.trainer import ForecastTrainer
 from services.runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
 from services.training.registry import ModelVersion
-from services.training.retraining import EventMonitor, EventMonitorStatus, RetrainScheduler
+from services.training.retraining import EventMonitor, EventMonitorStatus, RetrainScheduler, lead_retraining
 from services.training.sources import CandleSource, EventStream
 from services.training.trainer import WorkerSpec
 from services.training.worker import WorkerOptions
@@ -141,9 +141,10 @@ class ForecastDomain:
     async def lead(self) -> None:
         """The work one instance of the service does (services.runtime.leases): staging leftovers of
         killed workers removed (another instance's could be in progress), the scheduler."""
-        await self.jobs.clean_staging()
-        if self.schedule_enabled:
-            await self.scheduler.start()
+        # its event monitor starts when asked (StartEventMonitor, routed to the holder)
+        await lead_retraining(
+            self.jobs, self.scheduler, None, schedule=self.schedule_enabled, event_retrain=False
+        )
 
     async def stop(self) -> None:
         if self.events is not None:

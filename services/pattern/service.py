@@ -40,7 +40,7 @@ from services.pattern.training import CONFIG_FILE, MODEL, WEIGHTS_FILE
 from services.runtime.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.training.jobs import JobRunner, RunnerSettings, TrainingJob
 from services.training.registry import ModelVersion, PointerStamp
-from services.training.retraining import EventMonitor, RetrainScheduler
+from services.training.retraining import EventMonitor, RetrainScheduler, lead_retraining
 from services.training.sources import CandleSource, EventStream
 from services.training.worker import WorkerOptions
 
@@ -171,11 +171,13 @@ class PatternDomain:
         """The work one instance of the service does (services.runtime.leases): staging leftovers of
         killed workers removed (another instance's could be in progress), the scheduler, the event
         monitor and the first training."""
-        await self.jobs.clean_staging()
-        if self._schedule and self.settings.schedule and self.settings.auto_retrain_days > 0:
-            await self.scheduler.start()
-        if self.events is not None and self.settings.event_retrain:
-            await asyncio.create_task(self.events.start(), context=contextvars.Context())
+        await lead_retraining(
+            self.jobs,
+            self.scheduler,
+            self.events,
+            schedule=self._schedule and self.settings.schedule and self.settings.auto_retrain_days > 0,
+            event_retrain=self.settings.event_retrain,
+        )
         wanted = self.settings.train_on_start if self._train_on_start is None else self._train_on_start
         if wanted and self.trainer.current() is None:
             self.bootstrapping = True

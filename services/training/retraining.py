@@ -12,12 +12,16 @@ model, or one older than the service's retrain age) and trains them in one job. 
 it), trains them in one job. It persists the id of the last event whose retraining has *finished*
 (`state_path`, e.g. `$KITRADING_HOME/forecast/event_monitor.json`) and resumes the stream after
 it on restart, so a restart re-triggers at most the retraining that was in flight (at-least-once).
+
+`lead_retraining` starts both, and the clean-up of killed workers' leftovers, on the instance that
+holds the service's lease (services.runtime.leases): one instance of a trainer runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -330,3 +334,22 @@ class EventMonitor:
                 break
             st.in_flight.popleft()
             self._commit(head.max_event_id)
+
+
+async def lead_retraining(
+    jobs: JobRunner,
+    scheduler: RetrainScheduler,
+    events: EventMonitor | None,
+    *,
+    schedule: bool,
+    event_retrain: bool,
+) -> None:
+    """The once-only work of a trainer's lease holder: staging leftovers of killed workers removed
+    (another instance's publish could be in progress elsewhere), the retrain scheduler (`schedule`)
+    and the event monitor (`event_retrain`, with one)."""
+    await jobs.clean_staging()
+    if schedule:
+        await scheduler.start()
+    if events is not None and event_retrain:
+        # The monitor's tasks outlive the caller: a fresh context inherits no deadline.
+        await asyncio.create_task(events.start(), context=contextvars.Context())

@@ -104,6 +104,21 @@ def test_events_follow_json_until_the_stream_ends(data_server: ServerThread, cap
     assert [e["eventId"] for e in events] == ["1", "2", "3"]
 
 
+def test_events_follow_goes_on_across_a_restart_of_the_service(
+    data_server: ServerThread, capsys: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream breaks with UNAVAILABLE (the service draining for a restart): `-f` resumes it after
+    the last event it printed, no gap and no event twice."""
+    from kitrading.client import _runtime
+
+    monkeypatch.setattr(_runtime, "RESUME_BACKOFF_S", (0.01, 0.02))
+    data_server.servicer.break_streams = 1
+    assert main(["--target", data_server.target, "events", "-f", "--after", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["3", "4", "5", "6", "7", "8"]
+    assert [r.after_event_id for r in data_server.servicer.watch_requests] == [2, 5]
+
+
 def test_events_follow_stream_error(data_server: ServerThread, capsys: Capture) -> None:
     assert main(["--target", data_server.target, "events", "--follow", "--symbol", "FAIL"]) == 2
     captured = capsys.readouterr()

@@ -209,13 +209,18 @@ def kubectl() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def built() -> list[dict[str, Any]]:
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize FOLDER`: every object it builds."""
     result = subprocess.run(
-        [kubectl(), "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+        [kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def built() -> list[dict[str, Any]]:
+    return kustomize(K8S)
 
 
 def test_kustomize_builds_every_object_into_the_namespace(
@@ -252,11 +257,7 @@ SCALE_OUT = DEPLOY / "k8s-scale-out"
 
 @pytest.fixture(scope="module")
 def scaled_out() -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(SCALE_OUT)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return kustomize(SCALE_OUT)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)

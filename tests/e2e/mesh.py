@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,3 +208,27 @@ def whole_mesh(
         if samples:
             running.wait_for_samples()
         yield running
+
+
+class Traffic(threading.Thread):
+    """GETs `calls` (name -> path) through the gateway round after round, `pause_s` apart, until
+    `done` is set; `replies` holds (name, monotonic time, HTTP status; 0 for a transport error)."""
+
+    def __init__(self, gateway: str, calls: Mapping[str, str], *, pause_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.gateway = gateway
+        self.calls = dict(calls)
+        self.pause_s = pause_s
+        self.replies: list[tuple[str, float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.gateway, timeout=10) as client:
+            while not self.done.is_set():
+                for name, path in self.calls.items():
+                    try:
+                        status = client.get(path).status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    self.replies.append((name, time.monotonic(), status))
+                time.sleep(self.pause_s)

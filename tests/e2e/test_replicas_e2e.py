@@ -6,7 +6,6 @@ embedded PostgreSQL, real processes; the figures are printed and kept in docs/re
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from kitrading import mesh as registry
 from kitrading.forecast.v1 import request_response_pb2 as frr
 from kitrading.forecast.v1 import service_pb2_grpc as forecast_grpc
 from kitrading.mesh import INSTANCE_PORT_STEP
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import RunningMesh, Traffic, start_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -160,30 +159,10 @@ def test_two_instances_one_of_them_trains(mesh: RunningMesh) -> None:
     assert sorted(rows[n][-1] for n in ("forecast", "forecast-2")) == ["no", "yes"], status.stdout
 
 
-class Traffic(threading.Thread):
-    def __init__(self, gateway: str) -> None:
-        super().__init__(daemon=True)
-        self.gateway = gateway
-        self.replies: list[tuple[str, float, int]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        calls = {**READS, "leader": LEADER_READ}
-        with httpx.Client(base_url=self.gateway, timeout=10) as client:
-            while not self.done.is_set():
-                for name, path in calls.items():
-                    try:
-                        status = client.get(path).status_code
-                    except httpx.HTTPError:
-                        status = 0
-                    self.replies.append((name, time.monotonic(), status))
-                time.sleep(0.02)
-
-
 def test_rolling_restart_of_two_instances_fails_no_read(mesh: RunningMesh) -> None:
     holder = "forecast" if one_leader(mesh) == instance_ports(mesh)[0] else "forecast-2"
     before = {name: mesh.pid(name) for name in ("forecast", "forecast-2", "data")}
-    traffic = Traffic(mesh.gateway)
+    traffic = Traffic(mesh.gateway, {**READS, "leader": LEADER_READ}, pause_s=0.02)
     traffic.start()
     time.sleep(1.0)
     began = time.monotonic()

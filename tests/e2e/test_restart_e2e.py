@@ -6,7 +6,6 @@ own outage is measured and printed."""
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.mesh import RunningMesh, start_mesh
+from tests.e2e.mesh import RunningMesh, Traffic, start_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -35,25 +34,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         assert code == 0, f"kitrading up exited with {code}"
 
 
-class Traffic(threading.Thread):
-    def __init__(self, gateway: str) -> None:
-        super().__init__(daemon=True)
-        self.gateway = gateway
-        self.replies: list[tuple[str, float, int]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.gateway, timeout=10) as client:
-            while not self.done.is_set():
-                for name, path in CALLS.items():
-                    try:
-                        status = client.get(path).status_code
-                    except httpx.HTTPError:
-                        status = 0
-                    self.replies.append((name, time.monotonic(), status))
-                time.sleep(0.05)
-
-
 def gateway_sees_it(mesh: RunningMesh, service: str, within: float = 20.0) -> float:
     """Seconds until the gateway routes to `service` again (its 1 s health check must see it back)."""
     began = time.monotonic()
@@ -69,7 +49,7 @@ def test_restart_one_service_the_other_never_notices(mesh: RunningMesh, restarte
     for name in CALLS:  # the previous case's restart is fully over
         gateway_sees_it(mesh, name)
     before = mesh.pid(restarted)
-    traffic = Traffic(mesh.gateway)
+    traffic = Traffic(mesh.gateway, CALLS)
     traffic.start()
     time.sleep(1.0)
     began = time.monotonic()
