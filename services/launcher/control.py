@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from services.launcher.supervisor import Supervisor
-from services.runtime.leases import lease_path
+from services.runtime.leases import holder_record, lease_path
 
 log = logging.getLogger("kitrading.launcher")
 
@@ -57,11 +57,8 @@ def lease_holder(home: Path) -> LeaseHolder:
     """Reads `$KITRADING_HOME/run/leases/<service>.lock` (services.runtime.leases writes it)."""
 
     def holder(service: str) -> str | None:
-        try:
-            record = json.loads(lease_path(home, service).read_text(encoding="utf-8") or "null")
-        except (OSError, ValueError):
-            return None
-        instance = record.get("instance") if isinstance(record, dict) else None
+        record = holder_record(lease_path(home, service)) or {}
+        instance = record.get("instance")
         return instance if isinstance(instance, str) else None
 
     return holder

@@ -68,10 +68,15 @@ class FileLease:
 
     def holder(self) -> str | None:
         """Who holds it, as its file says ("forecast-2 (pid 4242)"); None when nobody says so."""
-        try:
-            record = json.loads(self.path.read_text(encoding="utf-8") or "null")
-        except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict):
-            return None
-        return f"{record.get('instance')} (pid {record.get('pid')})"
+        record = holder_record(self.path)
+        return None if record is None else f"{record.get('instance')} (pid {record.get('pid')})"
+
+
+def holder_record(path: Path) -> dict[str, object] | None:
+    """What a lease file says of its holder (`{"pid": 4242, "instance": "forecast-2"}`); None when
+    it says nothing (free, unreadable, or not ours)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8") or "null")
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
