@@ -151,7 +151,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         title="Chart patterns: a rule-based detector with honest follow-through (the TCN is to come)",
         implemented=True,
         replicable=True,
-        leader_methods=("TrainPatternModel", *TRAINING_JOB_METHODS),
+        leader_methods=("TrainPatternModel", "RollbackPatternModel", *TRAINING_JOB_METHODS),
     ),
     ServiceInfo(
         "regime",
@@ -163,7 +163,7 @@ SERVICES: tuple[ServiceInfo, ...] = (
         title="Market regimes (HMM) and signal scoring (LightGBM)",
         implemented=True,
         replicable=True,
-        leader_methods=("TrainRegimeModels", *TRAINING_JOB_METHODS),
+        leader_methods=("TrainRegimeModels", "RollbackRegimeModel", *TRAINING_JOB_METHODS),
     ),
     ServiceInfo(
         "embedder",

@@ -146,11 +146,6 @@ def batch_out(
 # -- models ---------------------------------------------------------------------------------------
 
 
-def version_order(version: registry.ModelVersion) -> list[int]:
-    """The page key of a symbol's versions (served newest first)."""
-    return [int(version.version[1:])]
-
-
 def performance_order(perf: service.ModelPerformance) -> list[Any]:
     """The page key of performance rows (by symbol, newest version first)."""
     return [perf.symbol, -int(perf.version[1:])]

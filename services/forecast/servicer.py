@@ -16,6 +16,7 @@ from services.forecast import convert as cv
 from services.forecast.service import ForecastDomain
 from services.runtime.pagination import paginate
 from services.training.convert import job_out
+from services.training.registry import version_key
 from services.training.servicer import TrainingJobMethods, TrainingRpcs
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
@@ -108,7 +109,7 @@ class ForecastServicer(TrainingJobMethods, service_pb2_grpc.ForecastServiceServi
         chunk, token = paginate(
             versions,
             kind="forecast-versions",
-            key=cv.version_order,
+            key=version_key,
             filters=[request.symbol, timeframe],
             page_size=request.page_size,
             page_token=request.page_token,

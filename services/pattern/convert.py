@@ -196,6 +196,7 @@ def model_out(version: ModelVersion) -> pb.PatternModel:
     training = meta.get("training", {})
     return pb.PatternModel(
         version=version.version,
+        active=version.current,
         create_time=timestamp(version.created_at),
         job_id=str(meta.get("job_id", "")),
         trigger=str(meta.get("trigger", "")),

@@ -243,6 +243,15 @@ class PatternDomain:
             return await asyncio.to_thread(self.registry.get, MODEL, version)
         return await asyncio.to_thread(self.trainer.current)
 
+    async def versions(self) -> list[ModelVersion]:
+        """The TCN's published versions, newest first (empty before the first is published)."""
+        return await asyncio.to_thread(self.registry.newest_first, MODEL)
+
+    async def rollback(self, version: str = "") -> ModelVersion:
+        """Serve a stored TCN version (default: the one published before the current one).
+        Detection switches at its next call (`_tcn` follows the registry's pointer)."""
+        return await asyncio.to_thread(self.registry.rollback, MODEL, version or None)
+
     def _first_running(self) -> TrainingJob | None:
         if self.first_job is None:
             return None

@@ -16,6 +16,7 @@ from services.pattern.service import PatternDomain
 from services.runtime.pagination import paginate
 from services.training.convert import job_out
 from services.training.data_client import candles_frame
+from services.training.registry import version_key
 from services.training.servicer import TrainingJobMethods, TrainingRpcs
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
@@ -85,6 +86,30 @@ class PatternServicer(TrainingJobMethods, service_pb2_grpc.PatternServiceService
         status = await self.domain.status()
         version = await self.domain.model(request.version) if request.version else status.version
         return cv.status_out(status, version)
+
+    async def ListPatternModelVersions(
+        self, request: rr.ListPatternModelVersionsRequest, context: Context
+    ) -> rr.ListPatternModelVersionsResponse:
+        chunk, token = paginate(
+            await self.domain.versions(),
+            kind="pattern-versions",
+            key=version_key,
+            filters=[],
+            page_size=request.page_size,
+            page_token=request.page_token,
+            descending=True,
+            default=100,
+        )
+        return rr.ListPatternModelVersionsResponse(
+            models=[cv.model_out(v) for v in chunk], next_page_token=token
+        )
+
+    async def RollbackPatternModel(
+        self, request: rr.RollbackPatternModelRequest, context: Context
+    ) -> rr.RollbackPatternModelResponse:
+        return rr.RollbackPatternModelResponse(
+            model=cv.model_out(await self.domain.rollback(request.version))
+        )
 
     async def TrainPatternModel(
         self, request: rr.TrainPatternModelRequest, context: Context

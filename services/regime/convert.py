@@ -120,6 +120,27 @@ def model_out(symbol: str, version: ModelVersion, model: RegimeModel) -> pb.Regi
     )
 
 
+def version_out(version: ModelVersion) -> pb.RegimeModelVersion:
+    """A stored version's headline figures, from its metadata alone (no model file is read)."""
+    meta = version.metadata
+    evaluation: dict[str, Any] = meta.get("evaluation", {})
+    return pb.RegimeModelVersion(
+        symbol=version.key,
+        timeframe=timeframe_out(str(meta.get("timeframe", "H1"))),
+        model_version=version.version,
+        active=version.current,
+        create_time=timestamp(version.created_at),
+        job_id=str(meta.get("job_id", "")),
+        trigger=str(meta.get("trigger", "")),
+        n_states=int(meta.get("hmm", {}).get("n_states", 0)),
+        training_bars=int(meta.get("data", {}).get("bars", 0)),
+        data_end_time=timestamp(meta.get("data", {}).get("last_time")),
+        scores=_scores_out(evaluation.get("scores_calibrated", {})),
+        edge=bool(evaluation.get("edge", False)),
+        verdict=verdict(evaluation) if evaluation else "",
+    )
+
+
 # -- scorer ---------------------------------------------------------------------------------------
 
 

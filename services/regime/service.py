@@ -290,10 +290,7 @@ class RegimeDomain:
         if loaded is not None and loaded.stamp == stamp:
             return loaded
         if stamp is None:
-            if await self.source.get_symbol(symbol) is None:
-                raise NotFound(
-                    f"symbol {symbol} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": symbol}
-                )
+            await self._known(symbol)
             first = self._first_training()
             if first is not None and symbol in first.keys:
                 raise FailedPrecondition(
@@ -309,6 +306,30 @@ class RegimeDomain:
         loaded = await asyncio.to_thread(self._load, symbol, stamp)
         self._loaded[symbol] = loaded
         return loaded
+
+    async def _known(self, symbol: str) -> None:
+        """NotFound for a symbol the Data service does not know."""
+        if await self.source.get_symbol(symbol) is None:
+            raise NotFound(
+                f"symbol {symbol} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": symbol}
+            )
+
+    async def versions(self, symbol: str) -> list[ModelVersion]:
+        """`symbol`'s published versions, newest first (empty before its first training);
+        NotFound for a symbol the Data service does not know."""
+        self.registry.check_key(symbol)
+        versions = await asyncio.to_thread(self.registry.newest_first, symbol)
+        if not versions:
+            await self._known(symbol)
+        return versions
+
+    async def rollback(self, symbol: str, version: str = "") -> ModelVersion:
+        """Serve a stored version of `symbol`'s models (default: the one published before the
+        current one); regimes and scores switch at their next call (`_model` follows the pointer)."""
+        self.registry.check_key(symbol)
+        if await asyncio.to_thread(self.registry.current_version, symbol) is None:
+            await self._known(symbol)
+        return await asyncio.to_thread(self.registry.rollback, symbol, version or None)
 
     def _load(self, symbol: str, stamp: PointerStamp | None) -> _Loaded:
         version = self.registry.get(symbol)  # FailedPrecondition (how to train it) when it has none

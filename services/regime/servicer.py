@@ -14,7 +14,9 @@ from kitrading.regime.v1 import service_pb2_grpc
 from services.regime import convert as cv
 from services.regime.service import RegimeDomain
 from services.runtime.errors import InvalidArgument
+from services.runtime.pagination import paginate
 from services.training.convert import job_out
+from services.training.registry import version_key
 from services.training.servicer import TrainingJobMethods, TrainingRpcs
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
@@ -49,6 +51,29 @@ class RegimeServicer(TrainingJobMethods, service_pb2_grpc.RegimeServiceServicer)
         return rr.GetRegimeModelResponse(
             model=cv.model_out(request.symbol, version, model), scorer=cv.scorer_out(version, config)
         )
+
+    async def ListRegimeModelVersions(
+        self, request: rr.ListRegimeModelVersionsRequest, context: Context
+    ) -> rr.ListRegimeModelVersionsResponse:
+        chunk, token = paginate(
+            await self.domain.versions(request.symbol),
+            kind="regime-versions",
+            key=version_key,
+            filters=[request.symbol],
+            page_size=request.page_size,
+            page_token=request.page_token,
+            descending=True,
+            default=100,
+        )
+        return rr.ListRegimeModelVersionsResponse(
+            versions=[cv.version_out(v) for v in chunk], next_page_token=token
+        )
+
+    async def RollbackRegimeModel(
+        self, request: rr.RollbackRegimeModelRequest, context: Context
+    ) -> rr.RollbackRegimeModelResponse:
+        version = await self.domain.rollback(request.symbol, request.version)
+        return rr.RollbackRegimeModelResponse(version=cv.version_out(version))
 
     async def GetRegimeStatus(
         self, request: rr.GetRegimeStatusRequest, context: Context

@@ -117,6 +117,11 @@ class ModelVersion:
         return datetime.fromtimestamp(self.path.stat().st_mtime, tz=UTC)
 
 
+def version_key(version: ModelVersion) -> list[int]:
+    """The page key of a key's versions (`runtime.pagination.paginate`, listed newest first)."""
+    return [int(version.version[1:])]
+
+
 @dataclass(slots=True)
 class StagedVersion:
     """A version being written: put files into `path`, then `ModelRegistry.publish` it."""
@@ -199,6 +204,10 @@ class ModelRegistry:
         """All published versions, oldest first."""
         current = self.current_version(key)
         return [self._read(key, name, current) for name in self._version_names(key)]
+
+    def newest_first(self, key: str) -> list[ModelVersion]:
+        """All published versions, newest first (the order the APIs list them in; `version_key`)."""
+        return list(reversed(self.list_versions(key)))
 
     def get(self, key: str, version: str | None = None) -> ModelVersion:
         """A version (default: the current one). FailedPrecondition when the key has no model,

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from kitrading.cli.commands.forecast import run_forecast, run_train
+from kitrading.cli.commands.models import run_rollback, run_versions
 from kitrading.cli.main import parse_args
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.data.v1 import request_response_pb2 as data_rr
@@ -30,6 +31,7 @@ from services.data.samples import SAMPLES, load_candles
 from services.forecast.app import ForecastApp
 from services.forecast.calendar import EQUITY, FX
 from services.runtime import metrics
+from tests.cli_helpers import cli, table
 from tests.conftest import PostgresForTests
 from tests.grpc_helpers import data_service, details, fails, start_server, utc
 
@@ -430,6 +432,15 @@ async def test_versions_rollback_and_cancel(stack: Stack, trained: Watched) -> N
     )
     listed = await f.ListTrainingJobs(rr.ListTrainingJobsRequest(state=job_pb2.JOB_STATE_CANCELLED))
     assert [j.job_id for j in listed.jobs] == [queued.job_id]
+
+    # the same through the CLI: `kitrading versions forecast EURUSD`, `kitrading rollback forecast EURUSD`
+    status, text = await cli(run_versions, ["--target", stack.target, "versions", "forecast", "EURUSD"])
+    rows = table(text, "VERSION")
+    assert status == 0 and [r.split()[:2] for r in rows] == [["v000002", "active"], ["v000001", "H1"]]
+    status, text = await cli(run_rollback, ["--target", stack.target, "rollback", "forecast", "EURUSD"])
+    assert (status, text) == (0, "forecast EURUSD now serves v000001\n")
+    argv = ["--target", stack.target, "rollback", "forecast", "EURUSD", "--version", "v000002"]
+    assert (await cli(run_rollback, argv)) == (0, "forecast EURUSD now serves v000002\n")
 
 
 # -- the CLI -------------------------------------------------------------------------------------

@@ -112,6 +112,8 @@ def test_writes_and_expensive_calls_need_write(contracts: Contracts) -> None:
         "kitrading.rag.v1.RagService/AddDocument",
         "kitrading.watchdog.v1.WatchdogService/SendTestAlert",
         "kitrading.forecast.v1.ForecastService/RollbackModelVersion",
+        "kitrading.pattern.v1.PatternService/RollbackPatternModel",
+        "kitrading.regime.v1.RegimeService/RollbackRegimeModel",
     ):
         assert scopes[name] == "write", name
     for name in (
@@ -120,5 +122,7 @@ def test_writes_and_expensive_calls_need_write(contracts: Contracts) -> None:
         "kitrading.forecast.v1.ForecastService/GetForecast",
         "kitrading.forecast.v1.ForecastService/BatchGetForecasts",
         "kitrading.regime.v1.RegimeService/ScoreSignal",
+        "kitrading.pattern.v1.PatternService/ListPatternModelVersions",
+        "kitrading.regime.v1.RegimeService/ListRegimeModelVersions",
     ):
         assert scopes[name] == "read", name

@@ -5,18 +5,16 @@ asserted as a user reads it."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import grpc.aio
 import pytest
 
+from kitrading.cli.commands.models import run_rollback, run_versions
 from kitrading.cli.commands.patterns import run_pattern_model, run_patterns, run_train_patterns
 from kitrading.cli.main import main, parse_args
 from kitrading.common.v1 import market_pb2
@@ -26,6 +24,7 @@ from kitrading.pattern.v1 import service_pb2_grpc
 from services.data.samples import SAMPLES, load_candles
 from services.pattern.app import PatternApp
 from services.pattern.settings import PatternSettings
+from tests.cli_helpers import cli, table
 from tests.conftest import PostgresForTests
 from tests.grpc_helpers import data_service, start_server
 from tests.pattern.test_pattern_servicer import TINY
@@ -56,25 +55,6 @@ async def stack(postgres: PostgresForTests, tmp_path_factory: pytest.TempPathFac
         async with grpc.aio.insecure_channel(server.target) as channel:
             yield Stack(service_pb2_grpc.PatternServiceStub(channel), server.target, data.target)
         await server.stop(0)
-
-
-async def cli(handler: Callable[[argparse.Namespace, TextIO], int], argv: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    args = parse_args(argv)
-    status = await asyncio.to_thread(handler, args, out)
-    return status, out.getvalue()
-
-
-def table(text: str, header: str) -> list[str]:
-    """The rows of the table whose header line starts with `header`."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    rows = []
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        rows.append(line)
-    return rows
 
 
 async def test_patterns_table_with_follow_through_and_a_plot_of_the_key_points(
@@ -179,6 +159,25 @@ async def test_train_patterns_follows_with_the_progress_bar_then_the_tcn_answers
         name = pb.PatternEngine.Name(engine).removeprefix("PATTERN_ENGINE_").lower()
         assert any(f" {name} " in row for row in rows), (name, text)
     assert png.read_bytes()[:8] == PNG
+
+
+async def test_versions_and_rollback(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    status, text = await cli(run_versions, ["--target", stack.target, "versions", "pattern"])
+    assert status == 0, text
+    rows = table(text, "VERSION")
+    card = (await stack.pattern.GetPatternModel(rr.GetPatternModelRequest())).model
+    assert rows[0].split()[:2] == [card.version, "active"] and f"{card.macro.f1:.3f}" in rows[0], text
+    assert "EURUSD, GOOG" in rows[0] and "MACRO F1" in text
+    assert await asyncio.to_thread(main, ["--target", stack.target, "rollback", "pattern"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kitrading rollback: ") and "no version older" in err and "Traceback" not in err, (
+        err
+    )
+    argv = ["--target", stack.target, "rollback", "pattern", "--version", card.version]
+    status, text = await cli(run_rollback, argv)
+    assert (status, text) == (0, f"pattern now serves {card.version}\n")
+    assert await asyncio.to_thread(main, ["--target", stack.target, "versions", "pattern", "EURUSD"]) == 2
+    assert "one model for every symbol" in capsys.readouterr().err
 
 
 async def test_errors_print_the_service_message_and_exit_2(

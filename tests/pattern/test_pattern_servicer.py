@@ -143,6 +143,12 @@ async def test_before_any_training_the_tcn_falls_back_to_the_rules_and_says_so(s
     assert d.engine == pb.PATTERN_ENGINE_RULES and d.model_version == "rules-v1"
     assert "no TCN is published yet" in d.engine_note and "rule-based" in d.engine_note
     assert all(p.engine == pb.PATTERN_ENGINE_RULES for p in d.patterns)
+    assert not (await stack.pattern.ListPatternModelVersions(rr.ListPatternModelVersionsRequest())).models
+    error = await fails(
+        stack.pattern.RollbackPatternModel(rr.RollbackPatternModelRequest()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "no" in (error.details() or ""), error.details()
 
 
 async def test_bad_training_requests_name_the_field(stack: Stack) -> None:
@@ -235,6 +241,46 @@ async def test_a_training_job_through_the_worker_publishes_a_version_that_servin
     assert card.model.version == "v000002" and [s.symbol for s in card.model.series] == ["EURUSD"]
     older = await stack.pattern.GetPatternModel(rr.GetPatternModelRequest(version="v000001"))
     assert len(older.model.series) == 2
+    served = await stack.pattern.DetectSymbolPatterns(
+        rr.DetectSymbolPatternsRequest(symbol="EURUSD", engine=pb.PATTERN_ENGINE_CHOICE_TCN)
+    )
+    assert served.detection.model_version == "tcn/v000002"
+
+    # Versions, newest first, with the active one marked; paginated; rollback switches serving.
+    listed = await stack.pattern.ListPatternModelVersions(rr.ListPatternModelVersionsRequest())
+    assert [(m.version, m.active) for m in listed.models] == [("v000002", True), ("v000001", False)]
+    assert listed.models[1].macro.pattern_type == "macro" and len(listed.models[1].series) == 2
+    first = await stack.pattern.ListPatternModelVersions(rr.ListPatternModelVersionsRequest(page_size=1))
+    rest = await stack.pattern.ListPatternModelVersions(
+        rr.ListPatternModelVersionsRequest(page_size=1, page_token=first.next_page_token)
+    )
+    assert [m.version for m in (*first.models, *rest.models)] == ["v000002", "v000001"]
+    assert not rest.next_page_token
+    rolled = await stack.pattern.RollbackPatternModel(rr.RollbackPatternModelRequest())
+    assert rolled.model.version == "v000001" and rolled.model.active
+    served = await stack.pattern.DetectSymbolPatterns(
+        rr.DetectSymbolPatternsRequest(symbol="EURUSD", engine=pb.PATTERN_ENGINE_CHOICE_TCN)
+    )
+    assert served.detection.model_version == "tcn/v000001"
+    card = await stack.pattern.GetPatternModel(rr.GetPatternModelRequest())
+    assert card.model.version == "v000001" and card.model.active
+    error = await fails(
+        stack.pattern.RollbackPatternModel(rr.RollbackPatternModelRequest()),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "no version older than v000001" in (error.details() or ""), error.details()
+    error = await fails(
+        stack.pattern.RollbackPatternModel(rr.RollbackPatternModelRequest(version="v000009")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert "v000009" in (error.details() or ""), error.details()
+    error = await fails(
+        stack.pattern.RollbackPatternModel(rr.RollbackPatternModelRequest(version="../v1")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "version" in (error.details() or ""), error.details()
+    forward = await stack.pattern.RollbackPatternModel(rr.RollbackPatternModelRequest(version="v000002"))
+    assert forward.model.version == "v000002"
     served = await stack.pattern.DetectSymbolPatterns(
         rr.DetectSymbolPatternsRequest(symbol="EURUSD", engine=pb.PATTERN_ENGINE_CHOICE_TCN)
     )

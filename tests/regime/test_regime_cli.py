@@ -4,30 +4,31 @@ awaited once. The commands run in a thread (they block) and their output is asse
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TextIO
+from typing import Any
 
 import grpc.aio
 import pytest
 
 from kitrading.cli.commands.forecast import follow
+from kitrading.cli.commands.models import run_rollback, run_versions
 from kitrading.cli.commands.regime import NO_EDGE, run_regime, run_regime_model, run_score, run_train_regime
-from kitrading.cli.main import main, parse_args
+from kitrading.cli.main import main
 from kitrading.common.v1 import job_pb2, market_pb2, training_pb2
 from kitrading.regime.v1 import request_response_pb2 as rr
 from kitrading.regime.v1 import service_pb2_grpc
 from services.data.samples import SAMPLES, load_candles
 from services.regime.app import RegimeApp
 from services.regime.settings import RegimeSettings
+from tests.cli_helpers import cli, table
 from tests.conftest import PostgresForTests
 from tests.grpc_helpers import data_service, start_server
 
@@ -81,13 +82,6 @@ async def trained(stack: Stack) -> training_pb2.TrainingJob:
             return job
         assert time.monotonic() < deadline, f"first-start job {job_id} still {job.state}"
         await asyncio.sleep(0.1)
-
-
-async def cli(handler: Callable[[argparse.Namespace, TextIO], int], argv: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    args = parse_args(argv)
-    status = await asyncio.to_thread(handler, args, out)
-    return status, out.getvalue()
 
 
 async def test_regime_prints_filtered_segments_hindsight_and_plots_prices(
@@ -174,6 +168,34 @@ async def test_train_regime_follows_with_a_progress_bar(
     argv = ["--target", stack.target, "train-regime", "--job", job_id]
     status, text = await cli(run_train_regime, argv)
     assert status == 0 and text.startswith(f"job {job_id} succeeded in ") and "\nEURUSD " in text, text
+
+
+async def test_versions_and_rollback(
+    stack: Stack, trained: training_pb2.TrainingJob, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = (
+        await stack.regime.TrainRegimeModels(rr.TrainRegimeModelsRequest(symbols=["EURUSD"], force=True))
+    ).job
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    newest = job.symbols[0].model_version
+    status, text = await cli(run_versions, ["--target", stack.target, "versions", "regime", "eurusd"])
+    assert status == 0, text
+    rows = table(text, "VERSION")
+    assert rows[0].split()[:3] == [newest, "active", "H1"] and rows[-1].split()[:2] == ["v000001", "H1"], text
+    assert "BRIER" in text and "EDGE" in text
+    older = rows[1].split()[0]
+    status, text = await cli(run_rollback, ["--target", stack.target, "rollback", "regime", "EURUSD"])
+    assert (status, text) == (0, f"regime EURUSD now serves {older}\n")
+    state = (await stack.regime.GetRegime(rr.GetRegimeRequest(symbol="EURUSD"))).state
+    assert state.model_version == older
+    argv = ["--target", stack.target, "rollback", "regime", "EURUSD", "--version", newest, "--json"]
+    status, text = await cli(run_rollback, argv)
+    assert status == 0 and json.loads(text)["modelVersion"] == newest and json.loads(text)["active"]
+    assert await asyncio.to_thread(main, ["--target", stack.target, "versions", "regime"]) == 2
+    assert "per symbol" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["--target", stack.target, "rollback", "regime", "NOMODEL"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kitrading rollback: ") and "FAILED_PRECONDITION" in err and "Traceback" not in err
 
 
 async def test_errors_print_the_service_message_and_exit_2(

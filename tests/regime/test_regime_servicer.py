@@ -312,3 +312,60 @@ async def test_new_candles_retrain_through_the_event_stream(
     assert [(s.symbol, s.state) for s in job.symbols] == [("EURUSD", SUCCEEDED)]
     state = (await r.GetRegime(rr.GetRegimeRequest(symbol="EURUSD"))).state
     assert state.model_version == job.symbols[0].model_version != "v000001"  # picked up without a restart
+
+
+async def test_versions_are_listed_and_rolled_back_without_a_restart(
+    stack: Stack, first: list[training_pb2.TrainingJobEvent]
+) -> None:
+    r = stack.regime
+    trained = await r.TrainRegimeModels(rr.TrainRegimeModelsRequest(symbols=["GOOG"], force=True))
+    job = await wait_job(stack, trained.job.job_id)
+    assert job.state == SUCCEEDED, job.error
+    newest = job.symbols[0].model_version
+    listed = await r.ListRegimeModelVersions(rr.ListRegimeModelVersionsRequest(symbol="GOOG"))
+    versions = [(v.model_version, v.active) for v in listed.versions]
+    assert versions[0] == (newest, True) and versions[-1] == ("v000001", False)
+    v = listed.versions[-1]
+    assert v.symbol == "GOOG" and v.timeframe == D1 and v.n_states in (2, 3, 4) and v.training_bars > 0
+    assert v.scores.samples > 0 and 0 < v.scores.brier_base < 1 and v.verdict and v.job_id
+    paged = await r.ListRegimeModelVersions(rr.ListRegimeModelVersionsRequest(symbol="GOOG", page_size=1))
+    assert [x.model_version for x in paged.versions] == [newest] and paged.next_page_token
+
+    rolled = await r.RollbackRegimeModel(rr.RollbackRegimeModelRequest(symbol="GOOG"))
+    older = listed.versions[1].model_version
+    assert rolled.version.model_version == older and rolled.version.active
+    state = (await r.GetRegime(rr.GetRegimeRequest(symbol="GOOG"))).state
+    assert state.model_version == older  # served at the next call
+    card = await r.GetRegimeModel(rr.GetRegimeModelRequest(symbol="GOOG"))
+    assert card.model.model_version == older
+    forward = await r.RollbackRegimeModel(rr.RollbackRegimeModelRequest(symbol="GOOG", version=newest))
+    assert forward.version.model_version == newest
+    assert (await r.GetRegime(rr.GetRegimeRequest(symbol="GOOG"))).state.model_version == newest
+
+    error = await fails(
+        r.RollbackRegimeModel(rr.RollbackRegimeModelRequest(symbol="GOOG", version="v000099")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert details(error)[0] == "MODEL_VERSION_NOT_FOUND"
+    error = await fails(
+        r.RollbackRegimeModel(rr.RollbackRegimeModelRequest(symbol="GOOG", version="latest")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert details(error)[1] == ["version"]
+    assert not (await r.ListRegimeModelVersions(rr.ListRegimeModelVersionsRequest(symbol="NOMODEL"))).versions
+    error = await fails(
+        r.RollbackRegimeModel(rr.RollbackRegimeModelRequest(symbol="NOMODEL")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert details(error)[0] == "NO_MODEL"
+    for call in (
+        r.ListRegimeModelVersions(rr.ListRegimeModelVersionsRequest(symbol="NOPE")),
+        r.RollbackRegimeModel(rr.RollbackRegimeModelRequest(symbol="NOPE")),
+    ):
+        error = await fails(call, grpc.StatusCode.NOT_FOUND)
+        assert details(error)[0] == "SYMBOL_NOT_FOUND"
+    error = await fails(
+        r.ListRegimeModelVersions(rr.ListRegimeModelVersionsRequest(symbol="GOOG", page_token="forged")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert details(error)[0] == "INVALID_PAGE_TOKEN"

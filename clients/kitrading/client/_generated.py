@@ -50,6 +50,7 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     ("kitrading.pattern.v1.PatternService", "ScanPatterns"),
     ("kitrading.pattern.v1.PatternService", "ListPatternTypes"),
     ("kitrading.pattern.v1.PatternService", "GetPatternModel"),
+    ("kitrading.pattern.v1.PatternService", "ListPatternModelVersions"),
     ("kitrading.pattern.v1.PatternService", "GetTrainingJob"),
     ("kitrading.pattern.v1.PatternService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegime"),
@@ -57,6 +58,7 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
     ("kitrading.regime.v1.RegimeService", "GetTrainingJob"),
     ("kitrading.regime.v1.RegimeService", "ListTrainingJobs"),
     ("kitrading.regime.v1.RegimeService", "GetRegimeModel"),
+    ("kitrading.regime.v1.RegimeService", "ListRegimeModelVersions"),
     ("kitrading.embedder.v1.EmbedderService", "GetEmbedderInfo"),
     ("kitrading.rag.v1.RagService", "QueryKnowledgeBase"),
     ("kitrading.rag.v1.RagService", "GetDocument"),
@@ -1754,6 +1756,48 @@ class PatternServiceClient(SyncServiceClient):
             metadata=metadata,
         )
 
+    def list_pattern_model_versions(
+        self,
+        request: pattern_v1_request_response_pb2.ListPatternModelVersionsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.ListPatternModelVersionsResponse:
+        """ListPatternModelVersions pages through the stored TCN versions with their held-out figures,
+        newest first.
+
+        HTTP: `GET /api/v1/patterns/model/versions`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.pattern.v1.PatternService/ListPatternModelVersions",
+            pattern_v1_request_response_pb2.ListPatternModelVersionsRequest() if request is None else request,
+            pattern_v1_request_response_pb2.ListPatternModelVersionsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def rollback_pattern_model(
+        self,
+        request: pattern_v1_request_response_pb2.RollbackPatternModelRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.RollbackPatternModelResponse:
+        """RollbackPatternModel makes a stored TCN version the one detection uses (default: the one before
+        it).
+
+        HTTP: `POST /api/v1/patterns/model:rollback`.
+        """
+        return self._unary(
+            "/kitrading.pattern.v1.PatternService/RollbackPatternModel",
+            pattern_v1_request_response_pb2.RollbackPatternModelRequest() if request is None else request,
+            pattern_v1_request_response_pb2.RollbackPatternModelResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
     def train_pattern_model(
         self,
         request: pattern_v1_request_response_pb2.TrainPatternModelRequest | None = None,
@@ -1960,6 +2004,48 @@ class AsyncPatternServiceClient(AsyncServiceClient):
             "/kitrading.pattern.v1.PatternService/GetPatternModel",
             pattern_v1_request_response_pb2.GetPatternModelRequest() if request is None else request,
             pattern_v1_request_response_pb2.GetPatternModelResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def list_pattern_model_versions(
+        self,
+        request: pattern_v1_request_response_pb2.ListPatternModelVersionsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.ListPatternModelVersionsResponse:
+        """ListPatternModelVersions pages through the stored TCN versions with their held-out figures,
+        newest first.
+
+        HTTP: `GET /api/v1/patterns/model/versions`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.pattern.v1.PatternService/ListPatternModelVersions",
+            pattern_v1_request_response_pb2.ListPatternModelVersionsRequest() if request is None else request,
+            pattern_v1_request_response_pb2.ListPatternModelVersionsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def rollback_pattern_model(
+        self,
+        request: pattern_v1_request_response_pb2.RollbackPatternModelRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> pattern_v1_request_response_pb2.RollbackPatternModelResponse:
+        """RollbackPatternModel makes a stored TCN version the one detection uses (default: the one before
+        it).
+
+        HTTP: `POST /api/v1/patterns/model:rollback`.
+        """
+        return await self._unary(
+            "/kitrading.pattern.v1.PatternService/RollbackPatternModel",
+            pattern_v1_request_response_pb2.RollbackPatternModelRequest() if request is None else request,
+            pattern_v1_request_response_pb2.RollbackPatternModelResponse,
             timeout=timeout,
             metadata=metadata,
         )
@@ -2277,6 +2363,47 @@ class RegimeServiceClient(SyncServiceClient):
             metadata=metadata,
         )
 
+    def list_regime_model_versions(
+        self,
+        request: regime_v1_request_response_pb2.ListRegimeModelVersionsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.ListRegimeModelVersionsResponse:
+        """ListRegimeModelVersions pages through a symbol's stored HMM and scorer versions, newest first.
+
+        HTTP: `GET /api/v1/regime/{symbol}/model/versions`. Retried on UNAVAILABLE.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/ListRegimeModelVersions",
+            regime_v1_request_response_pb2.ListRegimeModelVersionsRequest() if request is None else request,
+            regime_v1_request_response_pb2.ListRegimeModelVersionsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def rollback_regime_model(
+        self,
+        request: regime_v1_request_response_pb2.RollbackRegimeModelRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.RollbackRegimeModelResponse:
+        """RollbackRegimeModel makes a stored version of a symbol's models the one served (default: the one
+        before it).
+
+        HTTP: `POST /api/v1/regime/{symbol}/model:rollback`.
+        """
+        return self._unary(
+            "/kitrading.regime.v1.RegimeService/RollbackRegimeModel",
+            regime_v1_request_response_pb2.RollbackRegimeModelRequest() if request is None else request,
+            regime_v1_request_response_pb2.RollbackRegimeModelResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
 
 class AsyncRegimeServiceClient(AsyncServiceClient):
     """RegimeService detects market phases with a hidden Markov model and scores trade signals with
@@ -2485,6 +2612,47 @@ class AsyncRegimeServiceClient(AsyncServiceClient):
             "/kitrading.regime.v1.RegimeService/GetRegimeModel",
             regime_v1_request_response_pb2.GetRegimeModelRequest() if request is None else request,
             regime_v1_request_response_pb2.GetRegimeModelResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def list_regime_model_versions(
+        self,
+        request: regime_v1_request_response_pb2.ListRegimeModelVersionsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.ListRegimeModelVersionsResponse:
+        """ListRegimeModelVersions pages through a symbol's stored HMM and scorer versions, newest first.
+
+        HTTP: `GET /api/v1/regime/{symbol}/model/versions`. Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/ListRegimeModelVersions",
+            regime_v1_request_response_pb2.ListRegimeModelVersionsRequest() if request is None else request,
+            regime_v1_request_response_pb2.ListRegimeModelVersionsResponse,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    async def rollback_regime_model(
+        self,
+        request: regime_v1_request_response_pb2.RollbackRegimeModelRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> regime_v1_request_response_pb2.RollbackRegimeModelResponse:
+        """RollbackRegimeModel makes a stored version of a symbol's models the one served (default: the one
+        before it).
+
+        HTTP: `POST /api/v1/regime/{symbol}/model:rollback`.
+        """
+        return await self._unary(
+            "/kitrading.regime.v1.RegimeService/RollbackRegimeModel",
+            regime_v1_request_response_pb2.RollbackRegimeModelRequest() if request is None else request,
+            regime_v1_request_response_pb2.RollbackRegimeModelResponse,
             timeout=timeout,
             metadata=metadata,
         )

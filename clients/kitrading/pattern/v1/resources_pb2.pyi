@@ -484,6 +484,7 @@ class PatternModel(_message.Message):
     MACRO_FIELD_NUMBER: _builtins.int
     LABEL_DEFINITION_FIELD_NUMBER: _builtins.int
     SPLIT_DEFINITION_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """"v000003"."""
     job_id: _builtins.str
@@ -505,6 +506,8 @@ class PatternModel(_message.Message):
     label_definition: _builtins.str
     """How the labels and the split are defined, in words."""
     split_definition: _builtins.str
+    active: _builtins.bool
+    """The version detection uses now."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -537,10 +540,11 @@ class PatternModel(_message.Message):
         macro: Global___PatternClassMetrics | None = ...,
         label_definition: _builtins.str = ...,
         split_definition: _builtins.str = ...,
+        active: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "macro", b"macro"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "classes", b"classes", "create_time", b"create_time", "device", b"device", "embargo_bars", b"embargo_bars", "job_id", b"job_id", "kernel_size", b"kernel_size", "label_definition", b"label_definition", "label_tolerance_bars", b"label_tolerance_bars", "levels", b"levels", "macro", b"macro", "receptive_field_bars", b"receptive_field_bars", "series", b"series", "split_definition", b"split_definition", "steps", b"steps", "training_seconds", b"training_seconds", "trigger", b"trigger", "version", b"version", "window_bars", b"window_bars"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "channels", b"channels", "classes", b"classes", "create_time", b"create_time", "device", b"device", "embargo_bars", b"embargo_bars", "job_id", b"job_id", "kernel_size", b"kernel_size", "label_definition", b"label_definition", "label_tolerance_bars", b"label_tolerance_bars", "levels", b"levels", "macro", b"macro", "receptive_field_bars", b"receptive_field_bars", "series", b"series", "split_definition", b"split_definition", "steps", b"steps", "training_seconds", b"training_seconds", "trigger", b"trigger", "version", b"version", "window_bars", b"window_bars"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

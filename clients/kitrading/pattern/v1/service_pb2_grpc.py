@@ -60,6 +60,16 @@ class PatternServiceStub:
                 request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelRequest.SerializeToString,
                 response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelResponse.FromString,
                 _registered_method=True)
+        self.ListPatternModelVersions = channel.unary_unary(
+                '/kitrading.pattern.v1.PatternService/ListPatternModelVersions',
+                request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternModelVersionsRequest.SerializeToString,
+                response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternModelVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackPatternModel = channel.unary_unary(
+                '/kitrading.pattern.v1.PatternService/RollbackPatternModel',
+                request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.RollbackPatternModelRequest.SerializeToString,
+                response_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.RollbackPatternModelResponse.FromString,
+                _registered_method=True)
         self.TrainPatternModel = channel.unary_unary(
                 '/kitrading.pattern.v1.PatternService/TrainPatternModel',
                 request_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.TrainPatternModelRequest.SerializeToString,
@@ -121,6 +131,20 @@ class PatternServiceServicer:
 
     def GetPatternModel(self, request, context):
         """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPatternModelVersions(self, request, context):
+        """ListPatternModelVersions pages through the stored TCN versions with their held-out figures, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPatternModel(self, request, context):
+        """RollbackPatternModel makes a stored TCN version the one detection uses (default: the one before it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +212,16 @@ def add_PatternServiceServicer_to_server(servicer, server):
                     servicer.GetPatternModel,
                     request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelRequest.FromString,
                     response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelResponse.SerializeToString,
+            ),
+            'ListPatternModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPatternModelVersions,
+                    request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternModelVersionsRequest.FromString,
+                    response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternModelVersionsResponse.SerializeToString,
+            ),
+            'RollbackPatternModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPatternModel,
+                    request_deserializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.RollbackPatternModelRequest.FromString,
+                    response_serializer=kitrading_dot_pattern_dot_v1_dot_request__response__pb2.RollbackPatternModelResponse.SerializeToString,
             ),
             'TrainPatternModel': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainPatternModel,
@@ -351,6 +385,60 @@ class PatternService:
             '/kitrading.pattern.v1.PatternService/GetPatternModel',
             kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelRequest.SerializeToString,
             kitrading_dot_pattern_dot_v1_dot_request__response__pb2.GetPatternModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPatternModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.pattern.v1.PatternService/ListPatternModelVersions',
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternModelVersionsRequest.SerializeToString,
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.ListPatternModelVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPatternModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.pattern.v1.PatternService/RollbackPatternModel',
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.RollbackPatternModelRequest.SerializeToString,
+            kitrading_dot_pattern_dot_v1_dot_request__response__pb2.RollbackPatternModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class PatternServiceStub:
     """ListPatternTypes pages through the pattern types of the catalogue."""
     GetPatternModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetPatternModelRequest, _request_response_pb2.GetPatternModelResponse]
     """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status."""
+    ListPatternModelVersions: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListPatternModelVersionsRequest, _request_response_pb2.ListPatternModelVersionsResponse]
+    """ListPatternModelVersions pages through the stored TCN versions with their held-out figures, newest first."""
+    RollbackPatternModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.RollbackPatternModelRequest, _request_response_pb2.RollbackPatternModelResponse]
+    """RollbackPatternModel makes a stored TCN version the one detection uses (default: the one before it)."""
     TrainPatternModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.TrainPatternModelRequest, _request_response_pb2.TrainPatternModelResponse]
     """TrainPatternModel starts a training job for the TCN model."""
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]
@@ -69,6 +73,10 @@ class PatternServiceAsyncStub(PatternServiceStub):
     """ListPatternTypes pages through the pattern types of the catalogue."""
     GetPatternModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetPatternModelRequest, _request_response_pb2.GetPatternModelResponse]  # type: ignore[assignment]
     """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status."""
+    ListPatternModelVersions: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListPatternModelVersionsRequest, _request_response_pb2.ListPatternModelVersionsResponse]  # type: ignore[assignment]
+    """ListPatternModelVersions pages through the stored TCN versions with their held-out figures, newest first."""
+    RollbackPatternModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.RollbackPatternModelRequest, _request_response_pb2.RollbackPatternModelResponse]  # type: ignore[assignment]
+    """RollbackPatternModel makes a stored TCN version the one detection uses (default: the one before it)."""
     TrainPatternModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.TrainPatternModelRequest, _request_response_pb2.TrainPatternModelResponse]  # type: ignore[assignment]
     """TrainPatternModel starts a training job for the TCN model."""
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobRequest, _request_response_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
@@ -122,6 +130,22 @@ class PatternServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.GetPatternModelResponse, _abc.Awaitable[_request_response_pb2.GetPatternModelResponse]]:
         """GetPatternModel returns the TCN's model card (its held-out evaluation) and training status."""
+
+    @_abc_1.abstractmethod
+    def ListPatternModelVersions(
+        self,
+        request: _request_response_pb2.ListPatternModelVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.ListPatternModelVersionsResponse, _abc.Awaitable[_request_response_pb2.ListPatternModelVersionsResponse]]:
+        """ListPatternModelVersions pages through the stored TCN versions with their held-out figures, newest first."""
+
+    @_abc_1.abstractmethod
+    def RollbackPatternModel(
+        self,
+        request: _request_response_pb2.RollbackPatternModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.RollbackPatternModelResponse, _abc.Awaitable[_request_response_pb2.RollbackPatternModelResponse]]:
+        """RollbackPatternModel makes a stored TCN version the one detection uses (default: the one before it)."""
 
     @_abc_1.abstractmethod
     def TrainPatternModel(

@@ -445,6 +445,106 @@ class GetRegimeModelResponse(_message.Message):
 Global___GetRegimeModelResponse: _TypeAlias = GetRegimeModelResponse  # noqa: Y015
 
 @_typing.final
+class ListRegimeModelVersionsRequest(_message.Message):
+    """ListRegimeModelVersionsRequest pages through one symbol's stored model versions, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    page_size: _builtins.int
+    """At most 1000; 0 means the default (100)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegimeModelVersionsRequest: _TypeAlias = ListRegimeModelVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListRegimeModelVersionsResponse(_message.Message):
+    """ListRegimeModelVersionsResponse is one page of versions; `active` marks the one served."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RegimeModelVersion]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_resources_pb2.RegimeModelVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegimeModelVersionsResponse: _TypeAlias = ListRegimeModelVersionsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRegimeModelRequest(_message.Message):
+    """RollbackRegimeModelRequest names the version of a symbol's models to serve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    version: _builtins.str
+    """Empty: the version published before the one served now."""
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["symbol", b"symbol", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRegimeModelRequest: _TypeAlias = RollbackRegimeModelRequest  # noqa: Y015
+
+@_typing.final
+class RollbackRegimeModelResponse(_message.Message):
+    """RollbackRegimeModelResponse carries the version now served."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> _resources_pb2.RegimeModelVersion: ...
+    def __init__(
+        self,
+        *,
+        version: _resources_pb2.RegimeModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRegimeModelResponse: _TypeAlias = RollbackRegimeModelResponse  # noqa: Y015
+
+@_typing.final
 class GetTrainingJobRequest(_message.Message):
     """GetTrainingJobRequest names one training job."""
 

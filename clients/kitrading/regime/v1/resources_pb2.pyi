@@ -720,6 +720,74 @@ class ScorerModel(_message.Message):
 Global___ScorerModel: _TypeAlias = ScorerModel  # noqa: Y015
 
 @_typing.final
+class RegimeModelVersion(_message.Message):
+    """RegimeModelVersion is one stored version of a symbol's HMM and scorer with its headline figures. Output only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    TIMEFRAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    N_STATES_FIELD_NUMBER: _builtins.int
+    TRAINING_BARS_FIELD_NUMBER: _builtins.int
+    DATA_END_TIME_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    timeframe: _market_pb2.Timeframe.ValueType
+    model_version: _builtins.str
+    """"v000003"."""
+    active: _builtins.bool
+    """The version the service answers with now."""
+    job_id: _builtins.str
+    """The training job and what started it ("manual", "first start", "scheduled", "event")."""
+    trigger: _builtins.str
+    n_states: _builtins.int
+    training_bars: _builtins.int
+    edge: _builtins.bool
+    """Whether the scorer beat the base rate (ScorerEvaluation.edge), and the verdict in words."""
+    verdict: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def data_end_time(self) -> _timestamp_pb2.Timestamp:
+        """Open time of the last bar trained on."""
+
+    @_builtins.property
+    def scores(self) -> Global___ProbabilityScores:
+        """The scorer's calibrated out-of-fold scores against the base rate."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        timeframe: _market_pb2.Timeframe.ValueType = ...,
+        model_version: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        job_id: _builtins.str = ...,
+        trigger: _builtins.str = ...,
+        n_states: _builtins.int = ...,
+        training_bars: _builtins.int = ...,
+        data_end_time: _timestamp_pb2.Timestamp | None = ...,
+        scores: Global___ProbabilityScores | None = ...,
+        edge: _builtins.bool = ...,
+        verdict: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data_end_time", b"data_end_time", "scores", b"scores"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "create_time", b"create_time", "data_end_time", b"data_end_time", "edge", b"edge", "job_id", b"job_id", "model_version", b"model_version", "n_states", b"n_states", "scores", b"scores", "symbol", b"symbol", "timeframe", b"timeframe", "training_bars", b"training_bars", "trigger", b"trigger", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegimeModelVersion: _TypeAlias = RegimeModelVersion  # noqa: Y015
+
+@_typing.final
 class RegimeModelSummary(_message.Message):
     """RegimeModelSummary is one symbol's current model, as listed in the service status."""
 

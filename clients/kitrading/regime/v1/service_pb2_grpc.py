@@ -85,6 +85,16 @@ class RegimeServiceStub:
                 request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelRequest.SerializeToString,
                 response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelResponse.FromString,
                 _registered_method=True)
+        self.ListRegimeModelVersions = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/ListRegimeModelVersions',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListRegimeModelVersionsRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListRegimeModelVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackRegimeModel = channel.unary_unary(
+                '/kitrading.regime.v1.RegimeService/RollbackRegimeModel',
+                request_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.RollbackRegimeModelRequest.SerializeToString,
+                response_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.RollbackRegimeModelResponse.FromString,
+                _registered_method=True)
 
 
 class RegimeServiceServicer:
@@ -161,6 +171,20 @@ class RegimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRegimeModelVersions(self, request, context):
+        """ListRegimeModelVersions pages through a symbol's stored HMM and scorer versions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackRegimeModel(self, request, context):
+        """RollbackRegimeModel makes a stored version of a symbol's models the one served (default: the one before it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +237,16 @@ def add_RegimeServiceServicer_to_server(servicer, server):
                     servicer.GetRegimeModel,
                     request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelRequest.FromString,
                     response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelResponse.SerializeToString,
+            ),
+            'ListRegimeModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegimeModelVersions,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListRegimeModelVersionsRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListRegimeModelVersionsResponse.SerializeToString,
+            ),
+            'RollbackRegimeModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRegimeModel,
+                    request_deserializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.RollbackRegimeModelRequest.FromString,
+                    response_serializer=kitrading_dot_regime_dot_v1_dot_request__response__pb2.RollbackRegimeModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +520,60 @@ class RegimeService:
             '/kitrading.regime.v1.RegimeService/GetRegimeModel',
             kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelRequest.SerializeToString,
             kitrading_dot_regime_dot_v1_dot_request__response__pb2.GetRegimeModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegimeModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/ListRegimeModelVersions',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListRegimeModelVersionsRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.ListRegimeModelVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackRegimeModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kitrading.regime.v1.RegimeService/RollbackRegimeModel',
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.RollbackRegimeModelRequest.SerializeToString,
+            kitrading_dot_regime_dot_v1_dot_request__response__pb2.RollbackRegimeModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class RegimeServiceStub:
     """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its result."""
     GetRegimeModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetRegimeModelRequest, _request_response_pb2.GetRegimeModelResponse]
     """GetRegimeModel describes a symbol's HMM and the signal scorer."""
+    ListRegimeModelVersions: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListRegimeModelVersionsRequest, _request_response_pb2.ListRegimeModelVersionsResponse]
+    """ListRegimeModelVersions pages through a symbol's stored HMM and scorer versions, newest first."""
+    RollbackRegimeModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.RollbackRegimeModelRequest, _request_response_pb2.RollbackRegimeModelResponse]
+    """RollbackRegimeModel makes a stored version of a symbol's models the one served (default: the one before it)."""
 
 @_typing.type_check_only
 class RegimeServiceAsyncStub(RegimeServiceStub):
@@ -79,6 +83,10 @@ class RegimeServiceAsyncStub(RegimeServiceStub):
     """WatchTrainingJob streams a job: its snapshot, every training step and item transition, then its result."""
     GetRegimeModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetRegimeModelRequest, _request_response_pb2.GetRegimeModelResponse]  # type: ignore[assignment]
     """GetRegimeModel describes a symbol's HMM and the signal scorer."""
+    ListRegimeModelVersions: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListRegimeModelVersionsRequest, _request_response_pb2.ListRegimeModelVersionsResponse]  # type: ignore[assignment]
+    """ListRegimeModelVersions pages through a symbol's stored HMM and scorer versions, newest first."""
+    RollbackRegimeModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.RollbackRegimeModelRequest, _request_response_pb2.RollbackRegimeModelResponse]  # type: ignore[assignment]
+    """RollbackRegimeModel makes a stored version of a symbol's models the one served (default: the one before it)."""
 
 class RegimeServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegimeService detects market phases with a hidden Markov model and scores trade signals with LightGBM."""
@@ -162,5 +170,21 @@ class RegimeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.GetRegimeModelResponse, _abc.Awaitable[_request_response_pb2.GetRegimeModelResponse]]:
         """GetRegimeModel describes a symbol's HMM and the signal scorer."""
+
+    @_abc_1.abstractmethod
+    def ListRegimeModelVersions(
+        self,
+        request: _request_response_pb2.ListRegimeModelVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.ListRegimeModelVersionsResponse, _abc.Awaitable[_request_response_pb2.ListRegimeModelVersionsResponse]]:
+        """ListRegimeModelVersions pages through a symbol's stored HMM and scorer versions, newest first."""
+
+    @_abc_1.abstractmethod
+    def RollbackRegimeModel(
+        self,
+        request: _request_response_pb2.RollbackRegimeModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.RollbackRegimeModelResponse, _abc.Awaitable[_request_response_pb2.RollbackRegimeModelResponse]]:
+        """RollbackRegimeModel makes a stored version of a symbol's models the one served (default: the one before it)."""
 
 def add_RegimeServiceServicer_to_server(servicer: RegimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
