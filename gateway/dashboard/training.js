@@ -1,5 +1,5 @@
 // Training: start forecast / pattern / regime training (one symbol or all), live progress from the
-// SSE watch streams, job history, forecast model versions with their metrics and rollback.
+// SSE watch streams, job history, and each model's stored versions with their metrics and rollback.
 
 import { ApiError, downNotice, enumName, fmt, get, h, keepStreaming, post, showError, symbolSelect, table, when } from './api.js';
 import { TRAINERS } from './overview.js';
@@ -17,6 +17,60 @@ function start(model, symbol, { force, maxSteps }) {
   if (model === 'pattern') return post('/api/v1/patterns/train', { symbols: symbol ? [symbol] : [], background: true, force, maxSteps: steps });
   return post('/api/v1/regime/train', { symbols: symbol ? [symbol] : [], background: true, force });
 }
+
+const active = (on) => (on ? h('span', { class: 'badge ok' }, 'active') : '');
+const frame = (tf) => enumName(tf, 'TIMEFRAME_').toUpperCase();
+
+/** Each trained model's stored versions: how to list them (as table rows) and roll back to one. */
+const VERSIONS = {
+  forecast: {
+    perSymbol: true,
+    columns: ['Version', '', 'Timeframe', 'Created', 'Steps', 'Val loss', 'NHITS MAE', 'Naive MAE'],
+    async rows(symbol) {
+      const [reply, perf] = await Promise.all([
+        get(`/api/v1/forecast/${encodeURIComponent(symbol)}/versions`, { pageSize: 20 }),
+        get('/api/v1/forecast/performance', { symbol, pageSize: 50 }).catch(() => ({ performances: [] })),
+      ]);
+      const byVersion = new Map((perf.performances || []).map((p) => [`${p.timeframe}/${p.modelVersion}`, p]));
+      return (reply.versions || []).map((v) => {
+        const p = byVersion.get(`${v.timeframe}/${v.version}`);
+        const mae = (method) => { const m = p && (p.metrics || []).find((x) => x.method === method); return m ? fmt(m.mae) : '–'; };
+        return { version: v.version, active: v.active,
+          cells: [v.version, active(v.active), frame(v.timeframe), when(v.createTime), String(v.steps), fmt(v.valLoss),
+            mae('FORECAST_METHOD_NHITS'), mae('FORECAST_METHOD_NAIVE')] };
+      });
+    },
+    rollback: (symbol, version) => post(`/api/v1/forecast/${encodeURIComponent(symbol)}/versions:rollback`, { version }),
+  },
+  pattern: {
+    perSymbol: false,
+    columns: ['Version', '', 'Created', 'Trigger', 'Steps', 'Macro F1', 'Precision', 'Recall', 'Series'],
+    async rows() {
+      const reply = await get('/api/v1/patterns/model/versions', { pageSize: 20 });
+      return (reply.models || []).map((m) => {
+        const macro = m.macro || {};
+        return { version: m.version, active: m.active,
+          cells: [m.version, active(m.active), when(m.createTime), m.trigger || '', String(m.steps || 0), fmt(macro.f1, 3),
+            fmt(macro.precision, 3), fmt(macro.recall, 3), h('td', { class: 'wrap' }, (m.series || []).map((x) => x.symbol).join(', '))] };
+      });
+    },
+    rollback: (_symbol, version) => post('/api/v1/patterns/model:rollback', { version }),
+  },
+  regime: {
+    perSymbol: true,
+    columns: ['Version', '', 'Timeframe', 'Created', 'States', 'Bars', 'AUC', 'Brier', 'Base rate Brier', 'Edge'],
+    async rows(symbol) {
+      const reply = await get(`/api/v1/regime/${encodeURIComponent(symbol)}/model/versions`, { pageSize: 20 });
+      return (reply.versions || []).map((v) => {
+        const sc = v.scores || {};
+        return { version: v.modelVersion, active: v.active,
+          cells: [v.modelVersion, active(v.active), frame(v.timeframe), when(v.createTime), String(v.nStates || 0),
+            String(v.trainingBars || 0), fmt(sc.auc, 3), fmt(sc.brier), fmt(sc.brierBase), v.edge ? 'yes' : 'no'] };
+      });
+    },
+    rollback: (symbol, version) => post(`/api/v1/regime/${encodeURIComponent(symbol)}/model:rollback`, { version }),
+  },
+};
 
 export async function mount(root) {
   const watches = new Map();
@@ -46,15 +100,18 @@ export async function mount(root) {
   const history = h('div', { id: 'job-history' });
   const versions = h('div', { id: 'versions' });
   const versionErr = h('p', { class: 'err', role: 'alert', id: 'version-error' });
+  const vModel = h('select', { id: 'version-model' }, Object.keys(VERSIONS).map((m) => h('option', { value: m }, m)));
   const vSym = await symbolSelect('version-symbol', { selected: 'EURUSD' });
+  const vSymLabel = h('label', { for: 'version-symbol' }, 'Symbol', vSym);
+  vModel.addEventListener('change', () => loadVersions());
   vSym.addEventListener('change', () => loadVersions());
 
   root.append(h('div', { class: 'card wide' }, h('h3', {}, 'Start a training'), form, formErr),
     h('div', { class: 'card wide' }, h('h3', {}, 'Live progress'), live),
     h('div', { class: 'grid' },
       h('div', { class: 'card wide' }, h('h3', {}, 'Job history'), history),
-      h('div', { class: 'card wide' }, h('h3', {}, 'Forecast model versions'),
-        h('div', { class: 'row' }, h('label', { for: 'version-symbol' }, 'Symbol', vSym)), versionErr, versions)));
+      h('div', { class: 'card wide' }, h('h3', {}, 'Model versions'),
+        h('div', { class: 'row' }, h('label', { for: 'version-model' }, 'Model', vModel), vSymLabel), versionErr, versions)));
 
   function watch(model, job) {
     if (watches.has(job.jobId)) return;
@@ -122,31 +179,25 @@ export async function mount(root) {
 
   async function loadVersions() {
     showError(versionErr, null);
-    const symbol = vSym.value;
-    if (!symbol) return;
+    const model = vModel.value;
+    const spec = VERSIONS[model];
+    vSymLabel.hidden = !spec.perSymbol;
+    const symbol = spec.perSymbol ? vSym.value : '';
+    if (spec.perSymbol && !symbol) return;
     try {
-      const [reply, perf] = await Promise.all([
-        get(`/api/v1/forecast/${encodeURIComponent(symbol)}/versions`, { pageSize: 20 }),
-        get('/api/v1/forecast/performance', { symbol, pageSize: 50 }).catch(() => ({ performances: [] })),
-      ]);
-      const byVersion = new Map((perf.performances || []).map((p) => [`${p.timeframe}/${p.modelVersion}`, p]));
-      const rows = (reply.versions || []).map((v) => {
-        const p = byVersion.get(`${v.timeframe}/${v.version}`);
-        const nhits = p && (p.metrics || []).find((m) => m.method === 'FORECAST_METHOD_NHITS');
-        const naive = p && (p.metrics || []).find((m) => m.method === 'FORECAST_METHOD_NAIVE');
-        return [v.version, v.active ? h('span', { class: 'badge ok' }, 'active') : '', enumName(v.timeframe, 'TIMEFRAME_').toUpperCase(), when(v.createTime),
-          String(v.steps), fmt(v.valLoss), nhits ? fmt(nhits.mae) : '–', naive ? fmt(naive.mae) : '–',
-          v.active ? '' : h('button', { type: 'button', class: 'secondary', 'data-rollback': v.version, onclick: async () => {
-            showError(versionErr, null);
-            try { await post(`/api/v1/forecast/${encodeURIComponent(symbol)}/versions:rollback`, { version: v.version, timeframe: v.timeframe }); loadVersions(); } catch (e) { showError(versionErr, e); }
-          } }, `Roll back to ${v.version}`)];
-      });
+      const rows = await spec.rows(symbol);
+      const what = spec.perSymbol ? `${model} model for ${symbol}` : `${model} model`;
       versions.replaceChildren(rows.length
-        ? table(['Version', '', 'Timeframe', 'Created', 'Steps', 'Val loss', 'NHITS MAE', 'Naive MAE', ''], rows)
-        : h('p', { class: 'muted' }, `No forecast model for ${symbol} yet: start a training above.`));
+        ? table([...spec.columns, ''], rows.map(({ cells, version, active }) => [...cells,
+          active ? '' : h('button', { type: 'button', class: 'secondary', 'data-rollback': version, onclick: async () => {
+            showError(versionErr, null);
+            try { await spec.rollback(symbol, version); loadVersions(); } catch (e) { showError(versionErr, e); }
+          } }, `Roll back to ${version}`)]))
+        : h('p', { class: 'muted' }, `No ${what} yet: start a training above.`));
+      versions.dataset.model = model;
     } catch (e) {
       versions.replaceChildren();
-      if (e instanceof ApiError && e.down) versions.append(downNotice('forecast', e)); else showError(versionErr, e);
+      if (e instanceof ApiError && e.down) versions.append(downNotice(model, e)); else showError(versionErr, e);
     }
   }
 
