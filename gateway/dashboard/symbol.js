@@ -34,7 +34,13 @@ export async function mount(root, { args }) {
   let all = [];
   try { all = await symbols(); } catch (e) { root.append(downNotice('data', e)); return undefined; }
   if (!all.length) { root.append(h('p', { class: 'notice' }, 'No symbols yet: add one with POST /api/v1/symbols or `kitrading symbols add`.')); return undefined; }
-  const chosen = all.find((s) => s.symbol === (args[0] || '').toUpperCase()) || all.find((s) => s.symbol === 'EURUSD') || all[0];
+  const asked = (args[0] || '').toUpperCase();
+  const chosen = all.find((s) => s.symbol === asked) || all.find((s) => s.symbol === 'EURUSD') || all[0];
+  if (asked && chosen.symbol !== asked) {
+    // A symbol in the address that Data does not list: its own answer (404 naming it), then the default.
+    get(`/api/v1/symbols/${encodeURIComponent(asked)}`)
+      .then(() => {}, (e) => { showError(err, e); err.append(` Showing ${chosen.symbol} instead.`); });
+  }
   const series = (chosen.series || []).filter((s) => Number(s.count) > 0);
   const timeframe = series.some((s) => s.timeframe === args[1]) ? args[1] : (series[0] || {}).timeframe;
 

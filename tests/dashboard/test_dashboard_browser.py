@@ -313,7 +313,9 @@ def test_the_analyst_answer_streams(page: Page, forecast_model: None) -> None:
     assert len(steps) >= 5, lengths
     assert p.inner_text("#analyst-answer").strip()
     grounding = p.inner_text("#analyst-grounding")
-    assert "Forecast" in grounding and "Knowledge base" in grounding
+    assert "Forecast" in grounding and "Regime" in grounding and "Knowledge base" in grounding, grounding
+    # the passages it cites: the knowledge base holds the mesh's own knowledge from its first start
+    assert p.locator("#analyst-grounding [data-passage]").count() >= 1, grounding
     assert "tokens/s" in p.inner_text("#analyst-meta")
     assert not page.errors, (page.errors, page.failed)
 
@@ -380,6 +382,47 @@ def test_model_versions_are_listed_and_rolled_back(page: Page, up: RunningMesh, 
         )
         assert client.get("/api/v1/regime/EURUSD").json()["state"]["modelVersion"] == newest
         assert not p.inner_text("#version-error") and not page.errors, (page.errors, page.failed)
+
+
+def test_a_document_is_added_found_and_deleted(page: Page, tmp_path: Path) -> None:
+    p = page.open("knowledge")
+    p.wait_for_selector("#rag-documents table", timeout=30_000)
+    before = p.locator("#rag-documents tbody tr").count()
+    note = tmp_path / "desk-note.md"
+    note.write_text(
+        "Desk note: the quarterly carry review of the Norwegian krone found that wide rate "
+        "differentials kept the krone bid through the autumn, until oil fell.\n"
+    )
+    p.set_input_files("#doc-file", str(note))  # read into the text box, title and source from the file
+    p.wait_for_function("() => document.getElementById('doc-text').value.includes('krone')", timeout=10_000)
+    assert (
+        p.input_value("#doc-title") == "desk-note.md" and p.input_value("#doc-source") == "file:desk-note.md"
+    )
+    p.fill("#doc-tags", "fx, carry")
+    p.click("#doc-form button[type=submit]")
+    p.wait_for_function("() => document.getElementById('rag-add-result').textContent", timeout=60_000)
+    assert p.inner_text("#rag-add-result").startswith("Added: desk-note.md"), p.inner_text("#rag-add-error")
+    p.wait_for_function(f"() => document.querySelectorAll('#rag-documents tbody tr').length === {before + 1}")
+    p.fill("#rag-query", "Norwegian krone carry")
+    p.click("#rag-query-form button[type=submit]")
+    p.wait_for_selector("#rag-results .passage", timeout=30_000)
+    assert "desk-note.md" in p.inner_text("#rag-results .passage >> nth=0"), p.inner_text("#rag-results")
+    p.click("#rag-documents button[aria-label='Delete desk-note.md']")
+    p.wait_for_function(f"() => document.querySelectorAll('#rag-documents tbody tr').length === {before}")
+    p.click("#rag-query-form button[type=submit]")
+    p.wait_for_timeout(1000)
+    assert "desk-note.md" not in p.inner_text("#rag-results"), p.inner_text("#rag-results")
+    assert not page.errors, (page.errors, page.failed)
+
+
+def test_an_unknown_symbol_shows_the_apis_404(page: Page) -> None:
+    p = page.open("symbol/NOSUCH")
+    p.wait_for_function("() => document.getElementById('symbol-error').textContent", timeout=30_000)
+    shown = p.inner_text("#symbol-error")
+    assert shown.startswith("404 Not found") and "NOSUCH" in shown and "Showing EURUSD instead." in shown, (
+        shown
+    )
+    assert all("Failed to load resource" in e for e in page.errors), page.errors
 
 
 #: Any Content-Security-Policy violation becomes a console error (Chromium logs some only as warnings).
