@@ -16,8 +16,7 @@ from services.forecast import convert as cv
 from services.forecast.service import ForecastDomain
 from services.runtime.pagination import paginate
 from services.training.convert import job_out
-from services.training.registry import version_key
-from services.training.servicer import TrainingJobMethods, TrainingRpcs
+from services.training.servicer import TrainingJobMethods, TrainingRpcs, versions_page
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
@@ -106,15 +105,8 @@ class ForecastServicer(TrainingJobMethods, service_pb2_grpc.ForecastServiceServi
     ) -> rr.ListModelVersionsResponse:
         timeframe = cv.timeframe_in(request.timeframe)
         versions = await self.domain.list_versions(request.symbol, timeframe=timeframe)
-        chunk, token = paginate(
-            versions,
-            kind="forecast-versions",
-            key=version_key,
-            filters=[request.symbol, timeframe],
-            page_size=request.page_size,
-            page_token=request.page_token,
-            descending=True,
-            default=100,
+        chunk, token = versions_page(
+            versions, request, kind="forecast-versions", filters=[request.symbol, timeframe]
         )
         return rr.ListModelVersionsResponse(
             versions=[cv.version_out(v) for v in chunk], next_page_token=token

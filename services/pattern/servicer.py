@@ -16,8 +16,7 @@ from services.pattern.service import PatternDomain
 from services.runtime.pagination import paginate
 from services.training.convert import job_out
 from services.training.data_client import candles_frame
-from services.training.registry import version_key
-from services.training.servicer import TrainingJobMethods, TrainingRpcs
+from services.training.servicer import TrainingJobMethods, TrainingRpcs, versions_page
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
@@ -90,15 +89,8 @@ class PatternServicer(TrainingJobMethods, service_pb2_grpc.PatternServiceService
     async def ListPatternModelVersions(
         self, request: rr.ListPatternModelVersionsRequest, context: Context
     ) -> rr.ListPatternModelVersionsResponse:
-        chunk, token = paginate(
-            await self.domain.versions(),
-            kind="pattern-versions",
-            key=version_key,
-            filters=[],
-            page_size=request.page_size,
-            page_token=request.page_token,
-            descending=True,
-            default=100,
+        chunk, token = versions_page(
+            await self.domain.versions(), request, kind="pattern-versions", filters=[]
         )
         return rr.ListPatternModelVersionsResponse(
             models=[cv.model_out(v) for v in chunk], next_page_token=token

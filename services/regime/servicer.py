@@ -14,10 +14,8 @@ from kitrading.regime.v1 import service_pb2_grpc
 from services.regime import convert as cv
 from services.regime.service import RegimeDomain
 from services.runtime.errors import InvalidArgument
-from services.runtime.pagination import paginate
 from services.training.convert import job_out
-from services.training.registry import version_key
-from services.training.servicer import TrainingJobMethods, TrainingRpcs
+from services.training.servicer import TrainingJobMethods, TrainingRpcs, versions_page
 
 Context = Any  # grpc.aio.ServicerContext; unused here: the runtime owns status handling
 
@@ -55,16 +53,8 @@ class RegimeServicer(TrainingJobMethods, service_pb2_grpc.RegimeServiceServicer)
     async def ListRegimeModelVersions(
         self, request: rr.ListRegimeModelVersionsRequest, context: Context
     ) -> rr.ListRegimeModelVersionsResponse:
-        chunk, token = paginate(
-            await self.domain.versions(request.symbol),
-            kind="regime-versions",
-            key=version_key,
-            filters=[request.symbol],
-            page_size=request.page_size,
-            page_token=request.page_token,
-            descending=True,
-            default=100,
-        )
+        versions = await self.domain.versions(request.symbol)
+        chunk, token = versions_page(versions, request, kind="regime-versions", filters=[request.symbol])
         return rr.ListRegimeModelVersionsResponse(
             versions=[cv.version_out(v) for v in chunk], next_page_token=token
         )

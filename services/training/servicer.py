@@ -15,15 +15,39 @@ from contextlib import aclosing
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
+from services.runtime.pagination import paginate
 from services.runtime.protos import job_state_in
 from services.training.convert import job_event_out, job_out
 from services.training.jobs import JobRunner
+from services.training.registry import ModelVersion, version_key
 
 R = TypeVar("R")
 
 
 class _JobRequest(Protocol):
     job_id: str
+
+
+class _PageRequest(Protocol):
+    page_size: int
+    page_token: str
+
+
+def versions_page(
+    versions: list[ModelVersion], request: _PageRequest, *, kind: str, filters: list[Any]
+) -> tuple[list[ModelVersion], str]:
+    """One page of a key's versions (given newest first) and the next token: the List*Versions RPCs
+    of every trained service (`filters`: what the listing depends on, bound into the token)."""
+    return paginate(
+        versions,
+        kind=kind,
+        key=version_key,
+        filters=filters,
+        page_size=request.page_size,
+        page_token=request.page_token,
+        descending=True,
+        default=100,
+    )
 
 
 class TrainingRpcs:
