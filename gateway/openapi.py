@@ -129,15 +129,23 @@ _API_KEY: Schema = {
 _PATH_VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 
 
+def parameter_names(variables: list[str]) -> list[str]:
+    """The OpenAPI name of each path variable (a request field path): its last segment
+    (`symbol.symbol` -> `symbol`; OpenAPI tools fill in no dotted names), or the whole path with `_`
+    for dots where two variables of one template end alike."""
+    leaves = [v.rsplit(".", 1)[-1] for v in variables]
+    return [
+        leaf if leaves.count(leaf) == 1 else v.replace(".", "_")
+        for v, leaf in zip(variables, leaves, strict=True)
+    ]
+
+
 def openapi_path(template: str) -> tuple[str, list[str]]:
-    """`/v1/{name=shelves/*}/books` -> (`/v1/{name}/books`, [`name`])."""
-    names: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        names.append(match.group(1).strip())
-        return "{" + match.group(1).strip() + "}"
-
-    return _PATH_VARIABLE.sub(replace, template), names
+    """`/v1/{name=shelves/*}/books/{book.id}` -> (`/v1/{name}/books/{id}`, [`name`, `book.id`]): the
+    path with each variable's OpenAPI name (`parameter_names`), and the request field paths they set."""
+    variables = [m.group(1).strip() for m in _PATH_VARIABLE.finditer(template)]
+    names = iter(parameter_names(variables))
+    return _PATH_VARIABLE.sub(lambda _: "{" + next(names) + "}", template), variables
 
 
 class _Builder:
@@ -323,14 +331,20 @@ class _Builder:
         response = self.contracts.message(method.output_type)
         path, variables = openapi_path(binding.template)
         parameters: list[Schema] = []
-        for variable in variables:
+        for variable, name in zip(variables, parameter_names(variables), strict=True):
             field = self.field_by_path(request, variable)
             schema = self.type_schema(field) if field is not None else {"type": "string"}
             if field is not None:
                 rules = self.contracts.field_rules(field)
                 if rules is not None:
                     _apply_rules(schema, rules)
-            parameters.append({"name": variable, "in": "path", "required": True, "schema": schema})
+            parameter: Schema = {"name": name, "in": "path", "required": True, "schema": schema}
+            if name != variable:
+                parameter["description"] = (
+                    f"Sets `{variable}` of the request; a body with another value is 400."
+                )
+                parameter["x-field-path"] = variable
+            parameters.append(parameter)
         bound = set(variables)
         if binding.body != "*":
             exclude = bound | ({binding.body} if binding.body else set())

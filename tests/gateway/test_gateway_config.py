@@ -255,9 +255,11 @@ def test_print_config_json(descriptor_path: Path, capsys: pytest.CaptureFixture[
 
 def test_openapi_path_templates() -> None:
     assert openapi_path("/v1/{name=shelves/*}/books/{book.id}:get") == (
-        "/v1/{name}/books/{book.id}:get",
+        "/v1/{name}/books/{id}:get",
         ["name", "book.id"],
     )
+    # no dotted names (OpenAPI tools cannot fill them in); two alike endings keep their whole path
+    assert openapi_path("/v1/{a.id}/{b.id}") == ("/v1/{a_id}/{b_id}", ["a.id", "b.id"])
 
 
 def _refs(node: Any) -> set[str]:
