@@ -78,7 +78,13 @@ def upstream() -> Iterator[int]:
 
 @contextmanager
 def envoy(
-    folder: Path, name: str, upstream_port: int, store: KeyStore | None, limits: RateLimitSettings
+    folder: Path,
+    name: str,
+    upstream_port: int,
+    store: KeyStore | None,
+    limits: RateLimitSettings,
+    *,
+    strict_json: bool = True,
 ) -> Iterator[int]:
     ports = {s.name: free_port() for s in SERVICES}
     ports["data"] = upstream_port
@@ -89,6 +95,7 @@ def envoy(
         reflection_port=None,
         api_keys=store.api_keys() if store is not None else None,
         rate_limits=limits,
+        strict_json=strict_json,
     )
     path = write_config(folder / f"{name}.yaml", settings=settings)
     with (folder / f"{name}.log").open("wb") as log:

@@ -163,12 +163,12 @@ from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyProto
 from envoy_data_plane.google.protobuf import Struct
 
-from gateway import rate_limits
+from gateway import rate_limits, strict_json
 from gateway import tracing as gateway_tracing
 from gateway.descriptors import RoutedService, RpcMethod
 from gateway.keys import ISSUER, SCOPES, ApiKeys, KeyStore, jwks, scopes_granting
 from kitrading.mesh import INSTANCE_PORT_STEP, SERVICES, ServiceInfo, gateway_port
-from services.runtime.config import ConfigError, FloatVar, IntVar, Var, check_fields, read_fields
+from services.runtime.config import BoolVar, ConfigError, FloatVar, IntVar, Var, check_fields, read_fields
 from services.runtime.tracing import TracingSettings
 
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
@@ -344,6 +344,8 @@ LIMIT_FIELDS: dict[str, Var] = {
     ),
     "request_idle_timeout_s": FloatVar("KITRADING_GATEWAY_REQUEST_IDLE_TIMEOUT_S", 1.0, 86_400.0),
     "stream_idle_timeout_s": FloatVar("KITRADING_GATEWAY_STREAM_IDLE_TIMEOUT_S", 1.0, 7 * 86_400.0),
+    # JSON bodies: unknown fields and non-bool bools are 400 (gateway.strict_json)
+    "strict_json": BoolVar("KITRADING_GATEWAY_STRICT_JSON"),
 }
 
 
@@ -376,6 +378,9 @@ class GatewaySettings:
     service_timeouts: Mapping[str, float] = field(default_factory=lambda: dict(SERVICE_TIMEOUTS))
     #: A stream (SSE, gRPC stream) with no message in either direction for this long is closed.
     stream_idle_timeout_s: float = 3600.0
+    #: Refuse JSON bodies with unknown fields or non-bool bools (400 naming the field), as unknown
+    #: query parameters are; off: Envoy's transcoder drops such fields and reads "yes" as true.
+    strict_json: bool = True
     #: Idle timeout of any other request (no bytes either way).
     request_idle_timeout_s: float = 300.0
     #: A client must send a request's whole headers within this time of its first byte (slow-loris),
@@ -1044,6 +1049,12 @@ def http_filters(
         HttpFilter(name=GRPC_WEB, typed_config=_any(GrpcWeb())),
         # after grpc_web, so its 401 reaches a grpc-web client as grpc-status 16 in the trailers
         *authn,
+        # just before the transcoder, which would drop unknown body fields and take "yes" for true
+        *(
+            [strict_json.strict_json_filter(descriptor, services)]
+            if services and settings.strict_json
+            else []
+        ),
         transcoder_filter(descriptor, service_names, settings),
         *rbac,
         # after RBAC: a key's bucket only for a verified key; after the transcoder: by gRPC path
@@ -1673,7 +1684,12 @@ def bootstrap(
     if tls is not None:  # every connection must speak TLS: plain HTTP to this port fails its handshake
         chain.transport_socket = tls
     listener = Listener(
-        name="gateway", address=_socket(settings.listen_address, settings.port), filter_chains=[chain]
+        name="gateway",
+        address=_socket(settings.listen_address, settings.port),
+        filter_chains=[chain],
+        # a filter that reads a whole body (the strict-JSON check) may buffer up to the body limit,
+        # as the transcoder does (Envoy's default, 1 MiB, would refuse bigger bodies with 413)
+        per_connection_buffer_limit_bytes=settings.max_request_body_bytes,
     )
     return Bootstrap(
         node=Node(id=settings.node_id, cluster="kitrading"),

@@ -212,7 +212,8 @@ class _Builder:
             properties[name] = schema
             if is_required:
                 required.append(name)
-        schema = {"type": "object", "properties": properties}
+        # the gateway refuses unknown body fields (gateway.strict_json); answers never carry any
+        schema = {"type": "object", "properties": properties, "additionalProperties": False}
         description = self.contracts.comment(message.full_name)
         if description:
             schema["description"] = description
@@ -234,7 +235,7 @@ class _Builder:
         if message_type is not None and message_type.GetOptions().map_entry:
             value = message_type.fields_by_name["value"]
             schema: Schema = {"type": "object", "additionalProperties": self.type_schema(value)}
-        elif _is_repeated(field):
+        elif is_repeated(field):
             schema = {"type": "array", "items": self.type_schema(field)}
         else:
             schema = self.type_schema(field)
@@ -304,7 +305,7 @@ class _Builder:
             if (
                 message_type is not None
                 and message_type.full_name not in _WELL_KNOWN
-                and not _is_repeated(field)
+                and not is_repeated(field)
             ):
                 if depth < 3:
                     yield from self.query_parameters(
@@ -318,7 +319,7 @@ class _Builder:
             parameter: Schema = {"name": name, "in": "query", "required": required, "schema": schema}
             if description:
                 parameter["description"] = description
-            if _is_repeated(field):
+            if is_repeated(field):
                 parameter["style"], parameter["explode"] = "form", True
             yield parameter
 
@@ -414,7 +415,7 @@ class _Builder:
             else:
                 scalar = _SCALARS[field.type]
                 kind = f"{scalar['type']}, {scalar['format']}" if "format" in scalar else str(scalar["type"])
-            if _is_repeated(field):
+            if is_repeated(field):
                 kind = f"list of {kind}"
             comment = self.contracts.comment(f"{message.full_name}.{field.name}").split("\n\n", 1)[0]
             text = " ".join(comment.split())
@@ -516,7 +517,7 @@ class _Builder:
         return "\n".join(lines)
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
+def is_repeated(field: FieldDescriptor) -> bool:
     # `is_repeated` on newer protobuf; `label` on older ones.
     repeated = getattr(field, "is_repeated", None)
     if isinstance(repeated, bool):

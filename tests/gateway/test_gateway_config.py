@@ -19,6 +19,8 @@ from gateway.docs import SWAGGER_UI_FILES, UI_PREFIX, render_service_page
 from gateway.envoy_config import TRANSCODER
 from gateway.openapi import build_openapi, generate, openapi_path
 from gateway.run import validate_config
+from gateway.strict_json import FILTER_NAME as STRICT_JSON
+from gateway.strict_json import WRITE_VERBS, body_bindings
 from kitrading.mesh import SERVICES, service
 from services.runtime.config import ConfigError
 
@@ -69,6 +71,28 @@ def test_validate_with_the_real_envoy(descriptor_path: Path, capsys: pytest.Capt
     assert "OK" in capsys.readouterr().out
 
 
+def test_strict_json_knows_every_bound_body(contracts: Contracts, descriptor_path: Path) -> None:
+    bindings, messages = body_bindings(contracts, contracts.routed_services())
+    expected = {
+        m.full_name
+        for s in contracts.routed_services()
+        for m in s.methods
+        for b in m.bindings
+        if b.verb in WRITE_VERBS and b.body
+    }
+    assert {method for _, _, method, _ in bindings} == expected
+    update = next(b for b in bindings if b[2].endswith("DataService/UpdateSymbol"))
+    assert update[:2] == ("PATCH", "^/api/v1/symbols/[^/?:]+$") and "kitrading.data.v1.Symbol" in update[3]
+    symbol = messages["kitrading.data.v1.Symbol"]
+    # both spellings proto3 JSON accepts; a bool; nested messages and their elements
+    assert '["display_name"]' in symbol and '["displayName"]' in symbol and "[\"active\"]={k='b'}" in symbol
+    assert "r=1,e={k='m',m=\"kitrading.data.v1.CandleSeries\"}" in symbol
+    assert "kitrading.data.v1.CandleSeries" in messages
+    text = json.dumps(build_config(GatewaySettings(strict_json=False), descriptor_path=descriptor_path))
+    assert STRICT_JSON not in text  # KITRADING_GATEWAY_STRICT_JSON=false: Envoy's lenient parsing
+    assert GatewaySettings.from_env({"KITRADING_GATEWAY_STRICT_JSON": "off"}).strict_json is False
+
+
 def test_listener_and_admin(config: dict[str, Any]) -> None:
     (listener,) = config["static_resources"]["listeners"]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 13000}
@@ -76,12 +100,16 @@ def test_listener_and_admin(config: dict[str, Any]) -> None:
     hcm = _hcm(config)
     assert hcm.get("codec_type", "AUTO") == "AUTO"  # the default: HTTP/1.1 and h2c
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names[-4:] == [
+    assert names[-5:] == [
         "envoy.filters.http.grpc_web",
+        # unknown body fields and non-bool bools: 400 before the transcoder would drop or coerce them
+        STRICT_JSON,
         TRANSCODER,
         "envoy.filters.http.grpc_stats",
         "envoy.filters.http.router",
     ]
+    # the whole body may be buffered by it, up to the body limit
+    assert listener["per_connection_buffer_limit_bytes"] == GatewaySettings().max_request_body_bytes
     monitors = {m["name"] for m in config["overload_manager"]["resource_monitors"]}
     assert "envoy.resource_monitors.global_downstream_max_connections" in monitors
 
