@@ -467,13 +467,14 @@ async def test_strict_json_unknown_fields_and_non_bool_bools_are_400_naming_the_
 async def test_strict_json_accepts_what_proto3_json_allows(gateway: Gateway) -> None:
     """Proto names and JSON names, nulls, nested messages, well-known types, escapes in values, and
     a body that is not JSON at all is left to the transcoder's own 400."""
+    bodies: list[dict[str, object]] = [
+        {"displayName": "x"},
+        {"display_name": "x", "active": False},
+        {"active": None, "description": 'a "quoted" {brace} [and] \\u00e9', "series": []},
+        {"series": [{"timeframe": "TIMEFRAME_H1", "count": "12", "firstTime": "2024-01-01T00:00:00Z"}]},
+    ]
     async with gateway.client() as client:
-        for body in (
-            {"displayName": "x"},
-            {"display_name": "x", "active": False},
-            {"active": None, "description": 'a "quoted" {brace} [and] \\u00e9', "series": []},
-            {"series": [{"timeframe": "TIMEFRAME_H1", "count": "12", "firstTime": "2024-01-01T00:00:00Z"}]},
-        ):
+        for body in bodies:
             response = await client.patch(
                 "/api/v1/symbols/EURUSD", params={"updateMask": "displayName"}, json=body
             )
