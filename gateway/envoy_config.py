@@ -869,10 +869,19 @@ def transcoder_filter(
 #: and the transcoder would parse it as JSON anyway.
 BODY_CONTENT_TYPE_LUA = """
 local MAX_BODY = %(max_body)d
+local MAX_URL = %(max_url)d
 local writes = {POST = true, PUT = true, PATCH = true}
 local UNQUOTABLE = "[%%c" .. string.char(34, 92) .. "]"  -- control characters, quote, backslash
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- a URL no call needs (names are at most a few hundred bytes): 414 saying so, not the gRPC
+  -- server's metadata limit further on (a RESOURCE_EXHAUSTED naming internal headers)
+  local url = #(headers:get(":path") or "")
+  if url > MAX_URL then
+    handle:respond({[":status"] = "414", ["content-type"] = "text/plain"},
+      "the URL is " .. url .. " bytes long; at most " .. MAX_URL .. " are accepted")
+    return
+  end
   -- set by the gateway from a verified API key only, never taken from a client
   headers:remove("%(key_id)s")
   headers:remove("%(key_scope)s")
@@ -911,10 +920,16 @@ end
 """
 
 
+#: The longest path + query string accepted (414 beyond): ample for every call (names and ids are
+#: bounded far below it), under what the services' gRPC servers take as metadata.
+MAX_URL_BYTES = 8192
+
+
 def body_content_type_filter(max_body_bytes: int) -> HttpFilter:
     """The Lua filter of `BODY_CONTENT_TYPE_LUA`; a declared body over `max_body_bytes` is 413."""
     source = BODY_CONTENT_TYPE_LUA % {
         "max_body": max_body_bytes,
+        "max_url": MAX_URL_BYTES,
         "key_id": KEY_ID_HEADER,
         "key_scope": KEY_SCOPE_HEADER,
     }
@@ -1095,6 +1110,7 @@ LOCAL_ERRORS: dict[int, tuple[int, str]] = {
     404: (5, "UNKNOWN_PATH"),  # no route, no HTTP binding
     408: (4, "REQUEST_TIMEOUT"),
     413: (8, "REQUEST_TOO_LARGE"),
+    414: (3, "URI_TOO_LONG"),  # a path and query over MAX_URL_BYTES
     429: (8, "RATE_LIMITED"),
     500: (13, "GATEWAY_ERROR"),
     502: (14, "BAD_UPSTREAM"),

@@ -212,8 +212,11 @@ class _Builder:
             properties[name] = schema
             if is_required:
                 required.append(name)
-        # the gateway refuses unknown body fields (gateway.strict_json); answers never carry any
-        schema = {"type": "object", "properties": properties, "additionalProperties": False}
+        schema = {"type": "object", "properties": properties}
+        if message.full_name in self.in_requests:
+            # the gateway refuses unknown fields in request bodies (gateway.strict_json); a message
+            # only answers carry stays open (a newer server may add fields; clients ignore them)
+            schema["additionalProperties"] = False
         description = self.contracts.comment(message.full_name)
         if description:
             schema["description"] = description

@@ -34,6 +34,9 @@ log = logging.getLogger("kitrading.runtime")
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 HEALTH_CHECK_PERIOD_S = 0.5
+#: Request metadata a server accepts (soft and hard limit): above the gateway's header limit plus
+#: what Envoy adds, so a call the gateway lets through is never refused for its headers.
+METADATA_BYTES = 192 * 1024
 LIVENESS = "liveness"
 
 
@@ -219,6 +222,11 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 0),
+            # as much metadata as the gateway lets through (60 KiB of client headers, the path again
+            # as x-envoy-original-path, Envoy's own): gRPC's 16 KiB hard limit answered such a call
+            # RESOURCE_EXHAUSTED (a retryable 429) naming internal headers
+            ("grpc.max_metadata_size", METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", METADATA_BYTES),
         ],
     )
     app.register(server)

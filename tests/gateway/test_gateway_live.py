@@ -545,6 +545,23 @@ async def test_a_path_envoy_cannot_normalise_is_400_saying_why(gateway: Gateway)
         assert fine.status_code != 400 or "encoded NUL" not in fine.text
 
 
+async def test_a_url_over_the_limit_is_414_not_a_retryable_429(gateway: Gateway) -> None:
+    """A 20 KB path reached the service's gRPC server, whose metadata limit answered
+    RESOURCE_EXHAUSTED: a 429 (clients retry it) naming internal headers. The gateway says 414."""
+    async with gateway.client() as client:
+        for path, params in (
+            ("/api/v1/symbols/" + "A" * 20_000, None),
+            ("/api/v1/symbols", {"prefix": "A" * 9_000}),
+        ):
+            response = await client.get(path, params=params)
+            assert response.status_code == 414, response.text[:300]
+            error = response.json()
+            assert error["code"] == 3 and "at most 8192 are accepted" in error["message"], error
+            assert error["details"][0]["reason"] == "URI_TOO_LONG" and "x-envoy" not in response.text
+        fine = await client.get("/api/v1/symbols/" + "A" * 3_000)
+        assert fine.status_code != 414, fine.text[:200]
+
+
 async def test_a_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
     async with gateway.client() as client:
         response = await client.put("/api/v1/symbols", json={})

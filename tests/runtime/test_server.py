@@ -513,3 +513,16 @@ async def test_hundreds_of_concurrent_calls_get_a_status_each_and_free_every_slo
             assert len(served) == 300
     finally:
         await server.stop(0)
+
+
+async def test_metadata_as_large_as_the_gateway_lets_through_is_accepted(
+    running: tuple[RunningServer, App],
+) -> None:
+    """gRPC's default 16 KiB hard limit answered a call carrying a 20 KB URL (x-envoy-original-path
+    from the gateway) RESOURCE_EXHAUSTED, a retryable 429 naming internal headers."""
+    server, _ = running
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.DataServiceStub(channel)
+        metadata = (("x-envoy-original-path", "/api/v1/symbols/" + "A" * 60_000), ("cookie", "c" * 60_000))
+        reply = await stub.GetSymbol(rr.GetSymbolRequest(symbol="EURUSD"), timeout=5, metadata=metadata)
+        assert reply.symbol.symbol == "EURUSD"
