@@ -10,11 +10,12 @@ A series of n bars (bar index, no gaps) is split, oldest to newest, into::
 - Calibration: C forecast origins, one bar apart, whose h-step targets end just before the test
   segment (neuralforecast's validation segment: never trained on).
 - Intervals (`expanding_quantiles`): at each evaluated origin t, per-step conformal quantiles of
-  the errors, divided by each window's `interval_scale` (last price x recent volatility), of every
+  the errors, divided by each origin's `VolatilityScale` (last price x recent volatility), of every
   earlier origin whose h targets were all observed before t (at most `interval_windows` of the most
   recent): training-period, calibration and earlier test origins. No point's interval uses its own
-  or any later bar. The older split conformal quantiles (the C calibration origins only) are
-  scored beside them (`interval_methods`) for comparison; docs/models.md has the measurements.
+  or any later bar. The older split conformal quantiles (the C calibration origins only) and the
+  expanding ones with the short volatility window alone are scored beside them
+  (`interval_methods`) for comparison; docs/models.md has the measurements.
 - Test: W origins `step` bars apart (non-overlapping by default) ending at the last bar. NHITS,
   Naive and SeasonalNaive (statsforecast, full history) and the statsforecast AutoETS / AutoTheta
   (/ AutoARIMA) baselines (fitted per window on the last `baseline_input_size` bars) are scored on
@@ -105,20 +106,74 @@ def targets_at(y: np.ndarray, origins: np.ndarray, h: int) -> np.ndarray:
     return y[origins[:, None] + np.arange(h)[None, :]]
 
 
-VOL_LOOKBACK = 48  # bars of log returns behind the interval scale (2 days of H1, ~2 months of D1)
+VOL_LOOKBACK = 48  # bars of log returns behind the short volatility (2 days of H1, ~2 months of D1)
+VOL_LONG_LOOKBACK = 960  # bars behind the long one (40 days of H1, ~4 years of D1)
+VOL_SHORT_WEIGHT = 0.75  # share of the short window's variance in the blend
 
 
-def interval_scale(windows: np.ndarray, lookback: int = VOL_LOOKBACK) -> np.ndarray:
-    """Price scale of each window's intervals: last price x std of its last `lookback` log returns.
+@dataclass(frozen=True, slots=True)
+class VolatilityScale:
+    """Price scale of a forecast's intervals: last price x a blend of a short and a long realised
+    volatility, sqrt(w * var_short + (1 - w) * var_long) of the log returns ending at the origin's
+    last observed bar (population variances; fewer returns when the series is shorter).
 
-    windows: (N, L) positive prices -> (N,). Normalising conformal scores by it makes intervals
-    widen in volatile periods and narrow in calm ones (locally adaptive split conformal), which on
-    the bundled data brings test coverage from 52% to 83% (EURUSD, 80% level), see docs/models.md.
+    Normalising conformal scores by it makes intervals widen in volatile periods and narrow in calm
+    ones (locally adaptive split conformal). The long window pulls a short-window estimate back
+    towards the longer-run level, as a GARCH variance forecast reverts over a 24-bar horizon;
+    chosen by interval score on the bars before the test segment (docs/models.md, "Interval
+    method"). `long_lookback` 0 is the short window alone (versions trained before the blend).
     """
-    tail = windows[:, -(lookback + 1) :]
-    vol = np.std(np.diff(np.log(tail), axis=1), axis=1)
-    floor = 1e-6
-    return windows[:, -1] * np.maximum(vol, floor)
+
+    lookback: int = VOL_LOOKBACK
+    long_lookback: int = VOL_LONG_LOOKBACK
+    short_weight: float = VOL_SHORT_WEIGHT
+
+    @property
+    def history(self) -> int:
+        """Closes a forecast needs to compute its scale with full windows."""
+        return max(self.lookback, self.long_lookback) + 1
+
+    def at(self, y: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """Scales (N,) of forecasts whose first forecast bar is `origins` (N,), from the positive
+        prices `y` (only bars before each origin are read). y: (n,); each origin in [2, n]."""
+        r = np.diff(np.log(y))
+        c1 = np.concatenate(([0.0], np.cumsum(r)))
+        c2 = np.concatenate(([0.0], np.cumsum(r * r)))
+        stop = np.asarray(origins, dtype=np.int64) - 1  # returns r[start:stop] end at bar origin - 1
+
+        def variance(lookback: int) -> np.ndarray:
+            start = np.maximum(0, stop - lookback)
+            n = np.maximum(1, stop - start)
+            mean = (c1[stop] - c1[start]) / n
+            return np.maximum((c2[stop] - c2[start]) / n - mean * mean, 0.0)
+
+        var = variance(self.lookback)
+        if self.long_lookback > 0 and self.short_weight < 1.0:
+            var = self.short_weight * var + (1.0 - self.short_weight) * variance(self.long_lookback)
+        floor = 1e-6
+        return y[stop] * np.maximum(np.sqrt(var), floor)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "volatility_lookback": self.lookback,
+            "volatility_long_lookback": self.long_lookback,
+            "volatility_short_weight": self.short_weight,
+        }
+
+    @classmethod
+    def from_metadata(cls, intervals: dict[str, Any]) -> VolatilityScale:
+        """The scale a stored version was evaluated with; a version without the long-window keys
+        was trained with the short window alone."""
+        return cls(
+            int(intervals.get("volatility_lookback", VOL_LOOKBACK)),
+            int(intervals.get("volatility_long_lookback", 0)),
+            float(intervals.get("volatility_short_weight", 1.0)),
+        )
+
+
+#: The served scale, and the one before it (the short window alone), scored beside it.
+DEFAULT_SCALE = VolatilityScale()
+SHORT_SCALE = VolatilityScale(VOL_LOOKBACK, 0, 1.0)
 
 
 def conformal_quantiles(
@@ -126,7 +181,7 @@ def conformal_quantiles(
 ) -> dict[int, np.ndarray]:
     """Split conformal half-widths per horizon step, in units of `scale`.
 
-    actual, predicted: (N, h); scale: (N,) each origin's `interval_scale`.
+    actual, predicted: (N, h); scale: (N,) each origin's `VolatilityScale.at`.
     Returns {level: (h,)}: the ceil((N+1)·level/100)-th smallest |error|/scale of each step, so that
     [ŷ - q·scale, ŷ + q·scale] covers a new exchangeable error with probability >= level%.
     Higher levels are never narrower (same scores, higher rank), so the intervals nest.
@@ -285,6 +340,8 @@ class EvaluationResult:
     baseline_seconds: float = 0.0
     #: NHITS's MAE of each test window, in origin order (for Diebold-Mariano against another NHITS).
     window_mae: tuple[float, ...] = ()
+    #: The volatility scale the intervals were calibrated with (and must be served with).
+    scale: VolatilityScale = DEFAULT_SCALE
 
 
 def _interval_figures(
@@ -298,6 +355,25 @@ def _interval_figures(
     return out
 
 
+def _expanding_bounds(
+    scores: np.ndarray,
+    origins: np.ndarray,
+    at: np.ndarray,
+    predicted: np.ndarray,
+    scale: np.ndarray,
+    h: int,
+    window: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Bounds of the forecasts `predicted` (W, h) from origins `at` (W,), each with its own
+    expanding quantiles (only origins whose targets precede it); scale: (W,)."""
+    per_origin = [expanding_quantiles(scores, origins, int(t), h, window) for t in at]
+    out = {}
+    for level in LEVELS:
+        half = np.stack([q[level] for q in per_origin]) * scale[:, None]
+        out[level] = (predicted - half, predicted + half)
+    return out
+
+
 def evaluate(
     y: np.ndarray,
     split: Split,
@@ -307,12 +383,14 @@ def evaluate(
     interval_windows: int = 5000,
     baselines: Sequence[str] = (),
     baseline_input_size: int = 500,
+    scale: VolatilityScale = DEFAULT_SCALE,
 ) -> EvaluationResult:
     """Walk-forward evaluation of a fitted model against the baselines on the same windows.
 
     y: (n,) the full series; predict: windows (B, input_size) -> forecasts (B, h).
     `interval_windows`: the most recent fully observed origins each interval is calibrated on;
-    `baselines`: statsforecast models beyond Naive and SeasonalNaive (EXTRA_BASELINES).
+    `baselines`: statsforecast models beyond Naive and SeasonalNaive (EXTRA_BASELINES);
+    `scale`: the intervals' volatility scale (served with the model).
     """
     import time
 
@@ -327,7 +405,7 @@ def evaluate(
     predicted = predict(windows)
     actual = targets_at(y, origins, h)
     last = y[origins - 1]
-    widths = interval_scale(windows)
+    widths = scale.at(y, origins)
     scores = np.abs(actual - predicted) / widths[:, None]
     cal_rows = split.calibration_origins - first
     n_cal = len(cal_rows)
@@ -346,17 +424,7 @@ def evaluate(
         last[test_rows],
         widths[test_rows],
     )
-    # Each test origin's own expanding quantiles (only origins whose targets precede it).
-    per_origin = [
-        expanding_quantiles(scores, origins, int(t), h, interval_windows) for t in split.test_origins
-    ]
-    expanding = {
-        level: (
-            t_pred - np.stack([q[level] for q in per_origin]) * t_scale[:, None],
-            t_pred + np.stack([q[level] for q in per_origin]) * t_scale[:, None],
-        )
-        for level in LEVELS
-    }
+    expanding = _expanding_bounds(scores, origins, split.test_origins, t_pred, t_scale, h, interval_windows)
     split_bounds = interval_bounds(t_pred, t_scale, cal_q)
     nhits = score(t_act, t_pred, t_last, expanding, mase_scale)
     nhits["validation_mae_vs_naive"] = validation_ratio
@@ -365,6 +433,15 @@ def evaluate(
         "expanding": _interval_figures(t_act, expanding),
         "split_calibration": _interval_figures(t_act, split_bounds),
     }
+    if scale != SHORT_SCALE:  # the scale before the blend, on the same forecasts and origins
+        short = SHORT_SCALE.at(y, origins)
+        short_scores = np.abs(actual - predicted) / short[:, None]
+        interval_methods["expanding_short_volatility"] = _interval_figures(
+            t_act,
+            _expanding_bounds(
+                short_scores, origins, split.test_origins, t_pred, short[test_rows], h, interval_windows
+            ),
+        )
     started = time.perf_counter()
     forecasts = baseline_forecasts(
         y, split, season_length, extra=baselines, extra_input_size=baseline_input_size
@@ -393,6 +470,7 @@ def evaluate(
         interval_methods,
         baseline_seconds,
         tuple(float(x) for x in nhits_loss),
+        scale,
     )
 
 

@@ -2,8 +2,9 @@
 predict on the latest candles, map the steps onto the symbol's trading calendar, cache results.
 
 Hot path of one forecast: one `stat` of the symbol's `current` pointer (reload only when it
-changed), one candle fetch of the newest `input_size` bars, a cache lookup keyed by
-(symbol, model version, last candle time); on a miss, one forward pass in a worker thread.
+changed), one candle fetch of the newest bars (`input_size`, or the intervals' volatility window
+when longer), a cache lookup keyed by (symbol, model version, last candle time); on a miss, one
+forward pass in a worker thread.
 A batch call does the fetches concurrently and all forward passes in a single thread hop.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from services.forecast.calendar import calendar_for, timeframe_delta
-from services.forecast.evaluation import VOL_LOOKBACK, interval_scale
+from services.forecast.evaluation import VolatilityScale
 from services.forecast.model import NHITSConfig, NHITSForecaster, StackedNHITS
 from services.forecast.registry import check_symbol, no_model_message
 from services.forecast.settings import ForecastSettings
@@ -72,8 +73,8 @@ class LoadedModel:
     forecaster: NHITSForecaster
     asset_class: str
     timeframe: str
-    quantiles: dict[int, np.ndarray]  # {level: (h,)}, in units of `interval_scale`
-    volatility_lookback: int
+    quantiles: dict[int, np.ndarray]  # {level: (h,)}, in units of `scale`
+    scale: VolatilityScale
     #: The global model's id when this version is one (its symbols share one forecaster), else "".
     shared: str = ""
 
@@ -101,6 +102,7 @@ class _Prepared:
     symbol: str
     model: LoadedModel
     window: np.ndarray  # (input_size,)
+    width: float  # the intervals' price scale at this origin (`VolatilityScale.at`)
     last_time: pd.Timestamp
     last_close: float
 
@@ -158,7 +160,7 @@ class ModelCache:
             asset_class=str(meta.get("asset_class", "FX")),
             timeframe=str(meta.get("timeframe", "H1")),
             quantiles=quantiles,
-            volatility_lookback=int(meta["intervals"].get("volatility_lookback", VOL_LOOKBACK)),
+            scale=VolatilityScale.from_metadata(meta["intervals"]),
             shared=shared,
         )
 
@@ -284,7 +286,8 @@ class Forecaster:
                 "horizon",
                 f"must be between 1 and {model.h} (the trained maximum of {symbol} {model.version})",
             )
-        candles = await self.source.fetch(symbol, model.timeframe, limit=model.input_size)
+        need = max(model.input_size, model.scale.history)
+        candles = await self.source.fetch(symbol, model.timeframe, limit=need)
         if len(candles) == 0 and await self.source.get_symbol(symbol) is None:
             raise NotFound(
                 f"symbol {symbol} not found", reason="SYMBOL_NOT_FOUND", metadata={"symbol": symbol}
@@ -295,7 +298,8 @@ class Forecaster:
                 f"{symbol} has {len(close)} {model.timeframe} candles, the model needs {model.input_size}",
                 reason="NOT_ENOUGH_CANDLES",
             )
-        return _Prepared(symbol, model, close[-model.input_size :], last_time, float(close[-1]))
+        width = float(model.scale.at(close, np.array([len(close)]))[0])
+        return _Prepared(symbol, model, close[-model.input_size :], width, last_time, float(close[-1]))
 
     def _cached(self, item: _Prepared) -> _Full | None:
         key = (item.symbol, item.model.version, item.last_time)
@@ -327,10 +331,9 @@ class Forecaster:
             for item, point in zip(group, points, strict=True):
                 model = item.model
                 times = future_bar_times(model.asset_class, model.timeframe, item.last_time, model.h)
-                width = float(interval_scale(item.window[None, :], model.volatility_lookback)[0])
                 bounds = {}
                 for level, q in model.quantiles.items():
-                    half = q[: model.h] * width
+                    half = q[: model.h] * item.width
                     bounds[level] = (point - half, point + half)
                 out[(item.symbol, model.version, item.last_time)] = _Full(times, point, bounds, now)
         with self._cache_lock:

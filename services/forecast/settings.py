@@ -89,9 +89,9 @@ class ForecastSettings:
     baseline_input_size: int = 500
     # Jobs.
     max_jobs_kept: int = 200
-    #: "global": one NHITS per timeframe across its active symbols (the default: better or equal
-    #: on the bundled data, docs/models.md); "symbol": one NHITS per symbol.
-    model_scope: str = "global"
+    #: "symbol": one NHITS per symbol (the default, by the rule in docs/models.md, "One model for
+    #: all symbols"); "global": one NHITS per timeframe across its active symbols.
+    model_scope: str = "symbol"
     nhits: NHITSConfig = field(default_factory=NHITSConfig)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,6 @@ import pandas as pd
 from services.forecast.calendar import SEASON_LENGTH, calendar_for
 from services.forecast.evaluation import (
     LEVELS,
-    VOL_LOOKBACK,
     EvaluationResult,
     Split,
     compare_windows,
@@ -197,9 +196,9 @@ def _metadata(
         "intervals": {
             "method": (
                 "conformal per horizon step on every fully observed earlier origin (at most "
-                "interval_windows), |error| / (last price x recent volatility)"
+                "interval_windows), |error| / (last price x blended short and long volatility)"
             ),
-            "volatility_lookback": VOL_LOOKBACK,
+            **result.scale.to_metadata(),
             "levels": list(LEVELS),
             "quantiles": {str(k): [float(x) for x in v] for k, v in result.serving_quantiles.items()},
             "windows": result.serving_windows,

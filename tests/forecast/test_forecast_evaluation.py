@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 
 from services.forecast.evaluation import (
+    DEFAULT_SCALE,
+    SHORT_SCALE,
+    VolatilityScale,
     baseline_forecasts,
     conformal_quantiles,
     evaluate,
     expanding_quantiles,
     interval_bounds,
-    interval_scale,
     make_split,
     score,
     targets_at,
@@ -38,6 +40,31 @@ def test_split_keeps_train_calibration_and_test_apart() -> None:
         make_split(300, 24, 168, windows=20, step=0, calibration=200, min_train=200)
 
 
+def test_volatility_scale_blends_a_short_and_a_long_window() -> None:
+    """The scale by hand: last price x sqrt(w var(last 48 returns) + (1 - w) var(last 960)), from
+    bars before the origin only; fewer returns where the series is shorter; the short window alone
+    for versions stored before the blend."""
+    rng = np.random.default_rng(7)
+    y = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, 3000)))
+    r = np.diff(np.log(y))
+    origins = np.array([2, 49, 200, 961, 2500, 3000])
+    got = DEFAULT_SCALE.at(y, origins)
+    for o, value in zip(origins, got, strict=True):
+        last = r[: o - 1]  # the returns ending at bar o - 1
+        var = 0.75 * np.var(last[-48:]) + 0.25 * np.var(last[-960:])
+        assert value == pytest.approx(y[o - 1] * max(np.sqrt(var), 1e-6), rel=1e-9), o
+    # Nothing at or after the origin is read.
+    changed = y.copy()
+    changed[2500:] *= 3
+    assert DEFAULT_SCALE.at(changed, np.array([2500]))[0] == got[4]
+    # The short window alone is the scale of the versions before the blend: std of the last 48.
+    assert SHORT_SCALE.at(y, np.array([200]))[0] == pytest.approx(y[199] * np.std(r[151:199]), rel=1e-9)
+    assert (DEFAULT_SCALE.history, SHORT_SCALE.history) == (961, 49)
+    assert VolatilityScale.from_metadata(DEFAULT_SCALE.to_metadata()) == DEFAULT_SCALE
+    assert VolatilityScale.from_metadata({"volatility_lookback": 48}) == SHORT_SCALE
+    assert DEFAULT_SCALE.at(np.full(100, 5.0), np.array([100]))[0] == pytest.approx(5e-6)  # floored
+
+
 def test_conformal_intervals_adapt_to_a_volatility_change() -> None:
     """Calibrated in a calm period, tested in a three times more volatile one: scores normalised
     by the window's volatility keep their coverage, plain price-relative scores lose it."""
@@ -48,7 +75,7 @@ def test_conformal_intervals_adapt_to_a_volatility_change() -> None:
     origins = np.arange(200, 8000 - h)
     actual, last = targets_at(y, origins, h), y[origins - 1]
     predicted = np.repeat(last[:, None], h, axis=1)  # naive forecasts
-    widths = interval_scale(windows_at(y, origins, 96))
+    widths = SHORT_SCALE.at(y, origins)
     cal, test = origins < 3500, origins > 4200
     q = conformal_quantiles(actual[cal], predicted[cal], widths[cal])
     assert np.all(q[95] >= q[80]) and q[80][-1] > q[80][0]  # nested, widening with the horizon
@@ -208,7 +235,11 @@ def test_evaluate_scores_expanding_intervals_and_extra_baselines() -> None:
     expanding = result.interval_methods["expanding"]
     assert expanding["coverage_80"] == m["NHITS"]["coverage_80"]
     assert 0.6 <= expanding["coverage_80"] <= 0.97 and expanding["coverage_95"] >= expanding["coverage_80"]
-    assert set(result.interval_methods["split_calibration"]) == set(expanding)
+    assert set(result.interval_methods) == {"expanding", "split_calibration", "expanding_short_volatility"}
+    for method in result.interval_methods.values():
+        assert set(method) == set(expanding)
+    assert result.interval_methods["expanding_short_volatility"] != expanding
+    assert result.scale == DEFAULT_SCALE
     assert result.serving_windows == 1000 and result.calibration_windows == 60
     assert np.all(result.serving_quantiles[95] >= result.serving_quantiles[80])
     with pytest.raises(ValueError, match="unknown baselines"):
@@ -223,3 +254,24 @@ def test_baseline_settings_from_env() -> None:
     assert ForecastSettings().baselines == ("AutoETS", "AutoTheta")
     with pytest.raises(ValueError, match="KITRADING_FORECAST_BASELINES"):
         ForecastSettings.from_env({"KITRADING_FORECAST_BASELINES": "Prophet"})
+
+
+def test_interval_study_scores_candidates_on_history_and_test() -> None:
+    """The study behind the served volatility scale (docs/models.md), on a random walk with naive
+    forecasts: one row per candidate, the served one marked, coverage near nominal."""
+    from services.forecast.interval_study import SeriesForecasts, figures, history_origins, study
+
+    rng = np.random.default_rng(11)
+    y = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 3000)))
+    h = 12
+    origins = np.arange(100, 3000 - h + 1)
+    predicted = np.repeat(y[origins - 1][:, None], h, axis=1)
+    test = 3000 - h - h * np.arange(20)[::-1]
+    series = SeriesForecasts("RW", y, origins, predicted, test, h)
+    hist = history_origins(series)
+    assert hist[0] >= origins[0] + 500 and hist[-1] + h <= test[0]  # before the test windows
+    cover = figures(series, DEFAULT_SCALE, hist)
+    assert cover[80][0] == pytest.approx(0.80, abs=0.05) and cover[95][0] == pytest.approx(0.95, abs=0.04)
+    table = study([series], (SHORT_SCALE, DEFAULT_SCALE)).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 48-bar | ") and "1.000 / 1.000" in table[2]
+    assert table[3].startswith("| **0.75 x 48 + 0.25 x 960 (served)** |")

@@ -208,8 +208,8 @@ def test_no_bar_of_any_test_period_is_in_the_global_training(
 
 
 def test_model_scope_setting() -> None:
-    assert ForecastSettings().model_scope == "global"  # the measured better one (docs/models.md)
-    assert ForecastSettings.from_env({"KITRADING_FORECAST_MODEL_SCOPE": "symbol"}).model_scope == "symbol"
+    assert ForecastSettings().model_scope == "symbol"  # chosen by the rule in docs/models.md
+    assert ForecastSettings.from_env({"KITRADING_FORECAST_MODEL_SCOPE": "global"}).model_scope == "global"
     from services.runtime.config import ConfigError
 
     with pytest.raises(ConfigError):

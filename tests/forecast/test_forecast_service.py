@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from services.forecast.calendar import FX
+from services.forecast.evaluation import DEFAULT_SCALE, VolatilityScale
 from services.forecast.forecasting import Forecast
 from services.forecast.model import NHITSForecaster
 from services.forecast.service import ForecastDomain
@@ -75,7 +76,7 @@ async def test_training_publishes_a_version_with_metrics_for_nhits_and_baselines
     # The served intervals are calibrated on every fully observed origin (capped), not 60 only.
     assert meta["intervals"]["windows"] > meta["evaluation"]["calibration_windows"]
     methods = meta["evaluation"]["interval_methods"]
-    assert set(methods) == {"expanding", "split_calibration"}
+    assert set(methods) == {"expanding", "split_calibration", "expanding_short_volatility"}
     assert methods["expanding"]["coverage_80"] == models["NHITS"]["coverage_80"]
     performance = await domain.performance()
     assert {p.symbol for p in performance} >= {"EURUSD.WK", "GOOG"}
@@ -142,6 +143,28 @@ async def test_forecast_equity_daily_skips_the_weekend(domain: ForecastDomain, f
     assert forecast.last_candle_time == pd.Timestamp("2013-03-01", tz="UTC").to_pydatetime()  # a Friday
     assert [t.date().isoformat() for t in forecast.times] == ["2013-03-04", "2013-03-05", "2013-03-06"]
     assert_nested(forecast)
+
+
+async def test_served_intervals_use_the_evaluated_volatility_scale(
+    domain: ForecastDomain, first_job: object, goog: pd.DataFrame
+) -> None:
+    """The served half-width is the stored quantile x the version's volatility scale over the
+    newest 961 closes (more than the model's input window), the scale its intervals were
+    calibrated and evaluated with."""
+    meta = domain.registry.get("GOOG").metadata
+    scale = VolatilityScale.from_metadata(meta["intervals"])
+    assert scale == DEFAULT_SCALE and scale.history > meta["hyperparameters"]["input_size"]
+    forecast = await domain.forecast("GOOG", 5, skip_cache=True)
+    close = goog["close"].to_numpy(dtype=np.float64)
+    width = scale.at(close, np.array([len(close)]))[0]
+    size = meta["hyperparameters"]["input_size"]
+    short = scale.at(close[-size:], np.array([size]))[0]
+    assert abs(width / short - 1) > 1e-3  # the model's input window alone would give another scale
+    for level in (80, 95):
+        interval = forecast.interval(level)
+        half = (np.array(interval.upper) - np.array(interval.lower)) / 2
+        expected = np.array(meta["intervals"]["quantiles"][str(level)][:5]) * width
+        assert half == pytest.approx(expected, rel=1e-9)
 
 
 async def test_forecast_input_errors(domain: ForecastDomain, first_job: object) -> None:
