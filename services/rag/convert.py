@@ -112,4 +112,12 @@ def status_out(s: RagStatus) -> rr.GetRagStatusResponse:
         index_memory_bytes=s.index_memory_bytes,
         exact_max_chunks=s.exact_max_chunks,
         index_description=s.index_description,
+        reembedding=None
+        if s.reembedding is None
+        else pb.Reembedding(
+            model=s.reembedding.model,
+            documents_done=s.reembedding.documents_done,
+            documents_total=s.reembedding.documents_total,
+            start_time=timestamp(s.reembedding.start_time),
+        ),
     )

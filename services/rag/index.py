@@ -131,22 +131,45 @@ class VectorIndex:
         graph.hnsw.efSearch = self.params.hnsw_ef_search
         return faiss.IndexIDMap2(graph)
 
-    def _rebuild(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def _build(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> Any:
         index = self._empty(kind)
         if len(ids):
             index.add_with_ids(vectors, ids)
-        self._index, self.kind, self._deleted = index, kind, set()
+        return index
 
-    def _rebalance(self) -> None:
-        """Exact <-> HNSW by the live count, and an HNSW rebuilt without its tombstones."""
+    def _rebuild(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._index, self.kind, self._deleted = self._build(kind, ids, vectors), kind, set()
+
+    def _rebalance_kind(self) -> str | None:
+        """The index this one should be rebuilt as: exact <-> HNSW by the live count, an HNSW
+        without its tombstones once they are many; None when it is fine as it is."""
         live = self.live_count
         limit = self.params.exact_max_chunks
         if self.kind == EXACT and live > limit:
-            self._rebuild(HNSW, *self._live_arrays())
-        elif self.kind == HNSW and live <= limit // 2:
-            self._rebuild(EXACT, *self._live_arrays())
-        elif self.kind == HNSW and len(self._deleted) > max(COMPACT_MIN, COMPACT_SHARE * self._index.ntotal):
-            self._rebuild(HNSW, *self._live_arrays())
+            return HNSW
+        if self.kind == HNSW and live <= limit // 2:
+            return EXACT
+        if self.kind == HNSW and len(self._deleted) > max(COMPACT_MIN, COMPACT_SHARE * self._index.ntotal):
+            return HNSW
+        return None
+
+    def _rebalance(self) -> None:
+        kind = self._rebalance_kind()
+        if kind is not None:
+            self._rebuild(kind, *self._live_arrays())
+
+    def _swap_in(self, kind: str, ids: np.ndarray, vectors: np.ndarray, version: int) -> None:
+        """Build a `kind` index of `ids`/`vectors` (the live vectors at `version`) without holding
+        the lock, so that searches go on against the current index while a graph is built (seconds
+        at 100,000 vectors), then swap it in; rebuilt under the lock if the index changed meanwhile
+        (callers serialise their writes, so only a writer of their own could)."""
+        built = self._build(kind, ids, vectors)
+        with self._lock:
+            if self.version == version:
+                self._index, self.kind, self._deleted = built, kind, set()
+            else:
+                self._rebalance()
+            self._changed()
 
     # ---- changes ----
 
@@ -158,12 +181,14 @@ class VectorIndex:
         if not len(ids):
             return
         with self._lock:
-            if self.kind == EXACT and self.live_count + len(ids) > self.params.exact_max_chunks:
-                old_ids, old_vectors = self._live_arrays()
-                self._rebuild(HNSW, np.concatenate([old_ids, ids]), np.vstack([old_vectors, vectors]))
-            else:
+            if self.kind != EXACT or self.live_count + len(ids) <= self.params.exact_max_chunks:
                 self._index.add_with_ids(vectors, ids)
-            self._changed()
+                self._changed()
+                return
+            old_ids, old_vectors = self._live_arrays()
+            version = self.version
+        # Past the threshold: the HNSW graph of all of them, built while searches go on.
+        self._swap_in(HNSW, np.concatenate([old_ids, ids]), np.vstack([old_vectors, vectors]), version)
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove the vectors of `ids` (unknown ids are ignored); returns how many were there."""
@@ -177,9 +202,13 @@ class VectorIndex:
                 self._index.remove_ids(present)
             else:
                 self._deleted.update(int(i) for i in present)
-            self._rebalance()
             self._changed()
-            return len(present)
+            kind = self._rebalance_kind()
+            if kind is None:
+                return len(present)
+            live, version = self._live_arrays(), self.version
+        self._swap_in(kind, *live, version)
+        return len(present)
 
     def _changed(self) -> None:
         self.version += 1

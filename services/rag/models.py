@@ -107,6 +107,16 @@ class DocumentPage:
     total_size: int
 
 
+@dataclass(slots=True)
+class Reembedding:
+    """Progress of re-embedding the documents with `model` (the embedder's current text model)."""
+
+    model: str
+    documents_done: int
+    documents_total: int
+    start_time: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class RagStatus:
     gpu: bool
@@ -119,6 +129,7 @@ class RagStatus:
     index_memory_bytes: int
     exact_max_chunks: int
     index_description: str
+    reembedding: Reembedding | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from services.rag.models import (
     Passage,
     Query,
     RagStatus,
+    Reembedding,
 )
 from services.rag.settings import RagSettings
 from services.runtime.database import DatabasePool
@@ -56,6 +58,17 @@ MODEL_SOURCE = "kitrading:model/"
 MODEL_TAG = "model-card"
 #: Longest text sent to the embedder for one chunk (its contract allows 8192 characters).
 MAX_EMBED_CHARS = 8000
+#: `_model` when the stored vectors come from more than one model (a re-embedding interrupted).
+MIXED = "(several models)"
+#: Longest wait between tries to reach the embedder for the model check at start.
+MODEL_CHECK_MAX_S = 30.0
+
+
+def embed_inputs(title: str, chunks: Sequence[str]) -> list[str]:
+    """What the embedder gets for a document's chunks: the title, then the chunk."""
+    return [(f"{title}\n{c}" if title else c)[:MAX_EMBED_CHARS] for c in chunks]
+
+
 #: How often the knowledge ingest is retried until it succeeded once (the embedder may start later).
 KNOWLEDGE_RETRY_S = 3.0
 DEFAULT_TOP_K = 5
@@ -122,7 +135,11 @@ class RagDomain:
         self._allowed: dict[Filters, np.ndarray] = {}
         self._write_lock = asyncio.Lock()
         self._saved_version = -1
+        #: The model the index's vectors come from ("" with no documents, MIXED).
         self._model = ""
+        self._reembedding: Reembedding | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reembed_task: asyncio.Task[None] | None = None
         self._update_time: datetime | None = None
         self._knowledge_done_at: float | None = None
         self._cards_lock = asyncio.Lock()
@@ -151,19 +168,127 @@ class RagDomain:
         for document, ids in await self.store.documents_with_chunks():
             self._docs[document.id] = (document, ids)
         self._update_time = await self.store.update_time()
-        self._model = str(
-            await self.pool.fetchval(
-                f"SELECT embedding_model FROM {st.SCHEMA}.documents ORDER BY create_time DESC LIMIT 1"
-            )
-            or ""
-        )
-        await self._open_index()
+        models = await self.store.models()
+        self._model = next(iter(models)) if len(models) == 1 else (MIXED if models else "")
+        if self._model == MIXED:
+            # An interrupted re-embedding: no index can mix them; queries wait for the rest.
+            total = await self.store.stale_documents(max(models, key=lambda m: models[m]))
+            self._reembedding = Reembedding("", 0, len(total), datetime.now(UTC))
+            self.index_origin = f"vectors of {len(models)} models in the database; re-embedding"
+        else:
+            await self._open_index()
         self._started = True
+        self._spawn(self._check_model())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _check_model(self) -> None:
+        """Once the embedder answers: re-embed the documents another model made, if any."""
+        delay = 0.5
+        while self._started:
+            try:
+                model, _ = await self.embeddings.model()
+            except Unavailable:  # the embedder may start after us
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MODEL_CHECK_MAX_S)
+                continue
+            if self._model and model != self._model:
+                self.start_reembedding(model)
+            return
+
+    def start_reembedding(self, model: str) -> None:
+        """Re-embed in the background with `model` unless that already runs."""
+        if self._reembed_task is not None and not self._reembed_task.done():
+            return
+
+        async def run() -> None:
+            try:
+                await self.reembed(model)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried at the next query or add that sees the model
+                log.warning("re-embedding with %s stopped: %s", model, exc)
+                if self._model != MIXED:
+                    self._reembedding = None
+
+        self._reembed_task = self._spawn(run())
+
+    async def reembed(self, model: str) -> int:
+        """Re-embed every document whose vectors another model made with `model`, then serve an
+        index built from the new vectors; returns how many documents were re-embedded.
+
+        Each document is one transaction (vectors and its `embedding_model` together), so a crash
+        leaves every document with one model's vectors and the next start goes on from there.
+        Documents added meanwhile are stored with the new model's vectors and are in the new index.
+        """
+        store = self._store()
+        started, clock = datetime.now(UTC), time.perf_counter()
+        done = 0
+        while True:
+            while stale := await store.stale_documents(model):
+                state = Reembedding(model, done, done + len(stale), started)
+                self._reembedding = state
+                for document_id in stale:
+                    if await self._reembed_document(document_id, model):
+                        done += 1
+                        state.documents_done = done
+            async with self._write_lock:
+                if await store.stale_documents(model):  # added with the old model just before
+                    continue
+                ids, vectors = await store.vectors()
+                built: VectorIndex | None = None
+                if len(ids):
+                    built = VectorIndex(vectors.shape[1], self.params, gpu=self.gpu)
+                    await asyncio.to_thread(built.add, ids, vectors)
+                self.index, self._model, self._saved_version = built, model, -1
+                self._changed()
+                self.index_origin = (
+                    f"re-embedded {done} documents with {model} in {time.perf_counter() - clock:.1f} s"
+                )
+                break
+        log.info("rag: %s", self.index_origin)
+        await self.save_index()
+        self._reembedding = None
+        return done
+
+    async def _reembed_document(self, document_id: str, model: str) -> bool:
+        """New vectors of `model` for one document; False when it was deleted meanwhile."""
+        store = self._store()
+        found = await store.chunks_of(document_id)
+        if found is None:
+            return False
+        title, ids, texts = found
+        vectors, used = (
+            await self.embeddings.embed(embed_inputs(title, texts))
+            if texts
+            else (np.zeros((0, 0), np.float32), model)
+        )
+        if used != model:
+            raise Unavailable(f"the embedder's model changed again (to {used})", reason="RAG_REEMBEDDING")
+        async with self._write_lock:
+            return await store.set_vectors(document_id, ids, vectors, model)
+
+    def _reembedding_error(self) -> Unavailable:
+        r = self._reembedding
+        if r is None or not r.model:
+            what = "is waiting to re-embed its documents (vectors of several models)"
+        else:
+            what = f"is re-embedding its documents with {r.model} ({r.documents_done} of {r.documents_total})"
+        return Unavailable(f"the knowledge base {what}; retry shortly", reason="RAG_REEMBEDDING")
 
     async def stop(self) -> None:
         if not self._started:
             return
         self._started = False
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
         with contextlib.suppress(Exception):
             await self.save_index()
         if self.pool is not None:
@@ -188,9 +313,13 @@ class RagDomain:
         db_ids = await store.chunk_ids()
         started = time.perf_counter()
         try:
-            index, _meta = await asyncio.to_thread(VectorIndex.load, path, self.params, gpu=self.gpu)
+            index, meta = await asyncio.to_thread(VectorIndex.load, path, self.params, gpu=self.gpu)
         except IndexFileError as exc:
             index, why = None, str(exc)
+        else:
+            made_by = str(meta.get("model", ""))
+            if self._model and made_by and made_by != self._model:  # re-embedded, not yet saved
+                index, why = None, f"its vectors are {made_by}'s, the database's {self._model}'s"
         if index is not None:
             live = index.live_ids()
             missing = np.setdiff1d(db_ids, live)
@@ -259,10 +388,11 @@ class RagDomain:
         chunks = await asyncio.to_thread(self.chunker.chunk, doc.text)
         if not chunks:
             raise InvalidArgument("text", "must contain words")
-        inputs = [(f"{doc.title}\n{c.text}" if doc.title else c.text)[:MAX_EMBED_CHARS] for c in chunks]
-        vectors, model = await self.embeddings.embed(inputs)
+        vectors, model = await self.embeddings.embed(embed_inputs(doc.title, [c.text for c in chunks]))
         async with self._write_lock:
-            if self.index is not None and vectors.shape[1] != self.index.dimension:
+            # Vectors of another model than the index's: stored, indexed once all are re-embedded.
+            indexed = not self._model or model == self._model
+            if indexed and self.index is not None and vectors.shape[1] != self.index.dimension:
                 raise FailedPrecondition(
                     f"the embedder's vectors have {vectors.shape[1]} dimensions, the knowledge "
                     f"base's {self.index.dimension} (model {self._model or 'unknown'}): re-embedding "
@@ -280,15 +410,20 @@ class RagDomain:
                     )
                 return Added(found, created=False)
             document, ids, replaced = result
-            if self.index is None:
+            if self.index is None and indexed:
                 self.index = VectorIndex(vectors.shape[1], self.params, gpu=self.gpu)
             for old in replaced:
                 _, old_ids = self._docs.pop(old, (None, np.zeros(0, np.int64)))
-                await asyncio.to_thread(self.index.remove, old_ids.tolist())
-            await asyncio.to_thread(self.index.add, ids, vectors)
+                if self.index is not None:
+                    await asyncio.to_thread(self.index.remove, old_ids.tolist())
+            if indexed and self.index is not None:
+                await asyncio.to_thread(self.index.add, ids, vectors)
+                self._model = model
             self._docs[document.id] = (document, ids)
-            self._model, self._update_time = model, document.create_time
+            self._update_time = document.create_time
             self._changed()
+        if not indexed:
+            self.start_reembedding(model)
         return Added(document, created=True)
 
     async def delete(self, document_id: str) -> int:
@@ -335,11 +470,17 @@ class RagDomain:
         if q.filters.start and q.filters.end and q.filters.start >= q.filters.end:
             raise InvalidArgument("end_time", "must be after start_time")
         top_k = q.top_k or DEFAULT_TOP_K
+        if self._reembedding is not None:
+            raise self._reembedding_error()
         index = self.index
         if index is None or index.live_count == 0:
             return []
         started = time.perf_counter()
-        vectors, _ = await self.embeddings.embed([q.text])
+        vectors, model = await self.embeddings.embed([q.text])
+        if model != self._model:  # the embedder's model changed: the index's vectors are stale
+            self.start_reembedding(model)
+            self._reembedding = self._reembedding or Reembedding(model, 0, len(self._docs), datetime.now(UTC))
+            raise self._reembedding_error()
         query_vector = vectors[0]
         embedded = time.perf_counter()
         if query_vector.shape[0] != index.dimension:
@@ -417,6 +558,7 @@ class RagDomain:
                 f"{index.describe() if index is not None else 'empty'}; chunking: {self.chunker.spans.name}, "
                 f"{self.chunker.size} tokens, {self.chunker.overlap} overlap; at start: {self.index_origin}"
             ),
+            reembedding=self._reembedding,
         )
 
     # ---- the mesh's own knowledge ----

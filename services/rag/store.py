@@ -138,6 +138,26 @@ class RagStore:
             await self._touch(conn, now)
         return _document(row), np.array([int(r["id"]) for r in ids], dtype=np.int64), replaced
 
+    async def set_vectors(self, document_id_: str, ids: np.ndarray, vectors: np.ndarray, model: str) -> bool:
+        """Replace the vectors of a document's chunks `ids` (n,) with `vectors` (n, d) of `model`,
+        and its `embedding_model`, in one transaction; False when the document is gone."""
+        async with self.pool.transaction() as conn:
+            found = await conn.fetchval(
+                f"UPDATE {SCHEMA}.documents SET embedding_model = $2 WHERE id = $1 RETURNING id",
+                document_id_,
+                model,
+            )
+            if found is None:
+                return False
+            await conn.execute(
+                f"UPDATE {SCHEMA}.chunks c SET vector = u.v FROM unnest($1::bigint[], $2::bytea[]) "
+                "AS u(id, v) WHERE c.id = u.id AND c.document_id = $3",
+                [int(i) for i in ids],
+                [vector_bytes(v) for v in vectors],
+                document_id_,
+            )
+        return True
+
     async def delete(self, document_id_: str) -> list[int] | None:
         """Delete a document and its chunks; returns their ids, or None when there is no such document."""
         async with self.pool.transaction() as conn:
@@ -174,6 +194,31 @@ class RagStore:
             f"FROM {SCHEMA}.documents d LEFT JOIN {SCHEMA}.chunks c ON c.document_id = d.id GROUP BY d.id"
         )
         return [(_document(r), np.array(r["chunk_ids"], dtype=np.int64)) for r in rows]
+
+    async def models(self) -> dict[str, int]:
+        """{embedding model: documents whose vectors it made}."""
+        rows = await self.pool.fetch(
+            f"SELECT embedding_model, count(*) AS n FROM {SCHEMA}.documents GROUP BY embedding_model"
+        )
+        return {str(r["embedding_model"]): int(r["n"]) for r in rows}
+
+    async def stale_documents(self, model: str) -> list[str]:
+        """Ids of the documents whose vectors another model made, oldest first."""
+        rows = await self.pool.fetch(
+            f"SELECT id FROM {SCHEMA}.documents WHERE embedding_model <> $1 ORDER BY create_time, id", model
+        )
+        return [str(r["id"]) for r in rows]
+
+    async def chunks_of(self, document_id_: str) -> tuple[str, np.ndarray, list[str]] | None:
+        """(title, chunk ids, chunk texts) of a document in chunk order; None when it is gone."""
+        title = await self.pool.fetchval(f"SELECT title FROM {SCHEMA}.documents WHERE id = $1", document_id_)
+        if title is None:
+            return None
+        rows = await self.pool.fetch(
+            f"SELECT id, text FROM {SCHEMA}.chunks WHERE document_id = $1 ORDER BY chunk_index", document_id_
+        )
+        ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+        return str(title), ids, [str(r["text"]) for r in rows]
 
     async def chunk_ids(self) -> np.ndarray:
         rows = await self.pool.fetch(f"SELECT id FROM {SCHEMA}.chunks ORDER BY id")

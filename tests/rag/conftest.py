@@ -74,13 +74,17 @@ RagFactory = Callable[..., Awaitable[RagStack]]
 
 @pytest.fixture
 async def rag_factory(database_url: str, embedder_target: str, tmp_path: Path) -> AsyncIterator[RagFactory]:
-    """`await factory(models=..., **settings_overrides)` -> a started RAG service (stopped after the
-    test); `models`: service -> target of the services whose model cards it reads."""
+    """`await factory(models=..., embedder=..., **settings_overrides)` -> a started RAG service
+    (stopped after the test); `models`: service -> target of the services whose model cards it
+    reads; `embedder`: another Embedder's target. Every stack of one test shares its database and
+    index directory, so a second stack is the first one restarted."""
     stacks: list[RagStack] = []
 
-    async def factory(models: Mapping[str, str] | None = None, **overrides: Any) -> RagStack:
+    async def factory(
+        models: Mapping[str, str] | None = None, embedder: str | None = None, **overrides: Any
+    ) -> RagStack:
         settings = rag_settings(database_url, tmp_path, **overrides)
-        app = RagApp(settings, embedder=embedder_target, models=models or {})
+        app = RagApp(settings, embedder=embedder or embedder_target, models=models or {})
         server = await start_server(app, "rag")
         channel = grpc.aio.insecure_channel(server.target)
         stack = RagStack(app, server, service_pb2_grpc.RagServiceStub(channel), channel)

@@ -91,3 +91,27 @@ def test_shapes_are_checked_at_the_boundary() -> None:
         index.add(np.arange(2), np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="one id per vector"):
         index.add(np.arange(3), np.zeros((2, 8), np.float32))
+
+
+def test_searches_go_on_while_the_hnsw_graph_is_built() -> None:
+    """Crossing the threshold builds the graph of every vector (about a second at 20,000 here):
+    without the index's lock, so searches answer from the exact index meanwhile (they used to
+    wait for the whole build), and the first search after it sees the new vectors."""
+    import threading
+
+    x = unit(20_000, 64, seed=5)
+    ids = np.arange(20_000, dtype=np.int64)
+    index = VectorIndex(64, IndexParams(exact_max_chunks=19_900, hnsw_m=16, hnsw_ef_search=64))
+    index.add(ids[:19_800], x[:19_800])
+    adding = threading.Thread(target=index.add, args=(ids[19_800:], x[19_800:]))
+    answered_during_build = 0
+    adding.start()
+    while adding.is_alive():
+        hits = index.search(x[0], 5)
+        if adding.is_alive():
+            answered_during_build += 1
+            assert hits.ids[0] == 0 and index.kind == EXACT  # the old index, complete
+    adding.join()
+    assert answered_during_build >= 3, answered_during_build
+    assert index.kind == HNSW and index.live_count == 20_000
+    assert index.search(x[19_999], 1).ids.tolist() == [19_999]

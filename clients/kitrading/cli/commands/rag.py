@@ -249,4 +249,10 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"index     {s.index_description}")
     print(f"memory    {s.index_memory_bytes / (1 << 20):.1f} MiB; exact up to {s.exact_max_chunks} chunks")
     print(f"updated   {timestamp(s.update_time)}")
+    if s.HasField("reembedding"):
+        r = s.reembedding
+        print(
+            f"re-embedding with {r.model or '(waiting for the embedder)'}: "
+            f"{r.documents_done} of {r.documents_total} documents since {timestamp(r.start_time)}"
+        )
     return 0

@@ -354,6 +354,7 @@ class GetRagStatusResponse(_message.Message):
     INDEX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     EXACT_MAX_CHUNKS_FIELD_NUMBER: _builtins.int
     INDEX_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REEMBEDDING_FIELD_NUMBER: _builtins.int
     backend: _resources_pb2.IndexBackend.ValueType
     documents: _builtins.int
     chunks: _builtins.int
@@ -373,6 +374,12 @@ class GetRagStatusResponse(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Last time a document was added or removed."""
 
+    @_builtins.property
+    def reembedding(self) -> _resources_pb2.Reembedding:
+        """Set while the documents are re-embedded with a new embedding model; queries answer
+        UNAVAILABLE (reason RAG_REEMBEDDING) until it is done, adds are stored and indexed after it.
+        """
+
     def __init__(
         self,
         *,
@@ -386,10 +393,11 @@ class GetRagStatusResponse(_message.Message):
         index_memory_bytes: _builtins.int = ...,
         exact_max_chunks: _builtins.int = ...,
         index_description: _builtins.str = ...,
+        reembedding: _resources_pb2.Reembedding | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reembedding", b"reembedding", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunks", b"chunks", "dimension", b"dimension", "documents", b"documents", "embedding_model", b"embedding_model", "exact_max_chunks", b"exact_max_chunks", "index_description", b"index_description", "index_kind", b"index_kind", "index_memory_bytes", b"index_memory_bytes", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunks", b"chunks", "dimension", b"dimension", "documents", b"documents", "embedding_model", b"embedding_model", "exact_max_chunks", b"exact_max_chunks", "index_description", b"index_description", "index_kind", b"index_kind", "index_memory_bytes", b"index_memory_bytes", "reembedding", b"reembedding", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

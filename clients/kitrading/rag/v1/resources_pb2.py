@@ -25,21 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kitrading/rag/v1/resources.proto\x12\x10kitrading.rag.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x0e\n\x06symbol\x18\x06 \x01(\t\x12\x30\n\x0cpublish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\x05\x12\x12\n\nchar_count\x18\n \x01(\x05\"\xbf\x01\n\x07Passage\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x05\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0e\n\x06symbol\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x30\n\x0cpublish_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\x0cIndexBackend\x12\x1d\n\x19INDEX_BACKEND_UNSPECIFIED\x10\x00\x12\x1b\n\x17INDEX_BACKEND_FAISS_CPU\x10\x01\x12\x1b\n\x17INDEX_BACKEND_FAISS_GPU\x10\x02*R\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02*e\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15RETRIEVAL_MODE_VECTOR\x10\x01\x12\x19\n\x15RETRIEVAL_MODE_HYBRID\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kitrading/rag/v1/resources.proto\x12\x10kitrading.rag.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x0e\n\x06symbol\x18\x06 \x01(\t\x12\x30\n\x0cpublish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\x05\x12\x12\n\nchar_count\x18\n \x01(\x05\"\xbf\x01\n\x07Passage\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x05\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0e\n\x06symbol\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x30\n\x0cpublish_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x0bReembedding\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocuments_done\x18\x02 \x01(\x05\x12\x17\n\x0f\x64ocuments_total\x18\x03 \x01(\x05\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\x0cIndexBackend\x12\x1d\n\x19INDEX_BACKEND_UNSPECIFIED\x10\x00\x12\x1b\n\x17INDEX_BACKEND_FAISS_CPU\x10\x01\x12\x1b\n\x17INDEX_BACKEND_FAISS_GPU\x10\x02*R\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02*e\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15RETRIEVAL_MODE_VECTOR\x10\x01\x12\x19\n\x15RETRIEVAL_MODE_HYBRID\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kitrading.rag.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INDEXBACKEND']._serialized_start=530
-  _globals['_INDEXBACKEND']._serialized_end=633
-  _globals['_INDEXKIND']._serialized_start=635
-  _globals['_INDEXKIND']._serialized_end=717
-  _globals['_RETRIEVALMODE']._serialized_start=719
-  _globals['_RETRIEVALMODE']._serialized_end=820
+  _globals['_INDEXBACKEND']._serialized_start=657
+  _globals['_INDEXBACKEND']._serialized_end=760
+  _globals['_INDEXKIND']._serialized_start=762
+  _globals['_INDEXKIND']._serialized_end=844
+  _globals['_RETRIEVALMODE']._serialized_start=846
+  _globals['_RETRIEVALMODE']._serialized_end=947
   _globals['_DOCUMENT']._serialized_start=88
   _globals['_DOCUMENT']._serialized_end=334
   _globals['_PASSAGE']._serialized_start=337
   _globals['_PASSAGE']._serialized_end=528
+  _globals['_REEMBEDDING']._serialized_start=530
+  _globals['_REEMBEDDING']._serialized_end=655
 # @@protoc_insertion_point(module_scope)

@@ -189,3 +189,41 @@ class Passage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Passage: _TypeAlias = Passage  # noqa: Y015
+
+@_typing.final
+class Reembedding(_message.Message):
+    """Progress of re-embedding the knowledge base with the embedder's current text model, after the
+    model changed (detected by its name).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_DONE_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model the documents are being re-embedded with."""
+    documents_done: _builtins.int
+    """Documents re-embedded so far."""
+    documents_total: _builtins.int
+    """Documents that had vectors of another model when it started."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        documents_done: _builtins.int = ...,
+        documents_total: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents_done", b"documents_done", "documents_total", b"documents_total", "model", b"model", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reembedding: _TypeAlias = Reembedding  # noqa: Y015
