@@ -128,6 +128,9 @@ def services() -> Iterator[Services]:
         procs.append(subprocess.Popen([sys.executable, "-m", "services.data"], env=env, stderr=log))
         wait_serving(f"127.0.0.1:{data_port}", "kitrading.data.v1.DataService")
         procs.append(subprocess.Popen([sys.executable, "-m", "services.forecast"], env=env, stderr=log))
+        # Serving first, it holds the home's training lease; the second process serves reads only
+        # (the bench trains on the first), see docs/reliability.md on replicas.
+        wait_serving(f"127.0.0.1:{forecast_port}", "kitrading.forecast.v1.ForecastService", timeout_s=300)
         uncached_env = {
             **env,
             "KITRADING_FORECAST_PORT": str(uncached_port),
@@ -136,8 +139,7 @@ def services() -> Iterator[Services]:
         procs.append(
             subprocess.Popen([sys.executable, "-m", "services.forecast"], env=uncached_env, stderr=log)
         )
-        for port in (forecast_port, uncached_port):
-            wait_serving(f"127.0.0.1:{port}", "kitrading.forecast.v1.ForecastService", timeout_s=300)
+        wait_serving(f"127.0.0.1:{uncached_port}", "kitrading.forecast.v1.ForecastService", timeout_s=300)
         yield Services(
             home, f"127.0.0.1:{data_port}", f"127.0.0.1:{forecast_port}", f"127.0.0.1:{uncached_port}"
         )

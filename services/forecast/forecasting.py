@@ -101,10 +101,14 @@ class _Full:
 class _Prepared:
     symbol: str
     model: LoadedModel
-    window: np.ndarray  # (input_size,)
-    width: float  # the intervals' price scale at this origin (`VolatilityScale.at`)
+    history: np.ndarray  # the newest closes: (max(input_size, the scale's history),) or fewer
     last_time: pd.Timestamp
     last_close: float
+
+    @property
+    def window(self) -> np.ndarray:
+        """The model's input: the newest `input_size` closes."""
+        return self.history[-self.model.input_size :]
 
 
 class ModelCache:
@@ -298,8 +302,7 @@ class Forecaster:
                 f"{symbol} has {len(close)} {model.timeframe} candles, the model needs {model.input_size}",
                 reason="NOT_ENOUGH_CANDLES",
             )
-        width = float(model.scale.at(close, np.array([len(close)]))[0])
-        return _Prepared(symbol, model, close[-model.input_size :], width, last_time, float(close[-1]))
+        return _Prepared(symbol, model, close[-need:], last_time, float(close[-1]))
 
     def _cached(self, item: _Prepared) -> _Full | None:
         key = (item.symbol, item.model.version, item.last_time)
@@ -331,9 +334,10 @@ class Forecaster:
             for item, point in zip(group, points, strict=True):
                 model = item.model
                 times = future_bar_times(model.asset_class, model.timeframe, item.last_time, model.h)
+                width = float(model.scale.at(item.history, np.array([len(item.history)]))[0])
                 bounds = {}
                 for level, q in model.quantiles.items():
-                    half = q[: model.h] * item.width
+                    half = q[: model.h] * width
                     bounds[level] = (point - half, point + half)
                 out[(item.symbol, model.version, item.last_time)] = _Full(times, point, bounds, now)
         with self._cache_lock:
