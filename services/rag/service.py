@@ -140,6 +140,7 @@ class RagDomain:
         self._reembedding: Reembedding | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reembed_task: asyncio.Task[None] | None = None
+        self._checking = False
         self._update_time: datetime | None = None
         self._knowledge_done_at: float | None = None
         self._cards_lock = asyncio.Lock()
@@ -178,6 +179,14 @@ class RagDomain:
         else:
             await self._open_index()
         self._started = True
+        self._resume_reembedding()
+
+    def _resume_reembedding(self) -> None:
+        """Check the embedder's model (in the background, once at a time) and re-embed if it
+        differs, unless a re-embedding runs."""
+        if self._checking or (self._reembed_task is not None and not self._reembed_task.done()):
+            return
+        self._checking = True
         self._spawn(self._check_model())
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
@@ -189,16 +198,19 @@ class RagDomain:
     async def _check_model(self) -> None:
         """Once the embedder answers: re-embed the documents another model made, if any."""
         delay = 0.5
-        while self._started:
-            try:
-                model, _ = await self.embeddings.model()
-            except Unavailable:  # the embedder may start after us
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MODEL_CHECK_MAX_S)
-                continue
-            if self._model and model != self._model:
-                self.start_reembedding(model)
-            return
+        try:
+            while self._started:
+                try:
+                    model, _ = await self.embeddings.model()
+                except Unavailable:  # the embedder may start after us
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MODEL_CHECK_MAX_S)
+                    continue
+                if self._model and model != self._model:
+                    self.start_reembedding(model)
+                return
+        finally:
+            self._checking = False
 
     def start_reembedding(self, model: str) -> None:
         """Re-embed in the background with `model` unless that already runs."""
@@ -471,6 +483,7 @@ class RagDomain:
             raise InvalidArgument("end_time", "must be after start_time")
         top_k = q.top_k or DEFAULT_TOP_K
         if self._reembedding is not None:
+            self._resume_reembedding()  # after a failed attempt (the embedder was down)
             raise self._reembedding_error()
         index = self.index
         if index is None or index.live_count == 0:

@@ -153,3 +153,33 @@ async def test_an_interrupted_reembedding_goes_on_at_start(
     assert back.chunks == 2 and "re-embedded 1 documents" in back.index_description
     assert await stored_models(database_url) == [BUNDLED_NAME] * 2
     assert (await query(second, BOE))[0].document_id == boe.document.document_id
+
+
+async def test_reembedding_waits_for_an_embedder_that_starts_later(
+    rag_factory: RagFactory, embedder_target: str, database_url: str
+) -> None:
+    """Documents of two models and no embedder at start: queries are refused with the reason, and
+    the re-embedding runs once an embedder answers (here: the client pointed at a live one)."""
+    first = await rag_factory()
+    ecb = await add(first, "ECB decision", ECB)
+    await add(first, "Oil", OIL)
+    await first.server.stop(0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE rag.documents SET embedding_model = 'an-older-model' WHERE title = 'Oil'")
+    finally:
+        await conn.close()
+    second = await rag_factory(embedder="127.0.0.1:1")  # nothing listens there
+    waiting = await status(second)
+    assert waiting.HasField("reembedding") and waiting.reembedding.documents_total == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query(second, ECB)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and details(err.value)[0] == "RAG_REEMBEDDING"
+    client = EmbedderClient(embedder_target)
+    await client.start()
+    try:
+        second.app.domain.embeddings = client  # the embedder is up now
+        await settled(second, BUNDLED_NAME)
+        assert (await query(second, ECB))[0].document_id == ecb.document.document_id
+    finally:
+        await client.close()
