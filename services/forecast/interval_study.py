@@ -31,7 +31,6 @@ from services.forecast.evaluation import (
     SHORT_SCALE,
     VolatilityScale,
     expanding_quantiles,
-    make_split,
     targets_at,
     windows_at,
 )
@@ -130,7 +129,7 @@ def bundled_forecasts(scope: str, max_steps: int | None = None) -> list[SeriesFo
     from services.data.samples import SAMPLES, load_frame
     from services.forecast.model import NHITSForecaster
     from services.forecast.settings import ForecastSettings
-    from services.forecast.training import global_training_inputs, prepare_series
+    from services.forecast.training import global_training_inputs, prepare_series, split_for
     from services.training.sources import candles_from_ohlcv
 
     settings = ForecastSettings()
@@ -142,18 +141,7 @@ def bundled_forecasts(scope: str, max_steps: int | None = None) -> list[SeriesFo
         groups.setdefault(key, []).append((spec.symbol, y))
     out = []
     for members in groups.values():
-        splits = [
-            make_split(
-                len(y),
-                cfg.h,
-                cfg.input_size,
-                windows=settings.eval_windows,
-                step=settings.eval_step,
-                calibration=settings.calibration_windows,
-                min_train=settings.min_train_windows,
-            )
-            for _, y in members
-        ]
+        splits = [split_for(len(y), cfg, settings) for _, y in members]
         inputs, val_size = global_training_inputs([y for _, y in members], splits)
         model = NHITSForecaster(cfg, accelerator="cpu").fit_many(inputs, val_size=val_size)
         for (symbol, y), split in zip(members, splits, strict=True):

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -128,17 +128,34 @@ def make_progress_callback(emit: Emit, max_steps: int, min_interval_s: float = 0
     return ProgressCallback()
 
 
-def _split(task: TrainTask, n: int) -> Split:
-    cfg = task.config
+class SplitPlan(Protocol):
+    """The walk-forward layout's settings (a `TrainTask`, or `ForecastSettings`)."""
+
+    @property
+    def eval_windows(self) -> int: ...
+    @property
+    def eval_step(self) -> int: ...
+    @property
+    def calibration_windows(self) -> int: ...
+    @property
+    def min_train_windows(self) -> int: ...
+
+
+def split_for(n: int, cfg: NHITSConfig, plan: SplitPlan) -> Split:
+    """The walk-forward split of a series of `n` bars for a model of `cfg` under `plan`."""
     return make_split(
         n,
         cfg.h,
         cfg.input_size,
-        windows=task.eval_windows,
-        step=task.eval_step,
-        calibration=task.calibration_windows,
-        min_train=task.min_train_windows,
+        windows=plan.eval_windows,
+        step=plan.eval_step,
+        calibration=plan.calibration_windows,
+        min_train=plan.min_train_windows,
     )
+
+
+def _split(task: TrainTask, n: int) -> Split:
+    return split_for(n, task.config, task)
 
 
 def _evaluate(task: TrainTask, y: np.ndarray, split: Split, model: NHITSForecaster) -> EvaluationResult:
