@@ -158,15 +158,32 @@ class VectorIndex:
         if kind is not None:
             self._rebuild(kind, *self._live_arrays())
 
-    def _swap_in(self, kind: str, ids: np.ndarray, vectors: np.ndarray, version: int) -> None:
-        """Build a `kind` index of `ids`/`vectors` (the live vectors at `version`) without holding
-        the lock, so that searches go on against the current index while a graph is built (seconds
-        at 100,000 vectors), then swap it in; rebuilt under the lock if the index changed meanwhile
-        (callers serialise their writes, so only a writer of their own could)."""
-        built = self._build(kind, ids, vectors)
+    def _swap_in(
+        self,
+        kind: str,
+        live: tuple[np.ndarray, np.ndarray],
+        version: int,
+        new: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Build a `kind` index of the `live` (ids, vectors) at `version` plus the `new` ones
+        without holding the lock, so that searches go on against the current index while a graph
+        is built (seconds at 100,000 vectors), then swap it in. If the index changed meanwhile
+        (callers serialise their writes, so only a writer of their own could), it is rebuilt from
+        its live vectors then, under the lock."""
+
+        def combined(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return (
+                (ids, vectors)
+                if new is None
+                else (np.concatenate([ids, new[0]]), np.vstack([vectors, new[1]]))
+            )
+
+        built = self._build(kind, *combined(*live))
         with self._lock:
             if self.version == version:
                 self._index, self.kind, self._deleted = built, kind, set()
+            elif new is not None:
+                self._rebuild(kind, *combined(*self._live_arrays()))
             else:
                 self._rebalance()
             self._changed()
@@ -185,10 +202,9 @@ class VectorIndex:
                 self._index.add_with_ids(vectors, ids)
                 self._changed()
                 return
-            old_ids, old_vectors = self._live_arrays()
-            version = self.version
+            live, version = self._live_arrays(), self.version
         # Past the threshold: the HNSW graph of all of them, built while searches go on.
-        self._swap_in(HNSW, np.concatenate([old_ids, ids]), np.vstack([old_vectors, vectors]), version)
+        self._swap_in(HNSW, live, version, new=(ids, vectors))
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove the vectors of `ids` (unknown ids are ignored); returns how many were there."""
@@ -207,7 +223,7 @@ class VectorIndex:
             if kind is None:
                 return len(present)
             live, version = self._live_arrays(), self.version
-        self._swap_in(kind, *live, version)
+        self._swap_in(kind, live, version)
         return len(present)
 
     def _changed(self) -> None:

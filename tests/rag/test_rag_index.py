@@ -115,3 +115,24 @@ def test_searches_go_on_while_the_hnsw_graph_is_built() -> None:
     assert answered_during_build >= 3, answered_during_build
     assert index.kind == HNSW and index.live_count == 20_000
     assert index.search(x[19_999], 1).ids.tolist() == [19_999]
+
+
+def test_a_write_during_the_build_is_kept() -> None:
+    """The RAG service serialises its writes, but the index does not rely on it: a vector added
+    while the graph is built (the build's snapshot no longer current) is in the index after it."""
+    import threading
+    import time
+
+    x = unit(20_050, 64, seed=6)
+    ids = np.arange(20_050, dtype=np.int64)
+    index = VectorIndex(64, IndexParams(exact_max_chunks=19_900, hnsw_m=16, hnsw_ef_search=64))
+    index.add(ids[:19_800], x[:19_800])
+    adding = threading.Thread(target=index.add, args=(ids[19_800:20_000], x[19_800:20_000]))
+    adding.start()
+    time.sleep(0.2)
+    index.add(ids[20_000:], x[20_000:])  # meanwhile: exact still, one more batch
+    adding.join()
+    assert index.kind == HNSW and index.live_count == 20_050
+    assert sorted(index.live_ids().tolist()) == ids.tolist()
+    for i in (0, 19_900, 20_049):
+        assert index.search(x[i], 1).ids.tolist() == [i]
