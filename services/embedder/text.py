@@ -47,6 +47,7 @@ class TextEncoder:
         self.batch_size = batch_size
         self.name = BUNDLED_NAME if self.model == bundled_model_path() else self.model
         self._st: Any = None
+        self._dimension: int | None = None
 
     def load(self) -> TextEncoder:
         """Load the model (blocking: seconds); a model that cannot be found raises `ConfigError`."""
@@ -83,7 +84,9 @@ class TextEncoder:
 
     @property
     def dimension(self) -> int:
-        return int(self.st.get_embedding_dimension())
+        if self._dimension is None:  # asked on every request: sentence-transformers walks its modules
+            self._dimension = int(self.st.get_embedding_dimension())
+        return self._dimension
 
     @property
     def max_tokens(self) -> int:
